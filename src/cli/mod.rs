@@ -1,0 +1,373 @@
+//! The command-line interface: argument parsing and output formatting over library calls.
+//! `main.rs` only calls [`run`]; everything a registrar might need is in the library instead.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use imgpack::input::{OpenOptions, ReadMode};
+use imgpack::units::{format_size, parse_size};
+use imgpack::{Control, ConvertOptions, Error, ExtractOptions, Progress, Result};
+
+/// imgpack: convert disk images into compact, chunked, zstd-compressed sparse archives.
+#[derive(Debug, Parser)]
+#[command(name = "imgpack", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert a disk image (raw, or - for standard input) into an .imgpack archive.
+    Convert(ConvertArgs),
+    /// Write the raw disk held in an archive (sparse file, or - for standard output).
+    Extract(ExtractArgs),
+    /// Describe an image or archive.
+    Info(InfoArgs),
+    /// Decode every chunk of an archive and check every crc; exit 0 only if intact.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Print one JSON object on standard output instead of a human summary.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct ConvertArgs {
+    /// The image to convert (- reads standard input).
+    input: PathBuf,
+    /// The archive to write (- writes standard output).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// zstd compression level (1-19).
+    #[arg(long, default_value_t = imgpack::convert::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
+    level: i32,
+    /// Chunk size, a power of two from 64K to 64M.
+    #[arg(long, default_value = "1M", value_parser = size_arg)]
+    chunk_size: u64,
+    /// Refuse (while writing) an archive larger than this.
+    #[arg(long, default_value = "50G", value_parser = size_arg)]
+    max_compressed_size: u64,
+    /// Refuse images whose virtual disk is larger than this.
+    #[arg(long, default_value = "64T", value_parser = size_arg)]
+    max_virtual_size: u64,
+    /// How raw inputs are read: auto, mmap or pread.
+    #[arg(long, default_value = "auto", value_parser = read_mode_arg)]
+    read_mode: ReadMode,
+    /// Directory for spill files of layered inputs (default: the output's directory).
+    #[arg(long)]
+    temp_dir: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct ExtractArgs {
+    /// The archive to read.
+    archive: PathBuf,
+    /// The raw disk to write (- writes standard output).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct InfoArgs {
+    /// The image or archive.
+    file: PathBuf,
+    /// Report images with a larger virtual disk as refused.
+    #[arg(long, default_value = "64T", value_parser = size_arg)]
+    max_virtual_size: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The archive to check.
+    archive: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn size_arg(text: &str) -> std::result::Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+fn read_mode_arg(text: &str) -> std::result::Result<ReadMode, String> {
+    match text {
+        "auto" => Ok(ReadMode::Auto),
+        "mmap" => Ok(ReadMode::Mmap),
+        "pread" => Ok(ReadMode::Pread),
+        _ => Err(format!("{text:?} is not one of auto, mmap, pread")),
+    }
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<u8> {
+    match cli.command {
+        Command::Convert(args) => convert(args, cancel),
+        Command::Extract(args) => extract(args, cancel),
+        Command::Info(args) => info(args, cancel),
+        Command::Verify(args) => verify(args, cancel),
+    }
+}
+
+fn convert(args: ConvertArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
+    let bar = ProgressReport::new(&args.common);
+    let options = ConvertOptions {
+        level: args.level,
+        chunk_size: args.chunk_size,
+        threads: args.common.threads,
+        max_compressed_size: args.max_compressed_size,
+        max_virtual_size: args.max_virtual_size,
+        read_mode: args.read_mode,
+        temp_dir: args.temp_dir,
+        control: bar.control(cancel),
+    };
+    let report = imgpack::convert(&args.input, &args.output, &options);
+    bar.finish();
+    let report = report?;
+    print(args.common.json, &report, || {
+        format!(
+            "{} ({}) -> {}: virtual {}, data {}, archive {} ({:.1}% of data), {} chunks, {:.2} s, {:.0} MB/s",
+            report.input,
+            report.format,
+            report.output,
+            format_size(report.virtual_size),
+            format_size(report.disk_size),
+            format_size(report.compressed_size),
+            percent(report.compressed_size, report.disk_size),
+            report.chunks,
+            report.seconds,
+            mb_per_s(report.disk_size, report.seconds),
+        )
+    })?;
+    Ok(0)
+}
+
+fn extract(args: ExtractArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
+    let bar = ProgressReport::new(&args.common);
+    let options = ExtractOptions {
+        threads: args.common.threads,
+        control: bar.control(cancel),
+    };
+    let report = imgpack::extract(&args.archive, &args.output, &options);
+    bar.finish();
+    let report = report?;
+    if args.output.as_os_str() == "-" && !args.common.json {
+        return Ok(0); // standard output holds the disk; say nothing more there
+    }
+    let summary = || {
+        format!(
+            "{} -> {}: virtual {}, data {}, {:.2} s, {:.0} MB/s",
+            report.input,
+            report.output,
+            format_size(report.virtual_size),
+            format_size(report.disk_size),
+            report.seconds,
+            mb_per_s(report.disk_size, report.seconds),
+        )
+    };
+    if args.output.as_os_str() == "-" {
+        eprintln!("{}", serde_json::to_string(&report).map_err(json_error)?);
+        return Ok(0);
+    }
+    print(args.common.json, &report, summary)?;
+    Ok(0)
+}
+
+fn info(args: InfoArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
+    let options = OpenOptions {
+        max_virtual_size: args.max_virtual_size,
+        control: Control {
+            cancel: Some(cancel),
+            progress: None,
+        },
+        ..OpenOptions::default()
+    };
+    let info = imgpack::info(&args.file, &options)?;
+    print(args.common.json, &info, || {
+        let mut lines = vec![format!("{}: {}", info.input, info.format)];
+        let mut line = |name: &str, value: Option<u64>| {
+            if let Some(v) = value {
+                lines.push(format!("  {name:<16} {} ({v} bytes)", format_size(v)));
+            }
+        };
+        line("file size", Some(info.file_size));
+        line("virtual size", info.virtual_size);
+        line("disk size", info.disk_size);
+        line("compressed size", info.compressed_size);
+        line("chunk size", info.chunk_size);
+        if let Some(chunks) = info.chunks {
+            lines.push(format!("  {:<16} {chunks}", "stored chunks"));
+        }
+        for (key, value) in &info.details {
+            lines.push(format!("  {key:<16} {value}"));
+        }
+        lines.push(format!(
+            "  {:<16} {}",
+            "convert",
+            info.refusal
+                .as_deref()
+                .map_or("accepted".to_string(), |r| format!("refused: {r}"))
+        ));
+        lines.join("\n")
+    })?;
+    Ok(0)
+}
+
+fn verify(args: VerifyArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
+    let bar = ProgressReport::new(&args.common);
+    let report = imgpack::verify(&args.archive, args.common.threads, &bar.control(cancel));
+    bar.finish();
+    let report = match report {
+        Ok(report) => report,
+        Err(e) if args.common.json && e.kind() != imgpack::ErrorKind::Interrupted => {
+            #[derive(Serialize)]
+            struct Failed {
+                input: String,
+                format: &'static str,
+                ok: bool,
+                error: String,
+            }
+            let failed = Failed {
+                input: args.archive.display().to_string(),
+                format: "imgpack",
+                ok: false,
+                error: e.to_string(),
+            };
+            println!("{}", serde_json::to_string(&failed).map_err(json_error)?);
+            return Ok(1);
+        }
+        Err(e) => return Err(e),
+    };
+    print(args.common.json, &report, || {
+        let mut lines: Vec<String> = report
+            .bad_chunks
+            .iter()
+            .map(|b| {
+                format!(
+                    "bad chunk {} (stored at {}): {}",
+                    b.chunk, b.stored_offset, b.error
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "{}: {} ({} chunks, virtual {}, data {}, {:.2} s)",
+            report.input,
+            if report.ok { "OK" } else { "DAMAGED" },
+            report.chunks,
+            format_size(report.virtual_size),
+            format_size(report.disk_size),
+            report.seconds
+        ));
+        lines.join("\n")
+    })?;
+    Ok(if report.ok { 0 } else { 1 })
+}
+
+fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) -> Result<()> {
+    let text = if json {
+        serde_json::to_string(value).map_err(json_error)?
+    } else {
+        human()
+    };
+    println!("{text}");
+    Ok(())
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    Error::new(imgpack::ErrorKind::Io, "cannot encode JSON").with_source(e)
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / 1e6 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// A progress bar on standard error, shown only on a terminal and without `--quiet`.
+struct ProgressReport {
+    bar: Option<ProgressBar>,
+}
+
+impl ProgressReport {
+    fn new(common: &Common) -> Self {
+        let show = !common.quiet && std::io::stderr().is_terminal();
+        let bar = show.then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        ProgressReport { bar }
+    }
+
+    fn control(&self, cancel: Arc<AtomicBool>) -> Control {
+        Control {
+            cancel: Some(cancel),
+            progress: self
+                .bar
+                .clone()
+                .map(|bar| Arc::new(BarProgress { bar }) as Arc<dyn Progress>),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+struct BarProgress {
+    bar: ProgressBar,
+}
+
+impl Progress for BarProgress {
+    fn update(&self, done: u64, total: Option<u64>, disk_size: u64) {
+        if let Some(total) = total {
+            self.bar.set_length(total);
+        }
+        self.bar.set_position(done);
+        self.bar.set_message(format!("data {}", format_size(disk_size)));
+    }
+}
+
+/// Whether the cancel flag was raised (for the exit code).
+pub fn cancelled(cancel: &AtomicBool) -> bool {
+    cancel.load(Ordering::Relaxed)
+}

@@ -1,0 +1,182 @@
+//! Reading disk images: format detection and one module per input format.
+//!
+//! Every format that allows random access presents the virtual disk as a [`DiskSource`]; the
+//! conversion pipeline reads chunks from it in parallel. Streams (gzip, xz, zstd, stdin) are
+//! read front to back instead (see [`stream`](crate::input) once it lands).
+//! Formats are detected from content only ([`detect`]), never from file names.
+
+pub mod detect;
+pub mod raw;
+
+use std::fs::File;
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+
+use crate::control::Control;
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::read_at::{FileAt, ReadAt};
+use detect::{detect, Format, HEAD_LEN, TAIL_LEN};
+
+/// A virtual disk that can be read at any offset from several threads at once.
+///
+/// Implementations must be cheap to query with [`DiskSource::next_data`] so that huge sparse
+/// disks cost nothing where they hold no data, and must never read outside their own file.
+pub trait DiskSource: Send + Sync {
+    /// Short name of the format, e.g. `"raw"` or `"qcow2"`.
+    fn format(&self) -> &'static str;
+
+    /// Size of the virtual disk in bytes.
+    fn virtual_size(&self) -> u64;
+
+    /// The first offset at or after `from` that may hold non-zero data, or `None` if the rest
+    /// of the disk is known to read as zeros. May be conservative (return `from`).
+    fn next_data(&self, from: u64) -> Result<Option<u64>>;
+
+    /// The `len` bytes of the virtual disk at `offset` (the range lies inside the disk),
+    /// either borrowed from the source (a memory map) or placed in `scratch`.
+    fn read<'a>(&'a self, offset: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8]>;
+}
+
+/// How raw inputs are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadMode {
+    /// Whatever measured fastest (currently plain positional reads).
+    #[default]
+    Auto,
+    /// Memory-map the input.
+    Mmap,
+    /// Positional reads (`pread`) into a reused buffer per worker.
+    Pread,
+}
+
+/// How inputs are opened.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// How raw files are read.
+    pub read_mode: ReadMode,
+    /// Largest virtual disk accepted.
+    pub max_virtual_size: u64,
+    /// Where a layered input that needs random access (qcow2 inside xz) is spilled.
+    pub spill_dir: PathBuf,
+    /// Cancellation (checked while spilling).
+    pub control: Control,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read_mode: ReadMode::Auto,
+            max_virtual_size: crate::convert::DEFAULT_MAX_VIRTUAL_SIZE,
+            spill_dir: std::env::temp_dir(),
+            control: Control::default(),
+        }
+    }
+}
+
+/// An input ready to be read: a random-access disk or a byte stream of the raw disk.
+pub enum Body {
+    /// Random access.
+    Source(Box<dyn DiskSource>),
+    /// The raw disk's bytes, front to back (a decompressor, standard input).
+    Stream(Box<dyn Read + Send>),
+}
+
+/// An opened input: its body and the compression layers that were peeled off, outermost first.
+pub struct Opened {
+    /// Compression layers around the disk image (`["xz"]` for `disk.qcow2.xz`).
+    pub layers: Vec<&'static str>,
+    /// The innermost image's format (`"raw"`, `"qcow2"`).
+    pub inner: &'static str,
+    /// How to read it.
+    pub body: Body,
+}
+
+impl Opened {
+    /// The format with its layers, outermost first: `"raw"`, `"gzip>raw"`, `"xz>qcow2"`.
+    pub fn format_name(&self) -> String {
+        let mut parts: Vec<&str> = self.layers.clone();
+        parts.push(self.inner);
+        parts.join(">")
+    }
+}
+
+/// Opens `path` (or standard input for `-`), detecting its format from content.
+pub fn open(path: &Path, options: &OpenOptions) -> Result<Opened> {
+    if path == Path::new("-") {
+        let mut stdin = std::io::stdin();
+        let mut head = vec![0u8; HEAD_LEN];
+        let n = read_full(&mut stdin, &mut head).map_err(|e| Error::io("reading standard input", e))?;
+        head.truncate(n);
+        let format = detect(&head, None).map_err(|e| e.in_file(path))?;
+        let reader: Box<dyn Read + Send> = Box::new(Cursor::new(head).chain(stdin));
+        return open_stream(format, reader, path, options);
+    }
+    let file = File::open(path).context("opening the input", path)?;
+    let meta = file.metadata().context("reading the input's metadata", path)?;
+    if !meta.is_file() {
+        return Err(Error::invalid_argument("the input is not a regular file").in_file(path));
+    }
+    let at = FileAt::new(file).context("reading the input", path)?;
+    let format = detect_file(&at).map_err(|e| e.in_file(path))?;
+    let file = File::open(path).context("opening the input", path)?;
+    match format {
+        Format::Raw => Ok(Opened {
+            layers: Vec::new(),
+            inner: "raw",
+            body: Body::Source(Box::new(raw::RawSource::from_file(
+                file,
+                path,
+                options.read_mode,
+            )?)),
+        }),
+        other => open_stream(other, Box::new(file), path, options),
+    }
+}
+
+/// Detects the format of a random-access file from its head and tail.
+pub fn detect_file(file: &dyn ReadAt) -> Result<Format> {
+    let size = file.size();
+    let mut head = vec![0u8; HEAD_LEN.min(size as usize)];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| Error::io("reading the input", e))?;
+    let tail_len = TAIL_LEN.min(size as usize);
+    let mut tail = vec![0u8; tail_len];
+    file.read_exact_at(&mut tail, size - tail_len as u64)
+        .map_err(|e| Error::io("reading the input", e))?;
+    detect(&head, Some(&tail))
+}
+
+fn open_stream(
+    format: Format,
+    reader: Box<dyn Read + Send>,
+    path: &Path,
+    _options: &OpenOptions,
+) -> Result<Opened> {
+    match format {
+        Format::Raw => Ok(Opened {
+            layers: Vec::new(),
+            inner: "raw",
+            body: Body::Stream(reader),
+        }),
+        Format::Imgpack => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "the input is already an imgpack archive (use `imgpack extract` to get the disk back)",
+        )
+        .in_file(path)),
+        other => Err(Error::unsupported(format!("{} images are not supported", other.name())).in_file(path)),
+    }
+}
+
+/// Reads until `buf` is full or the reader ends.
+pub fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}

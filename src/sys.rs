@@ -1,0 +1,91 @@
+//! The few operating-system facilities imgpack needs beyond `std`: memory maps, sparse-file
+//! queries (SEEK_DATA), unnamed temporary files (O_TMPFILE) and linking them into place.
+//!
+//! This is the only module allowed `unsafe` (the crate root denies it elsewhere), and the only
+//! `unsafe` here is creating a memory map, justified where it happens. Everything else goes
+//! through rustix's safe wrappers.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags, SeekFrom};
+
+/// A read-only memory map of a whole file.
+pub struct Mapping {
+    map: memmap2::Mmap,
+}
+
+impl Mapping {
+    /// Maps `file` read-only and advises the kernel that it will be read sequentially.
+    ///
+    /// The map reflects the file as it changes: if another process truncates the file while it
+    /// is mapped, touching the lost pages raises SIGBUS. imgpack maps only files it was asked to
+    /// convert and offers plain reads (`ReadMode::Pread`) for inputs that may change.
+    pub fn map(file: &File) -> io::Result<Mapping> {
+        // SAFETY: the map is read-only and private to this process; memmap2's only unsafety is
+        // that the file may change underneath, which the doc above covers (bytes read may be
+        // torn, never memory-unsafe in Rust terms except SIGBUS on truncation, which ends the
+        // process without writing a partial output, since outputs are unnamed until committed).
+        let map = unsafe { memmap2::MmapOptions::new().map(file)? };
+        let _ = map.advise(memmap2::Advice::Sequential);
+        Ok(Mapping { map })
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Asks the kernel to read `range` ahead of use.
+    pub fn will_need(&self, offset: usize, len: usize) {
+        let _ = self.map.advise_range(memmap2::Advice::WillNeed, offset, len);
+    }
+}
+
+/// The first offset at or after `from` holding data (not a hole), `None` if only holes
+/// follow, or `Some(from)` where the file system cannot tell.
+pub fn next_data(file: &File, from: u64) -> io::Result<Option<u64>> {
+    match rustix::fs::seek(file.as_fd(), SeekFrom::Data(from)) {
+        Ok(offset) => Ok(Some(offset)),
+        Err(rustix::io::Errno::NXIO) => Ok(None),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => Ok(Some(from)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens an unnamed file in `dir` (O_TMPFILE): it vanishes if the process dies before
+/// [`link_unnamed`] gives it a name. `None` where the file system does not support it.
+pub fn open_unnamed(dir: &Path) -> io::Result<Option<File>> {
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    match rustix::fs::open(dir, flags, Mode::from_raw_mode(0o644)) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Gives an unnamed file from [`open_unnamed`] the name `path` (which must not exist).
+pub fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let cwd = rustix::fs::CWD;
+    match rustix::fs::linkat(
+        cwd,
+        proc_path.as_str(),
+        cwd,
+        path,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    ) {
+        Ok(()) => Ok(()),
+        // Without /proc, AT_EMPTY_PATH links the descriptor itself (needs CAP_DAC_READ_SEARCH).
+        Err(_) => rustix::fs::linkat(file.as_fd(), "", cwd, path, rustix::fs::AtFlags::EMPTY_PATH)
+            .map_err(Into::into),
+    }
+}
+
+/// Flushes a directory's entries to disk, so a rename into it survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
