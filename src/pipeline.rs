@@ -78,6 +78,7 @@ pub fn encode_source<W: Write + Send>(
         windows.next_window(settings.window)
     };
     let encode = |chunk: u64| -> Result<Option<EncodedChunk>> {
+        control.check()?;
         with_worker(settings.level, |encoder, scratch| {
             let len = geometry.chunk_len(chunk, virtual_size);
             let data = source.read(chunk * chunk_size, len, scratch)?;
@@ -160,6 +161,7 @@ pub fn encode_stream<W: Write + Send, R: Read + Send>(
             Ok((!window.is_empty()).then_some(window))
         };
         let encode = |(chunk, buffer): (u64, Vec<u8>)| -> Result<Option<EncodedChunk>> {
+            control.check()?;
             let encoded = with_worker(settings.level, |encoder, _| {
                 encoder.encode(geometry, chunk, &buffer)
             });
