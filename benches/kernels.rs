@@ -18,7 +18,14 @@ use imgpack::ConvertOptions;
 
 /// Text-like, compressible data resembling a file system's contents.
 fn sample_data(len: usize) -> Vec<u8> {
-    let words = [&b"usr/lib "[..], b"libc.so.6 ", b"\x7fELF\x02\x01", b"0000", b"\n#include ", b"\x00\x00\x10"];
+    let words = [
+        &b"usr/lib "[..],
+        b"libc.so.6 ",
+        b"\x7fELF\x02\x01",
+        b"0000",
+        b"\n#include ",
+        b"\x00\x00\x10",
+    ];
     let mut state = 0x1234_5678u64;
     let mut out = Vec::with_capacity(len + 16);
     while out.len() < len {
@@ -43,7 +50,12 @@ fn zero_scan(c: &mut Criterion) {
         b.iter(|| black_box(&zeros).chunks(4096).filter(|blk| is_zero(blk)).count())
     });
     group.bench_function("naive_4k_blocks", |b| {
-        b.iter(|| black_box(&zeros).chunks(4096).filter(|blk| is_zero_naive(blk)).count())
+        b.iter(|| {
+            black_box(&zeros)
+                .chunks(4096)
+                .filter(|blk| is_zero_naive(blk))
+                .count()
+        })
     });
     group.finish();
 }
@@ -71,7 +83,11 @@ fn chunk_codec(c: &mut Criterion) {
     let mut decoder = ChunkDecoder::new().unwrap();
     let mut payload = Vec::new();
     group.bench_function("decompress_1m", |b| {
-        b.iter(|| decoder.decode_payload(&record, black_box(&encoded.frame), data.len(), &mut payload).unwrap())
+        b.iter(|| {
+            decoder
+                .decode_payload(&record, black_box(&encoded.frame), data.len(), &mut payload)
+                .unwrap()
+        })
     });
     group.bench_function("crc32_1m", |b| b.iter(|| crc32fast::hash(black_box(&data))));
     group.finish();
@@ -84,7 +100,11 @@ fn archive_access(c: &mut Criterion) {
     for mib in (0..256).step_by(4) {
         disk[mib << 20..(mib + 1) << 20].copy_from_slice(&data);
     }
-    let opened = Opened { layers: Vec::new(), inner: "raw", body: Body::Stream(Box::new(Cursor::new(disk.clone()))) };
+    let opened = Opened {
+        layers: Vec::new(),
+        inner: "raw",
+        body: Body::Stream(Box::new(Cursor::new(disk.clone()))),
+    };
     let (archive, _) = encode(opened, Vec::new(), &ConvertOptions::default()).unwrap();
     let reader = ArchiveReader::open(archive.clone()).unwrap();
     let mut group = c.benchmark_group("archive");
@@ -95,7 +115,9 @@ fn archive_access(c: &mut Criterion) {
             black_box(reader.record_of(chunk).is_some())
         })
     });
-    group.bench_function("open_and_validate", |b| b.iter(|| ArchiveReader::open(black_box(archive.clone())).unwrap()));
+    group.bench_function("open_and_validate", |b| {
+        b.iter(|| ArchiveReader::open(black_box(archive.clone())).unwrap())
+    });
     group.throughput(Throughput::Bytes(64 << 10));
     group.bench_function("read_at_64k_random", |b| {
         let mut buf = vec![0u8; 64 << 10];

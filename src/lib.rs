@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod batch;
 pub mod control;
 pub mod convert;
 pub mod error;
