@@ -1,6 +1,8 @@
 //! The command-line interface: argument parsing and output formatting over library calls.
 //! `main.rs` only calls [`run`]; everything a registrar might need is in the library instead.
 
+mod images;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +35,8 @@ enum Command {
     Info(InfoArgs),
     /// Decode every chunk of an archive and check every crc; exit 0 only if intact.
     Verify(VerifyArgs),
+    /// The image library: register, list, show, update, destroy and build from images.
+    Images(images::ImagesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +131,7 @@ pub fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<u8> {
         Command::Extract(args) => extract(args, cancel),
         Command::Info(args) => info(args, cancel),
         Command::Verify(args) => verify(args, cancel),
+        Command::Images(args) => images::run(args, cancel),
     }
 }
 

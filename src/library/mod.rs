@@ -234,15 +234,14 @@ impl Library {
     /// Opens the library at `root` (creating its directories and catalog if needed) and
     /// recovers registrations whose process is gone.
     pub fn open(root: &Path, options: &LibraryOptions) -> Result<Library> {
-        for dir in [root.to_path_buf(), root.join("incoming"), root.join("images"), root.join("tmp")] {
-            std::fs::create_dir_all(&dir).context("creating the library directory", &dir)?;
-        }
+        create_layout(root)?;
         let store = SqliteStore::open(&root.join("catalog.db"))?;
         Library::with_store(root, Box::new(store), options)
     }
 
     /// Opens the library at `root` over an already open catalog.
     pub fn with_store(root: &Path, store: Box<dyn CatalogStore>, options: &LibraryOptions) -> Result<Library> {
+        create_layout(root)?;
         let mut library = Library {
             root: root.to_path_buf(),
             store: Arc::new(Mutex::new(store)),
@@ -748,10 +747,11 @@ impl Library {
             ),
             Some(deprecate) => {
                 let target = if deprecate { Status::Deprecated } else { Status::Available };
+                let from = if deprecate { Status::Available } else { Status::Deprecated };
                 if record.status == target {
                     (vec![target], None)
-                } else if policy::transition_allowed(record.status, target) {
-                    (vec![record.status], Some(target))
+                } else if record.status == from {
+                    (vec![from], Some(target))
                 } else {
                     return Err(catalog_error(format!(
                         "{id} is {}; only available images can be deprecated and only deprecated ones reinstated",
@@ -819,13 +819,14 @@ impl Library {
             return Err(Error::invalid_argument("the server disk already exists; builds write new disks").in_file(disk));
         }
         let archive_path = self.archive_path(id);
-        let reader = open_archive(&archive_path).map_err(|e| {
-            if std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>()).map(|s| s.kind()) == Some(io::ErrorKind::NotFound) {
-                catalog_error(format!("{id} was destroyed meanwhile"))
-            } else {
-                e
+        let reader = match open_archive(&archive_path) {
+            Ok(reader) => reader,
+            // Destroyed since it was read: say so rather than name a missing file.
+            Err(_) if !self.status_of(id)?.is_some_and(policy::usable_status) => {
+                return Err(catalog_error(format!("{id} was destroyed meanwhile")));
             }
-        })?;
+            Err(e) => return Err(e),
+        };
         check_fits(reader.virtual_size())?;
         let out = AtomicFile::create(disk)?;
         out.file().set_len(disk_size).context("sizing the server disk", disk)?;
@@ -843,6 +844,14 @@ impl Library {
             seconds: start.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Creates the library's directories where missing.
+fn create_layout(root: &Path) -> Result<()> {
+    for dir in [root.to_path_buf(), root.join("incoming"), root.join("images"), root.join("tmp")] {
+        std::fs::create_dir_all(&dir).context("creating the library directory", &dir)?;
+    }
+    Ok(())
 }
 
 fn lock(store: &SharedStore) -> Result<MutexGuard<'_, Box<dyn CatalogStore>>> {
