@@ -563,10 +563,12 @@ impl Library {
             return Err(catalog_error("could not find an unused image id"));
         }
         let id = record.id.clone();
+        let scratch = self.scratch_dir(&id);
+        let scratch_made = std::fs::create_dir(&scratch).context("creating the scratch directory", &scratch);
         on_created(&record);
 
         let limit = max_compressed_size.unwrap_or(self.settings.max_compressed_size);
-        let outcome = self.produce(&id, source.file, limit, control);
+        let outcome = scratch_made.and_then(|()| self.produce(&id, source.file, limit, control));
         let failure = match outcome {
             Ok(report) => {
                 let changes = Changes {
@@ -606,10 +608,10 @@ impl Library {
         Err(Error::new(failure.kind(), format!("{id} failed: {reason}")))
     }
 
-    /// Converts `input` into `images/<id>.imgpack`, watching progress into the catalog.
+    /// Converts `input` (via the scratch directory) into `images/<id>.imgpack`, writing progress
+    /// into the catalog.
     fn produce(&self, id: &str, input: &File, limit: u64, control: &Control) -> Result<ConvertReport> {
         let scratch = self.scratch_dir(id);
-        std::fs::create_dir(&scratch).context("creating the scratch directory", &scratch)?;
         let staged = scratch.join(format!("{id}.imgpack"));
         let progress = Arc::new(CatalogProgress {
             disk_size: AtomicU64::new(0),
