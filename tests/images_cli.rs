@@ -73,7 +73,16 @@ fn seeds_walkthrough_through_the_cli() {
 
     // --library and --account after the subcommand override the environment.
     let out = Command::new(env!("CARGO_BIN_EXE_imgpack"))
-        .args(["images", "register", "-a", "i686", "-n", "Slackware", "-d", "Fresh slackware install"])
+        .args([
+            "images",
+            "register",
+            "-a",
+            "i686",
+            "-n",
+            "Slackware",
+            "-d",
+            "Fresh slackware install",
+        ])
         .args(["-s", "slackware.img", "--library"])
         .arg(lib)
         .args(["--account", OWNER])
@@ -85,7 +94,10 @@ fn seeds_walkthrough_through_the_cli() {
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let header: Vec<&str> = lines[0].split_whitespace().collect();
-    assert_eq!(header, ["id", "owner", "type", "created_on", "status", "size", "name"]);
+    assert_eq!(
+        header,
+        ["id", "owner", "type", "created_on", "status", "size", "name"]
+    );
     let creating: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(&creating[1..3], [OWNER, "upload"]);
     assert_eq!(&creating[4..], ["creating", "0", "Slackware", "(i686)"]);
@@ -102,10 +114,25 @@ fn seeds_walkthrough_through_the_cli() {
         .unwrap();
     let listed = String::from_utf8(listed.stdout).unwrap();
     let row: Vec<&str> = listed.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(row, [id.as_str(), OWNER, "upload", &creating[3], "private", "3", "Slackware", "(i686)"]);
+    assert_eq!(
+        row,
+        [
+            id.as_str(),
+            OWNER,
+            "upload",
+            creating[3],
+            "private",
+            "3",
+            "Slackware",
+            "(i686)"
+        ]
+    );
 
     ok(lib, OWNER, &["update", "--mode=compatibility", &id]);
-    assert!(ok(lib, OTHER, &["list"]).lines().count() == 1, "private: only the header");
+    assert!(
+        ok(lib, OTHER, &["list"]).lines().count() == 1,
+        "private: only the header"
+    );
     let shown = run(lib, OTHER, &["show", &id]);
     let unknown = run(lib, OTHER, &["show", "img-zzzzz"]);
     assert!(!shown.status.success());
@@ -124,9 +151,31 @@ fn seeds_walkthrough_through_the_cli() {
     assert!(ok(lib, OWNER, &["list"]).contains(" deprecated "));
 
     let disk = lib.join("server.raw");
-    let small = run(lib, OTHER, &["build", &id, "--disk", disk.to_str().unwrap(), "--disk-size", "2M"]);
+    let small = run(
+        lib,
+        OTHER,
+        &[
+            "build",
+            &id,
+            "--disk",
+            disk.to_str().unwrap(),
+            "--disk-size",
+            "2M",
+        ],
+    );
     assert!(String::from_utf8_lossy(&small.stderr).contains("will not fit"));
-    let report = json(lib, OTHER, &["build", &id, "--disk", disk.to_str().unwrap(), "--disk-size", "8M"]);
+    let report = json(
+        lib,
+        OTHER,
+        &[
+            "build",
+            &id,
+            "--disk",
+            disk.to_str().unwrap(),
+            "--disk-size",
+            "8M",
+        ],
+    );
     assert_eq!(report["mode"], "compatibility");
     assert_eq!(report["arch"], "i686");
     assert_eq!(report["virtual_size"], 3 << 20);
@@ -136,8 +185,24 @@ fn seeds_walkthrough_through_the_cli() {
 
     let record = json(lib, OWNER, &["show", &id]);
     for field in [
-        "id", "owner", "source_type", "created_on", "status", "name", "description", "arch", "mode", "public",
-        "official", "username", "source", "virtual_size", "disk_size", "compressed_size", "format", "chunks",
+        "id",
+        "owner",
+        "source_type",
+        "created_on",
+        "status",
+        "name",
+        "description",
+        "arch",
+        "mode",
+        "public",
+        "official",
+        "username",
+        "source",
+        "virtual_size",
+        "disk_size",
+        "compressed_size",
+        "format",
+        "chunks",
         "reason",
     ] {
         assert!(record.get(field).is_some(), "missing {field}: {record}");
@@ -157,11 +222,27 @@ fn limit_turns_a_registration_into_failed() {
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path();
     let source = upload(lib, OWNER, "big.img", 2 << 20, 2);
-    let out = run(lib, OWNER, &["register", "-a", "x86_64", "-n", "Big", "-s", "big.img", "--max-compressed-size", "64K", "--json"]);
+    let out = run(
+        lib,
+        OWNER,
+        &[
+            "register",
+            "-a",
+            "x86_64",
+            "-n",
+            "Big",
+            "-s",
+            "big.img",
+            "--max-compressed-size",
+            "64K",
+            "--json",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("failed") && stderr.contains("limit"), "{stderr}");
-    let creating: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let creating: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(creating["status"], "creating");
     let id = creating["id"].as_str().unwrap();
     let record = json(lib, OWNER, &["show", id]);
@@ -172,7 +253,10 @@ fn limit_turns_a_registration_into_failed() {
 }
 
 fn wait_all(children: Vec<Child>) -> Vec<Output> {
-    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
 }
 
 #[test]
@@ -185,7 +269,11 @@ fn eight_processes_register_update_and_list_at_once() {
     }
     // One image everybody updates at once, registered beforehand.
     upload(lib, OWNER, "shared.img", 1 << 20, 99);
-    let shared = json(lib, OWNER, &["register", "-a", "x86_64", "-n", "Shared", "-s", "shared.img"])["id"]
+    let shared = json(
+        lib,
+        OWNER,
+        &["register", "-a", "x86_64", "-n", "Shared", "-s", "shared.img"],
+    )["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -241,18 +329,30 @@ fn eight_processes_register_update_and_list_at_once() {
     let mut ids = std::collections::HashSet::new();
     for out in &registered {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let last: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        let last: Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
         assert_eq!(last["status"], "available");
-        assert!(ids.insert(last["id"].as_str().unwrap().to_string()), "duplicate id");
+        assert!(
+            ids.insert(last["id"].as_str().unwrap().to_string()),
+            "duplicate id"
+        );
     }
     assert_eq!(ids.len(), 8);
     for n in 0..8 {
-        assert!(!lib.join("incoming").join(accounts[n % 2]).join(format!("disk{n}.img")).exists());
+        assert!(!lib
+            .join("incoming")
+            .join(accounts[n % 2])
+            .join(format!("disk{n}.img"))
+            .exists());
     }
     let archives = fs::read_dir(lib.join("images")).unwrap().count();
     assert_eq!(archives, 9);
     let mine = json(lib, OWNER, &["list"]);
-    assert_eq!(mine.as_array().unwrap().len(), 5, "four registrations and the shared image");
+    assert_eq!(
+        mine.as_array().unwrap().len(),
+        5,
+        "four registrations and the shared image"
+    );
     // No update was lost.
     let record = json(lib, OWNER, &["show", &shared]);
     assert_eq!(record["name"], "Renamed");
@@ -287,17 +387,31 @@ fn a_registration_killed_with_sigkill_is_marked_failed_by_the_next_command() {
     let before = fs::read(&source).unwrap();
     let mut child = imgpack(lib, OWNER)
         .env("IMGPACK_TEST_HOLD_CREATING_MS", "60000")
-        .args(["register", "-a", "x86_64", "-n", "Victim", "-s", "victim.img", "--json"])
+        .args([
+            "register",
+            "-a",
+            "x86_64",
+            "-n",
+            "Victim",
+            "-s",
+            "victim.img",
+            "--json",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let creating: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(creating["status"], "creating");
     let id = creating["id"].as_str().unwrap().to_string();
-    assert!(lib.join("tmp").join(&id).exists(), "scratch space exists while creating");
+    assert!(
+        lib.join("tmp").join(&id).exists(),
+        "scratch space exists while creating"
+    );
 
     // While the process lives, other commands leave the registration alone.
     assert_eq!(json(lib, OWNER, &["show", &id])["status"], "creating");
@@ -306,14 +420,21 @@ fn a_registration_killed_with_sigkill_is_marked_failed_by_the_next_command() {
     child.wait().unwrap();
     let record = json(lib, OWNER, &["show", &id]);
     assert_eq!(record["status"], "failed");
-    assert!(record["reason"].as_str().unwrap().contains("interrupted"), "{record}");
+    assert!(
+        record["reason"].as_str().unwrap().contains("interrupted"),
+        "{record}"
+    );
     assert!(!lib.join("tmp").join(&id).exists());
     assert!(!lib.join("images").join(format!("{id}.imgpack")).exists());
     assert_eq!(fs::read(&source).unwrap(), before, "the upload is kept");
     assert!(ok(lib, OWNER, &["list"]).contains(" failed "));
 
     // The kept upload registers fine afterwards.
-    let again = json(lib, OWNER, &["register", "-a", "x86_64", "-n", "Victim", "-s", "victim.img"]);
+    let again = json(
+        lib,
+        OWNER,
+        &["register", "-a", "x86_64", "-n", "Victim", "-s", "victim.img"],
+    );
     assert_eq!(again["status"], "available");
     assert!(!source.exists());
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use imgpack::library::store::Lease;
 use imgpack::library::{
-    Arch, CatalogStore, Changes, HostIdentity, ImageRecord, ImageUpdate, Library, LibraryOptions, Mode, NewImage,
-    RegisterRequest, SourceType, SqliteStore, Status,
+    Arch, CatalogStore, Changes, HostIdentity, ImageRecord, ImageUpdate, Library, LibraryOptions, Mode,
+    NewImage, RegisterRequest, SourceType, SqliteStore, Status,
 };
 use imgpack::{Control, ErrorKind};
 
@@ -43,7 +43,11 @@ fn open(dir: &Path) -> Library {
 }
 
 fn register(library: &Library, account: &str, name: &str, source: &str) -> imgpack::Result<ImageRecord> {
-    library.register(account, &RegisterRequest::new(NewImage::new(name, Arch::X86_64), source), &mut |_| {})
+    library.register(
+        account,
+        &RegisterRequest::new(NewImage::new(name, Arch::X86_64), source),
+        &mut |_| {},
+    )
 }
 
 fn ids(images: &[ImageRecord]) -> Vec<&str> {
@@ -61,11 +65,15 @@ fn seeds_walkthrough() {
     image.description = "Fresh slackware install".to_string();
     let mut seen_creating = None;
     let registered = library
-        .register(OWNER, &RegisterRequest::new(image, "slackware.img"), &mut |record| {
-            // While the conversion has not started, the catalog already lists it as creating.
-            let listed = library.list(OWNER, false).unwrap();
-            seen_creating = Some((record.clone(), listed));
-        })
+        .register(
+            OWNER,
+            &RegisterRequest::new(image, "slackware.img"),
+            &mut |record| {
+                // While the conversion has not started, the catalog already lists it as creating.
+                let listed = library.list(OWNER, false).unwrap();
+                seen_creating = Some((record.clone(), listed));
+            },
+        )
         .unwrap();
     let (created, listed) = seen_creating.expect("on_created was called");
     assert_eq!(created.status, Status::Creating);
@@ -99,12 +107,18 @@ fn seeds_walkthrough() {
         mode: Some(Mode::Compatibility),
         ..ImageUpdate::default()
     };
-    assert_eq!(library.update(OWNER, &id, &compat).unwrap().mode, Mode::Compatibility);
+    assert_eq!(
+        library.update(OWNER, &id, &compat).unwrap().mode,
+        Mode::Compatibility
+    );
     let public = ImageUpdate {
         public: Some(true),
         ..ImageUpdate::default()
     };
-    assert_eq!(library.update(OWNER, &id, &public).unwrap().display_status(), "public");
+    assert_eq!(
+        library.update(OWNER, &id, &public).unwrap().display_status(),
+        "public"
+    );
     assert_eq!(ids(&library.list(OTHER, false).unwrap()), vec![id.as_str()]);
 
     let deprecate = ImageUpdate {
@@ -113,30 +127,45 @@ fn seeds_walkthrough() {
     };
     let deprecated = library.update(OWNER, &id, &deprecate).unwrap();
     assert_eq!(deprecated.status, Status::Deprecated);
-    assert_eq!(library.list(OWNER, false).unwrap()[0].display_status(), "deprecated");
+    assert_eq!(
+        library.list(OWNER, false).unwrap()[0].display_status(),
+        "deprecated"
+    );
     assert!(library.list(OTHER, false).unwrap().is_empty());
     assert_eq!(ids(&library.list(OTHER, true).unwrap()), vec![id.as_str()]);
 
     // Still usable by id: the other account builds a server disk from it.
     let disk = dir.path().join("server.raw");
-    let too_small = library.build(OTHER, &id, &disk, 4 << 20, &Control::default()).unwrap_err();
+    let too_small = library
+        .build(OTHER, &id, &disk, 4 << 20, &Control::default())
+        .unwrap_err();
     assert!(too_small.to_string().contains("will not fit"), "{too_small}");
     assert!(!disk.exists());
-    let report = library.build(OTHER, &id, &disk, 16 << 20, &Control::default()).unwrap();
+    let report = library
+        .build(OTHER, &id, &disk, 16 << 20, &Control::default())
+        .unwrap();
     assert_eq!(report.mode, Mode::Compatibility);
     assert_eq!(report.arch, Arch::I686);
     let built = fs::read(&disk).unwrap();
     assert_eq!(built.len(), 16 << 20);
     assert_eq!(&built[..original.len()], &original[..]);
     assert!(built[original.len()..].iter().all(|&b| b == 0));
-    let again = library.build(OTHER, &id, &disk, 16 << 20, &Control::default()).unwrap_err();
+    let again = library
+        .build(OTHER, &id, &disk, 16 << 20, &Control::default())
+        .unwrap_err();
     assert!(again.to_string().contains("already exists"), "{again}");
 
     let destroyed = library.destroy(OWNER, &id).unwrap();
     assert_eq!(destroyed.status, Status::Deleted);
     assert!(!archive.exists());
     assert!(library.list(OWNER, true).unwrap().is_empty());
-    let gone = library.build(OWNER, &id, &dir.path().join("s2.raw"), 16 << 20, &Control::default());
+    let gone = library.build(
+        OWNER,
+        &id,
+        &dir.path().join("s2.raw"),
+        16 << 20,
+        &Control::default(),
+    );
     assert!(gone.is_err());
 }
 
@@ -179,7 +208,9 @@ fn matrix_library(dir: &Path) -> (Library, Vec<ImageRecord>) {
             };
             let mut from = Status::Creating;
             for &to in path {
-                assert!(store.compare_and_set(&record.id, &[from], Some(to), &Changes::default()).unwrap());
+                assert!(store
+                    .compare_and_set(&record.id, &[from], Some(to), &Changes::default())
+                    .unwrap());
                 from = to;
             }
             records.push(ImageRecord { status, ..record });
@@ -201,7 +232,11 @@ fn visibility_matrix() {
             let owner = caller == OWNER;
             let usable = matches!(record.status, Status::Available | Status::Deprecated);
             let (want_list, want_list_all, want_show) = if owner {
-                (record.status != Status::Deleted, record.status != Status::Deleted, true)
+                (
+                    record.status != Status::Deleted,
+                    record.status != Status::Deleted,
+                    true,
+                )
             } else {
                 (
                     record.public && record.status == Status::Available,
@@ -209,9 +244,20 @@ fn visibility_matrix() {
                     record.public && usable,
                 )
             };
-            let case = format!("{caller} on {} ({}, public {})", record.id, record.status, record.public);
-            assert_eq!(listed.iter().any(|r| r.id == record.id), want_list, "list: {case}");
-            assert_eq!(listed_all.iter().any(|r| r.id == record.id), want_list_all, "list --show-all: {case}");
+            let case = format!(
+                "{caller} on {} ({}, public {})",
+                record.id, record.status, record.public
+            );
+            assert_eq!(
+                listed.iter().any(|r| r.id == record.id),
+                want_list,
+                "list: {case}"
+            );
+            assert_eq!(
+                listed_all.iter().any(|r| r.id == record.id),
+                want_list_all,
+                "list --show-all: {case}"
+            );
             match library.show(caller, &record.id) {
                 Ok(shown) => {
                     assert!(want_show, "show: {case}");
@@ -220,15 +266,25 @@ fn visibility_matrix() {
                 Err(e) => {
                     assert!(!want_show, "show: {case}: {e}");
                     // Indistinguishable from an id that does not exist.
-                    assert_eq!(e.to_string().replace(&record.id, "img-zzzzz"), unknown_show, "{case}");
+                    assert_eq!(
+                        e.to_string().replace(&record.id, "img-zzzzz"),
+                        unknown_show,
+                        "{case}"
+                    );
                 }
             }
 
             let disk = dir.path().join(format!("{caller}-{}.raw", record.id));
-            let build = library.build(caller, &record.id, &disk, 1 << 30, &Control::default()).unwrap_err();
+            let build = library
+                .build(caller, &record.id, &disk, 1 << 30, &Control::default())
+                .unwrap_err();
             let message = build.to_string();
             if !want_show {
-                assert_eq!(message.replace(&record.id, "img-zzzzz"), unknown_show, "build: {case}");
+                assert_eq!(
+                    message.replace(&record.id, "img-zzzzz"),
+                    unknown_show,
+                    "build: {case}"
+                );
             } else if !usable {
                 assert!(message.contains("can only be built"), "build: {case}: {message}");
             } else {
@@ -248,11 +304,19 @@ fn visibility_matrix() {
                 if want_show {
                     assert!(message.contains("only its owner"), "update: {case}: {message}");
                 } else {
-                    assert_eq!(message.replace(&record.id, "img-zzzzz"), unknown_show, "update: {case}");
+                    assert_eq!(
+                        message.replace(&record.id, "img-zzzzz"),
+                        unknown_show,
+                        "update: {case}"
+                    );
                 }
                 let destroy = library.destroy(caller, &record.id).unwrap_err().to_string();
                 if !want_show {
-                    assert_eq!(destroy.replace(&record.id, "img-zzzzz"), unknown_show, "destroy: {case}");
+                    assert_eq!(
+                        destroy.replace(&record.id, "img-zzzzz"),
+                        unknown_show,
+                        "destroy: {case}"
+                    );
                 }
             }
         }
@@ -260,10 +324,23 @@ fn visibility_matrix() {
     // The owner destroys what may be destroyed, and only that.
     for record in &records {
         let result = library.destroy(OWNER, &record.id);
-        let allowed = matches!(record.status, Status::Available | Status::Deprecated | Status::Failed);
-        assert_eq!(result.is_ok(), allowed, "destroy {} ({})", record.id, record.status);
+        let allowed = matches!(
+            record.status,
+            Status::Available | Status::Deprecated | Status::Failed
+        );
+        assert_eq!(
+            result.is_ok(),
+            allowed,
+            "destroy {} ({})",
+            record.id,
+            record.status
+        );
     }
-    assert!(library.list(OWNER, true).unwrap().iter().all(|r| r.status == Status::Creating));
+    assert!(library
+        .list(OWNER, true)
+        .unwrap()
+        .iter()
+        .all(|r| r.status == Status::Creating));
 }
 
 #[test]
@@ -288,10 +365,22 @@ fn transitions_outside_the_table_are_refused() {
     assert!(library.destroy(OWNER, &deleted).is_err());
     // available <-> deprecated, both ways, and asking for the current state changes nothing.
     let id = find(Status::Available);
-    assert_eq!(library.update(OWNER, &id, &deprecate(false)).unwrap().status, Status::Available);
-    assert_eq!(library.update(OWNER, &id, &deprecate(true)).unwrap().status, Status::Deprecated);
-    assert_eq!(library.update(OWNER, &id, &deprecate(true)).unwrap().status, Status::Deprecated);
-    assert_eq!(library.update(OWNER, &id, &deprecate(false)).unwrap().status, Status::Available);
+    assert_eq!(
+        library.update(OWNER, &id, &deprecate(false)).unwrap().status,
+        Status::Available
+    );
+    assert_eq!(
+        library.update(OWNER, &id, &deprecate(true)).unwrap().status,
+        Status::Deprecated
+    );
+    assert_eq!(
+        library.update(OWNER, &id, &deprecate(true)).unwrap().status,
+        Status::Deprecated
+    );
+    assert_eq!(
+        library.update(OWNER, &id, &deprecate(false)).unwrap().status,
+        Status::Available
+    );
     assert_eq!(library.destroy(OWNER, &id).unwrap().status, Status::Deleted);
     assert!(library.destroy(OWNER, &id).is_err());
     assert!(library.update(OWNER, &id, &ImageUpdate::default()).is_err());
@@ -314,7 +403,10 @@ fn compressed_size_limit_fails_the_registration_and_keeps_the_upload() {
     let record = library.show(OWNER, &id).unwrap();
     assert_eq!(record.status, Status::Failed);
     let reason = record.reason.unwrap();
-    assert!(reason.starts_with("big.img: ") && reason.contains("limit"), "{reason}");
+    assert!(
+        reason.starts_with("big.img: ") && reason.contains("limit"),
+        "{reason}"
+    );
     assert!(!reason.contains("/proc/self/fd"), "{reason}");
     assert_eq!(fs::read(&source).unwrap(), before, "the upload is kept");
     assert!(!library.archive_path(&id).exists());
@@ -326,9 +418,19 @@ fn compressed_size_limit_fails_the_registration_and_keeps_the_upload() {
     operator_view.set_settings(OPERATOR, None, Some(1024)).unwrap();
     let limited = open(dir.path());
     assert_eq!(limited.settings().max_compressed_size, 1024);
-    assert_eq!(register(&limited, OWNER, "Big", "big.img").unwrap_err().kind(), ErrorKind::LimitExceeded);
-    operator_view.set_settings(OPERATOR, None, Some(50 << 30)).unwrap();
-    assert_eq!(register(&open(dir.path()), OWNER, "Big", "big.img").unwrap().status, Status::Available);
+    assert_eq!(
+        register(&limited, OWNER, "Big", "big.img").unwrap_err().kind(),
+        ErrorKind::LimitExceeded
+    );
+    operator_view
+        .set_settings(OPERATOR, None, Some(50 << 30))
+        .unwrap();
+    assert_eq!(
+        register(&open(dir.path()), OWNER, "Big", "big.img")
+            .unwrap()
+            .status,
+        Status::Available
+    );
     assert!(!source.exists());
 }
 
@@ -345,7 +447,11 @@ fn refused_input_fails_the_registration() {
     let failed = library.list(OWNER, false).unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].status, Status::Failed);
-    assert!(failed[0].reason.as_deref().unwrap().contains("already an imgpack archive"));
+    assert!(failed[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("already an imgpack archive"));
     assert!(archive.exists());
 }
 
@@ -364,15 +470,33 @@ fn sources_must_be_plain_files_in_the_callers_incoming_directory() {
     let theirs = format!("../{OTHER}/theirs.img");
     let absolute = outside.display().to_string();
     for source in [
-        "..", ".", "", "../../secret.raw", &theirs, &absolute, "link.img", "passwd.img", "hard.img",
-        "folder.img", "theirs.img", "missing.img",
+        "..",
+        ".",
+        "",
+        "../../secret.raw",
+        &theirs,
+        &absolute,
+        "link.img",
+        "passwd.img",
+        "hard.img",
+        "folder.img",
+        "theirs.img",
+        "missing.img",
     ] {
         let error = register(&library, OWNER, "Sneaky", source).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{source:?}: {error}");
     }
-    assert!(library.list(OWNER, false).unwrap().is_empty(), "refused before any record");
+    assert!(
+        library.list(OWNER, false).unwrap().is_empty(),
+        "refused before any record"
+    );
     assert!(fs::metadata(&outside).is_ok());
-    assert!(dir.path().join("incoming").join(OTHER).join("theirs.img").exists());
+    assert!(dir
+        .path()
+        .join("incoming")
+        .join(OTHER)
+        .join("theirs.img")
+        .exists());
     // Accounts that could name a path are refused too.
     assert!(library.list("../acc-x", false).is_err());
     assert!(library.incoming_dir("acc-../x").is_err());
@@ -424,13 +548,34 @@ fn updates_of_different_fields_do_not_overwrite_each_other() {
     let id = register(&library, OWNER, "Before", "a.img").unwrap().id;
     let root = dir.path().to_path_buf();
     let updates = vec![
-        ImageUpdate { name: Some("After".into()), ..ImageUpdate::default() },
-        ImageUpdate { description: Some("described".into()), ..ImageUpdate::default() },
-        ImageUpdate { mode: Some(Mode::Compatibility), ..ImageUpdate::default() },
-        ImageUpdate { public: Some(true), ..ImageUpdate::default() },
-        ImageUpdate { deprecated: Some(true), ..ImageUpdate::default() },
-        ImageUpdate { username: Some("ubuntu".into()), ..ImageUpdate::default() },
-        ImageUpdate { arch: Some(Arch::I686), ..ImageUpdate::default() },
+        ImageUpdate {
+            name: Some("After".into()),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            description: Some("described".into()),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            mode: Some(Mode::Compatibility),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            public: Some(true),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            deprecated: Some(true),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            username: Some("ubuntu".into()),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            arch: Some(Arch::I686),
+            ..ImageUpdate::default()
+        },
     ];
     std::thread::scope(|scope| {
         for update in &updates {
@@ -467,10 +612,36 @@ fn stale_registrations_are_failed_on_open() {
     let now = imgpack::library::record::unix_now();
     let live = here.lease_for_self(now);
     let leases = [
-        ("img-dead0", Lease { pid: dead_pid, ..live.clone() }),
-        ("img-boot0", Lease { boot_id: "old-boot".into(), ..live.clone() }),
-        ("img-far00", Lease { host: "elsewhere".into(), expires_at: now - 1, ..live.clone() }),
-        ("img-far01", Lease { host: "elsewhere".into(), expires_at: now + 600, ..live.clone() }),
+        (
+            "img-dead0",
+            Lease {
+                pid: dead_pid,
+                ..live.clone()
+            },
+        ),
+        (
+            "img-boot0",
+            Lease {
+                boot_id: "old-boot".into(),
+                ..live.clone()
+            },
+        ),
+        (
+            "img-far00",
+            Lease {
+                host: "elsewhere".into(),
+                expires_at: now - 1,
+                ..live.clone()
+            },
+        ),
+        (
+            "img-far01",
+            Lease {
+                host: "elsewhere".into(),
+                expires_at: now + 600,
+                ..live.clone()
+            },
+        ),
         ("img-live0", live.clone()),
     ];
     {

@@ -217,7 +217,9 @@ pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
         .account
         .clone()
         .or_else(|| std::env::var("IMGPACK_ACCOUNT").ok())
-        .ok_or_else(|| Error::invalid_argument("no account: give --account acc-xxxxx or set IMGPACK_ACCOUNT"))?;
+        .ok_or_else(|| {
+            Error::invalid_argument("no account: give --account acc-xxxxx or set IMGPACK_ACCOUNT")
+        })?;
     let options = LibraryOptions {
         operator: std::env::var("IMGPACK_OPERATOR").ok().filter(|s| !s.is_empty()),
     };
@@ -237,7 +239,14 @@ pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
                 control: Control::default(),
             };
             create(json, &common, cancel, |control, on_created| {
-                library.register(&account, &RegisterRequest { control, ..request.clone() }, on_created)
+                library.register(
+                    &account,
+                    &RegisterRequest {
+                        control,
+                        ..request.clone()
+                    },
+                    on_created,
+                )
             })
         }
         ImagesCommand::Snapshot(a) => {
@@ -248,7 +257,14 @@ pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
                 control: Control::default(),
             };
             create(json, &common, cancel, |control, on_created| {
-                library.snapshot(&account, &SnapshotRequest { control, ..request.clone() }, on_created)
+                library.snapshot(
+                    &account,
+                    &SnapshotRequest {
+                        control,
+                        ..request.clone()
+                    },
+                    on_created,
+                )
             })
         }
         ImagesCommand::List(a) => {
@@ -409,7 +425,10 @@ pub fn table(images: &[ImageRecord]) -> String {
         text.trim_end().to_string()
     };
     let mut lines = vec![line(header.to_vec())];
-    lines.extend(rows.iter().map(|row| line(row.iter().map(String::as_str).collect())));
+    lines.extend(
+        rows.iter()
+            .map(|row| line(row.iter().map(String::as_str).collect())),
+    );
     lines.join("\n")
 }
 

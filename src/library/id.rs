@@ -16,9 +16,8 @@ fn random_suffix() -> Result<String> {
     let mut out = String::with_capacity(SUFFIX_LEN);
     let mut bytes = [0u8; 16];
     while out.len() < SUFFIX_LEN {
-        getrandom::fill(&mut bytes).map_err(|e| {
-            Error::new(ErrorKind::Io, format!("cannot get random bytes for an id: {e}"))
-        })?;
+        getrandom::fill(&mut bytes)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot get random bytes for an id: {e}")))?;
         // 252 = 7 * 36: dropping larger bytes keeps every character equally likely.
         for &b in bytes.iter().filter(|&&b| b < 252) {
             if out.len() == SUFFIX_LEN {
@@ -31,9 +30,8 @@ fn random_suffix() -> Result<String> {
 }
 
 fn has_suffix(text: &str, prefix: &str) -> bool {
-    text.strip_prefix(prefix).is_some_and(|rest| {
-        rest.len() == SUFFIX_LEN && rest.bytes().all(|b| ALPHABET.contains(&b))
-    })
+    text.strip_prefix(prefix)
+        .is_some_and(|rest| rest.len() == SUFFIX_LEN && rest.bytes().all(|b| ALPHABET.contains(&b)))
 }
 
 /// Whether `text` is an image id (`img-` and 5 lowercase base-36 characters).

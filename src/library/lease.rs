@@ -61,7 +61,11 @@ impl HostIdentity {
             format!(
                 "the registering process {} on {} stopped renewing its lease",
                 lease.pid,
-                if lease.host.is_empty() { "an unknown host" } else { &lease.host }
+                if lease.host.is_empty() {
+                    "an unknown host"
+                } else {
+                    &lease.host
+                }
             )
         })
     }

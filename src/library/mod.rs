@@ -240,7 +240,11 @@ impl Library {
     }
 
     /// Opens the library at `root` over an already open catalog.
-    pub fn with_store(root: &Path, store: Box<dyn CatalogStore>, options: &LibraryOptions) -> Result<Library> {
+    pub fn with_store(
+        root: &Path,
+        store: Box<dyn CatalogStore>,
+        options: &LibraryOptions,
+    ) -> Result<Library> {
         create_layout(root)?;
         let mut library = Library {
             root: root.to_path_buf(),
@@ -271,7 +275,9 @@ impl Library {
         }
         let max_compressed_size = match store.setting(SETTING_MAX_COMPRESSED_SIZE)? {
             Some(text) => text.parse().map_err(|_| {
-                catalog_error(format!("library setting {SETTING_MAX_COMPRESSED_SIZE} is not a number: {text:?}"))
+                catalog_error(format!(
+                    "library setting {SETTING_MAX_COMPRESSED_SIZE} is not a number: {text:?}"
+                ))
             })?,
             None => DEFAULT_MAX_COMPRESSED_SIZE,
         };
@@ -300,11 +306,15 @@ impl Library {
     ) -> Result<LibrarySettings> {
         self.check_caller(caller)?;
         if caller != self.settings.operator {
-            return Err(catalog_error("only the operator account can change library settings"));
+            return Err(catalog_error(
+                "only the operator account can change library settings",
+            ));
         }
         if let Some(name) = operator {
             if !id::is_operator_name(name) {
-                return Err(Error::invalid_argument(format!("{name:?} is not a valid operator name")));
+                return Err(Error::invalid_argument(format!(
+                    "{name:?} is not a valid operator name"
+                )));
             }
         }
         let shared = Arc::clone(&self.store);
@@ -425,11 +435,21 @@ impl Library {
             name: request.source.clone(),
             source_type: SourceType::Upload,
         };
-        let record = self.create(caller, &request.image, source, request.max_compressed_size, &request.control, on_created)?;
+        let record = self.create(
+            caller,
+            &request.image,
+            source,
+            request.max_compressed_size,
+            &request.control,
+            on_created,
+        )?;
         upload.remove().map_err(|e| {
             Error::new(
                 ErrorKind::Io,
-                format!("{} is registered, but its upload could not be removed from incoming/", record.id),
+                format!(
+                    "{} is registered, but its upload could not be removed from incoming/",
+                    record.id
+                ),
             )
             .with_source(e)
         })?;
@@ -446,20 +466,29 @@ impl Library {
     ) -> Result<ImageRecord> {
         self.check_caller(caller)?;
         let file = File::open(&request.disk).context("opening the server disk", &request.disk)?;
-        let kind = file.metadata().context("reading the server disk", &request.disk)?;
+        let kind = file
+            .metadata()
+            .context("reading the server disk", &request.disk)?;
         if kind.is_dir() {
             return Err(Error::invalid_argument("the server disk is a directory").in_file(&request.disk));
         }
-        let name = request
-            .disk
-            .file_name()
-            .map_or_else(|| request.disk.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = request.disk.file_name().map_or_else(
+            || request.disk.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let source = SourceInput {
             file: &file,
             name,
             source_type: SourceType::Snapshot,
         };
-        self.create(caller, &request.image, source, request.max_compressed_size, &request.control, on_created)
+        self.create(
+            caller,
+            &request.image,
+            source,
+            request.max_compressed_size,
+            &request.control,
+            on_created,
+        )
     }
 
     fn open_upload(&self, caller: &str, name: &str) -> Result<Upload> {
@@ -491,7 +520,9 @@ impl Library {
             .metadata()
             .map_err(|e| Error::io(format!("reading {name:?}"), e))?;
         if !meta.file_type().is_file() {
-            return Err(Error::invalid_argument(format!("{name:?} in your incoming directory is not a regular file")));
+            return Err(Error::invalid_argument(format!(
+                "{name:?} in your incoming directory is not a regular file"
+            )));
         }
         if meta.nlink() != 1 {
             return Err(Error::invalid_argument(format!(
@@ -579,10 +610,12 @@ impl Library {
                     chunks: Some(report.chunks),
                     ..Changes::default()
                 };
-                if self
-                    .store()?
-                    .compare_and_set(&id, &[Status::Creating], Some(Status::Available), &changes)?
-                {
+                if self.store()?.compare_and_set(
+                    &id,
+                    &[Status::Creating],
+                    Some(Status::Available),
+                    &changes,
+                )? {
                     let _ = std::fs::remove_dir_all(self.scratch_dir(&id));
                     return self.store()?.get(&id)?.ok_or_else(|| not_found(&id));
                 }
@@ -592,7 +625,8 @@ impl Library {
                 let now = self.store()?.get(&id)?;
                 return Err(catalog_error(format!(
                     "{id}: the catalog no longer expects this registration ({})",
-                    now.and_then(|r| r.reason).unwrap_or_else(|| "no reason recorded".to_string())
+                    now.and_then(|r| r.reason)
+                        .unwrap_or_else(|| "no reason recorded".to_string())
                 )));
             }
             Err(e) => e,
@@ -705,7 +739,9 @@ impl Library {
     fn owned(&self, caller: &str, id: &str) -> Result<ImageRecord> {
         let record = self.show(caller, id)?;
         if !policy::owns(&record, caller) {
-            return Err(catalog_error(format!("{id} belongs to another account; only its owner can change it")));
+            return Err(catalog_error(format!(
+                "{id} belongs to another account; only its owner can change it"
+            )));
         }
         if record.status == Status::Deleted {
             return Err(catalog_error(format!("{id} is deleted")));
@@ -718,7 +754,9 @@ impl Library {
     pub fn update(&self, caller: &str, id: &str, update: &ImageUpdate) -> Result<ImageRecord> {
         let record = self.owned(caller, id)?;
         if update.official.is_some() && caller != self.settings.operator {
-            return Err(catalog_error("only the operator account can mark images official"));
+            return Err(catalog_error(
+                "only the operator account can mark images official",
+            ));
         }
         if let Some(name) = &update.name {
             check_text("name", name, 1, 255)?;
@@ -744,12 +782,25 @@ impl Library {
         }
         let (expected, to) = match update.deprecated {
             None => (
-                vec![Status::Creating, Status::Available, Status::Deprecated, Status::Failed],
+                vec![
+                    Status::Creating,
+                    Status::Available,
+                    Status::Deprecated,
+                    Status::Failed,
+                ],
                 None,
             ),
             Some(deprecate) => {
-                let target = if deprecate { Status::Deprecated } else { Status::Available };
-                let from = if deprecate { Status::Available } else { Status::Deprecated };
+                let target = if deprecate {
+                    Status::Deprecated
+                } else {
+                    Status::Available
+                };
+                let from = if deprecate {
+                    Status::Available
+                } else {
+                    Status::Deprecated
+                };
                 if record.status == target {
                     (vec![target], None)
                 } else if record.status == from {
@@ -775,7 +826,10 @@ impl Library {
     pub fn destroy(&self, caller: &str, id: &str) -> Result<ImageRecord> {
         let record = self.owned(caller, id)?;
         if !policy::transition_allowed(record.status, Status::Deleted) {
-            return Err(catalog_error(format!("{id} is {}; it cannot be destroyed now", record.status)));
+            return Err(catalog_error(format!(
+                "{id} is {}; it cannot be destroyed now",
+                record.status
+            )));
         }
         let expected = policy::sources_of(Status::Deleted);
         if !self
@@ -798,7 +852,14 @@ impl Library {
     /// Writes image `id` onto a new server disk at `disk` (a sparse raw file of `disk_size`
     /// bytes, appearing only when complete), as the server build system does. Allowed for
     /// images the caller may use, in `available` or `deprecated` status.
-    pub fn build(&self, caller: &str, id: &str, disk: &Path, disk_size: u64, control: &Control) -> Result<BuildReport> {
+    pub fn build(
+        &self,
+        caller: &str,
+        id: &str,
+        disk: &Path,
+        disk_size: u64,
+        control: &Control,
+    ) -> Result<BuildReport> {
         let start = Instant::now();
         let record = self.show(caller, id)?;
         if !policy::usable_status(record.status) {
@@ -818,7 +879,10 @@ impl Library {
         };
         check_fits(record.virtual_size)?;
         if std::fs::symlink_metadata(disk).is_ok() {
-            return Err(Error::invalid_argument("the server disk already exists; builds write new disks").in_file(disk));
+            return Err(
+                Error::invalid_argument("the server disk already exists; builds write new disks")
+                    .in_file(disk),
+            );
         }
         let archive_path = self.archive_path(id);
         let reader = match open_archive(&archive_path) {
@@ -831,7 +895,9 @@ impl Library {
         };
         check_fits(reader.virtual_size())?;
         let out = AtomicFile::create(disk)?;
-        out.file().set_len(disk_size).context("sizing the server disk", disk)?;
+        out.file()
+            .set_len(disk_size)
+            .context("sizing the server disk", disk)?;
         write_disk(&reader, out.file(), control).map_err(|e| e.in_file(&archive_path))?;
         control.check()?;
         out.commit()?;
@@ -850,7 +916,12 @@ impl Library {
 
 /// Creates the library's directories where missing.
 fn create_layout(root: &Path) -> Result<()> {
-    for dir in [root.to_path_buf(), root.join("incoming"), root.join("images"), root.join("tmp")] {
+    for dir in [
+        root.to_path_buf(),
+        root.join("incoming"),
+        root.join("images"),
+        root.join("tmp"),
+    ] {
         std::fs::create_dir_all(&dir).context("creating the library directory", &dir)?;
     }
     Ok(())
@@ -912,7 +983,11 @@ impl Progress for CatalogProgress {
 
 /// Refuses anything but one plain file name: no path, no `.`/`..`, nothing hidden in it.
 pub fn check_source_name(name: &str) -> Result<()> {
-    let refuse = |why: &str| Err(Error::invalid_argument(format!("source {name:?} {why}; give a file name in your incoming directory")));
+    let refuse = |why: &str| {
+        Err(Error::invalid_argument(format!(
+            "source {name:?} {why}; give a file name in your incoming directory"
+        )))
+    };
     if name.is_empty() {
         return refuse("is empty");
     }
@@ -933,10 +1008,14 @@ fn check_text(field: &str, value: &str, min: usize, max: usize) -> Result<()> {
         return Err(Error::invalid_argument(format!("the {field} must not be empty")));
     }
     if value.len() > max {
-        return Err(Error::invalid_argument(format!("the {field} is longer than {max} bytes")));
+        return Err(Error::invalid_argument(format!(
+            "the {field} is longer than {max} bytes"
+        )));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::invalid_argument(format!("the {field} holds control characters")));
+        return Err(Error::invalid_argument(format!(
+            "the {field} holds control characters"
+        )));
     }
     Ok(())
 }

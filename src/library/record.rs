@@ -134,10 +134,24 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(Status, "status", [Status::Creating, Status::Available, Status::Deprecated, Status::Failed, Status::Deleted]);
+text_enum!(
+    Status,
+    "status",
+    [
+        Status::Creating,
+        Status::Available,
+        Status::Deprecated,
+        Status::Failed,
+        Status::Deleted
+    ]
+);
 text_enum!(Arch, "architecture", [Arch::I686, Arch::X86_64]);
 text_enum!(Mode, "mode", [Mode::Virtio, Mode::Compatibility]);
-text_enum!(SourceType, "source type", [SourceType::Upload, SourceType::Snapshot]);
+text_enum!(
+    SourceType,
+    "source type",
+    [SourceType::Upload, SourceType::Snapshot]
+);
 
 /// One image in the library. Field names are the `--json` contract; sizes are in bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

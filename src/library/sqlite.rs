@@ -74,12 +74,15 @@ fn to_sql_size(value: u64) -> Result<i64> {
 }
 
 fn from_sql_size(value: i64) -> rusqlite::Result<u64> {
-    u64::try_from(value).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, Box::new(e)))
+    u64::try_from(value).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, Box::new(e))
+    })
 }
 
 fn parse_column<T: std::str::FromStr<Err = Error>>(text: String, index: usize) -> rusqlite::Result<T> {
-    text.parse()
-        .map_err(|e: Error| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e)))
+    text.parse().map_err(|e: Error| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn record_from_row(row: &Row<'_>) -> rusqlite::Result<ImageRecord> {
@@ -172,7 +175,8 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", index + 1)
                 .map_err(|e| db_error("cannot record the schema version", e))?;
         }
-        tx.commit().map_err(|e| db_error("cannot commit the migration", e))
+        tx.commit()
+            .map_err(|e| db_error("cannot commit the migration", e))
     }
 }
 
@@ -267,7 +271,13 @@ impl CatalogStore for SqliteStore {
         if let Some(status) = to {
             set("status", text(status.as_str()));
             if status != Status::Creating {
-                for column in ["lease_pid", "lease_host", "lease_boot_id", "lease_start_time", "lease_expires"] {
+                for column in [
+                    "lease_pid",
+                    "lease_host",
+                    "lease_boot_id",
+                    "lease_start_time",
+                    "lease_expires",
+                ] {
                     set(column, Value::Null);
                 }
             }
@@ -375,7 +385,9 @@ impl CatalogStore for SqliteStore {
 
     fn setting(&mut self, key: &str) -> Result<Option<String>> {
         self.conn
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| row.get(0))
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
             .optional()
             .map_err(|e| db_error("cannot read a setting", e))
     }
@@ -437,7 +449,10 @@ mod tests {
         assert_eq!(store.schema_version().unwrap() as usize, MIGRATIONS.len());
         assert!(store.insert(&record("img-aaaaa"), &lease()).unwrap());
         assert!(!store.insert(&record("img-aaaaa"), &lease()).unwrap());
-        assert_eq!(store.creating().unwrap(), vec![("img-aaaaa".to_string(), lease())]);
+        assert_eq!(
+            store.creating().unwrap(),
+            vec![("img-aaaaa".to_string(), lease())]
+        );
         assert!(store.renew("img-aaaaa", Some(4096), 200).unwrap());
         let changes = Changes {
             virtual_size: Some(1 << 20),
@@ -448,7 +463,12 @@ mod tests {
             .compare_and_set("img-aaaaa", &[Status::Available], Some(Status::Deleted), &changes)
             .unwrap());
         assert!(store
-            .compare_and_set("img-aaaaa", &[Status::Creating], Some(Status::Available), &changes)
+            .compare_and_set(
+                "img-aaaaa",
+                &[Status::Creating],
+                Some(Status::Available),
+                &changes
+            )
             .unwrap());
         let got = store.get("img-aaaaa").unwrap().unwrap();
         assert_eq!(got.status, Status::Available);
