@@ -438,3 +438,26 @@ fn a_registration_killed_with_sigkill_is_marked_failed_by_the_next_command() {
     assert_eq!(again["status"], "available");
     assert!(!source.exists());
 }
+
+#[test]
+fn eight_processes_open_a_new_library_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("fresh");
+    let children: Vec<Child> = (0..8)
+        .map(|n| {
+            imgpack(&lib, if n % 2 == 0 { OWNER } else { OTHER })
+                .args(["list", "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for out in wait_all(children) {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    }
+    let settings = json(&lib, OWNER, &["settings"]);
+    assert_eq!(settings["operator"], "brightbox");
+    assert_eq!(settings["max_compressed_size"], 50u64 << 30);
+}

@@ -687,3 +687,73 @@ fn stale_registrations_are_failed_on_open() {
     }
     assert!(library.recover().unwrap().is_empty(), "recovery happens once");
 }
+
+/// Holds the conversion in its first progress report and reads the catalog meanwhile.
+struct WatchCatalog {
+    root: PathBuf,
+    seen: std::sync::Mutex<Option<ImageRecord>>,
+}
+
+impl imgpack::Progress for WatchCatalog {
+    fn update(&self, _done: u64, _total: Option<u64>, disk_size: u64) {
+        let mut seen = self.seen.lock().unwrap();
+        if seen.is_some() || disk_size == 0 {
+            return;
+        }
+        // Longer than the catalog writer's interval, so the new disk_size reaches the catalog.
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        let mut store = SqliteStore::open(&self.root.join("catalog.db")).unwrap();
+        *seen = store.list().unwrap().into_iter().next();
+    }
+}
+
+#[test]
+fn disk_size_grows_in_the_catalog_while_creating() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    upload(&library, OWNER, "watched.img", 4 << 20);
+    let watch = std::sync::Arc::new(WatchCatalog {
+        root: dir.path().to_path_buf(),
+        seen: std::sync::Mutex::new(None),
+    });
+    let mut request = RegisterRequest::new(NewImage::new("Watched", Arch::X86_64), "watched.img");
+    request.control.progress = Some(watch.clone());
+    let done = library.register(OWNER, &request, &mut |_| {}).unwrap();
+    let seen = watch.seen.lock().unwrap().clone().expect("progress was reported");
+    assert_eq!(seen.id, done.id);
+    assert_eq!(seen.status, Status::Creating);
+    assert_eq!(seen.disk_size, 512 << 10);
+    assert_eq!(done.disk_size, 512 << 10);
+}
+
+#[test]
+fn snapshots_record_a_server_disk_and_leave_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    let disk = dir.path().join("srv-abcde.raw");
+    write_disk(&disk, 3 << 20, 64 << 10, 9);
+    let before = fs::read(&disk).unwrap();
+    let request = imgpack::library::SnapshotRequest {
+        image: NewImage::new("Before upgrade", Arch::X86_64),
+        disk: disk.clone(),
+        max_compressed_size: None,
+        control: Control::default(),
+    };
+    let image = library.snapshot(OWNER, &request, &mut |_| {}).unwrap();
+    assert_eq!(image.source_type, SourceType::Snapshot);
+    assert_eq!(image.display_type(), "snapshot");
+    assert_eq!(image.source, "srv-abcde.raw");
+    assert_eq!(image.status, Status::Available);
+    assert!(!image.public);
+    assert_eq!(fs::read(&disk).unwrap(), before);
+    let server = dir.path().join("restored.raw");
+    library
+        .build(OWNER, &image.id, &server, 3 << 20, &Control::default())
+        .unwrap();
+    assert_eq!(fs::read(&server).unwrap(), before);
+    let missing = imgpack::library::SnapshotRequest {
+        disk: dir.path().join("nope.raw"),
+        ..request
+    };
+    assert!(library.snapshot(OWNER, &missing, &mut |_| {}).is_err());
+}
