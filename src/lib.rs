@@ -28,6 +28,7 @@ pub mod error;
 pub mod extract;
 pub mod info;
 pub mod input;
+pub mod library;
 pub mod output;
 pub mod pipeline;
 pub mod read_at;

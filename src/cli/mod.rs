@@ -1,6 +1,8 @@
 //! The command-line interface: argument parsing and output formatting over library calls.
 //! `main.rs` only calls [`run`]; everything a registrar might need is in the library instead.
 
+mod images;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +39,8 @@ enum Command {
     Verify(VerifyArgs),
     /// Convert many images (files, or directories of them) into a directory of archives.
     Batch(batch::BatchArgs),
+    /// The image library: register, list, show, update, destroy and build from images.
+    Images(images::ImagesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +159,7 @@ pub fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<u8> {
         Command::Info(args) => info(args, cancel),
         Command::Verify(args) => verify(args, cancel),
         Command::Batch(args) => batch::run(args, cancel),
+        Command::Images(args) => images::run(args, cancel),
     }
 }
 
