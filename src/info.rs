@@ -77,6 +77,10 @@ pub fn info(path: &Path, options: &OpenOptions) -> Result<ImageInfo> {
         info.chunks = Some(reader.records().len() as u64);
         return Ok(info);
     }
+    if format.is_stream() {
+        input::stream::describe(path, format, options, &mut info)?;
+        return Ok(info);
+    }
     match input::open(path, options) {
         Ok(opened) => {
             info.format = opened.format_name();

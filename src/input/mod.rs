@@ -2,11 +2,12 @@
 //!
 //! Every format that allows random access presents the virtual disk as a [`DiskSource`]; the
 //! conversion pipeline reads chunks from it in parallel. Streams (gzip, xz, zstd, stdin) are
-//! read front to back instead (see [`stream`](crate::input) once it lands).
+//! read front to back instead ([`stream`]).
 //! Formats are detected from content only ([`detect`]), never from file names.
 
 pub mod detect;
 pub mod raw;
+pub mod stream;
 
 use std::fs::File;
 use std::io::{Cursor, Read};
@@ -129,6 +130,7 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Opened> {
                 options.read_mode,
             )?)),
         }),
+        f if f.is_stream() => stream::open_file(f, file, path, options),
         other => open_stream(other, Box::new(file), path, options),
     }
 }
@@ -150,9 +152,10 @@ fn open_stream(
     format: Format,
     reader: Box<dyn Read + Send>,
     path: &Path,
-    _options: &OpenOptions,
+    options: &OpenOptions,
 ) -> Result<Opened> {
     match format {
+        f if f.is_stream() => stream::open_reader(f, reader, path, options),
         Format::Raw => Ok(Opened {
             layers: Vec::new(),
             inner: "raw",
