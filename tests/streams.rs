@@ -299,6 +299,16 @@ fn zstd_frames_skippable_frames_and_checksums() {
     f.round_trip(&f.write("skipfirst.zst", &skip_first), "zstd>raw", &f.source);
     f.damaged_variants_refused("one.zst", &single);
 
+    // Files (not pipes) get their content size recorded, which `info` adds up.
+    let (first, second) = (f.write("first.raw", one), f.write("second.raw", two));
+    let mut sized = run("zstd", &["-c", "-q", first.to_str().unwrap()], None);
+    sized.extend(run("zstd", &["-c", "-q", second.to_str().unwrap()], None));
+    let sized = f.write("sized.zst", &sized);
+    let info = imgpack::info(&sized, &Default::default()).unwrap();
+    assert_eq!(info.details["uncompressed_size"], f.source.len() as u64);
+    assert_eq!(info.virtual_size, Some(f.source.len() as u64));
+    f.round_trip(&sized, "zstd>raw", &f.source);
+
     // A flipped content checksum is a checksum error.
     let mut bad = single.clone();
     let last = bad.len() - 1;

@@ -390,3 +390,57 @@ pub fn describe(path: &Path, format: Format, options: &OpenOptions, info: &mut I
     info.refusal = refusal.map(|e| e.to_string());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    fn options(dir: &Path, max_virtual_size: u64) -> OpenOptions {
+        OpenOptions {
+            max_virtual_size,
+            spill_dir: dir.to_path_buf(),
+            ..OpenOptions::default()
+        }
+    }
+
+    fn empty(dir: &Path) -> bool {
+        std::fs::read_dir(dir).unwrap().next().is_none()
+    }
+
+    #[test]
+    fn spill_keeps_bytes_and_leaves_no_name_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = vec![7u8; 1000];
+        data.resize(3 << 20, 0);
+        data.extend_from_slice(b"end");
+        let mut file = spill(&data[..], &options(dir.path(), 1 << 30)).unwrap();
+        assert!(empty(dir.path()));
+        let mut back = Vec::new();
+        file.read_to_end(&mut back).unwrap();
+        assert!(back == data);
+    }
+
+    #[test]
+    fn spill_stops_at_the_limit_and_on_cancel() {
+        let dir = tempfile::tempdir().unwrap();
+        let endless = io::repeat(0).take(u64::MAX);
+        let err = spill(endless, &options(dir.path(), 1 << 20)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LimitExceeded);
+        let mut cancelled = options(dir.path(), 1 << 30);
+        cancelled.control.cancel = Some(Arc::new(AtomicBool::new(true)));
+        let err = spill(io::repeat(1).take(1 << 30), &cancelled).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Interrupted);
+        assert!(empty(dir.path()));
+    }
+
+    #[test]
+    fn io_errors_give_back_the_imgpack_error() {
+        let inner = Error::corrupt(42, "bad block");
+        let back = unwrap_io(damage(inner));
+        assert_eq!((back.kind(), back.offset()), (ErrorKind::Corrupt, Some(42)));
+        let plain = unwrap_io(io::Error::other("disk on fire"));
+        assert_eq!(plain.kind(), ErrorKind::Io);
+    }
+}

@@ -87,6 +87,9 @@ impl XzIndex {
     }
 }
 
+/// One stream as its index describes it: start offset, check id, (unpadded, uncompressed) sizes.
+type StreamRecords = (u64, u8, Vec<(u64, u64)>);
+
 fn index_error(offset: u64, message: impl Into<String>) -> Error {
     Error::corrupt(offset, format!("xz index: {}", message.into()))
 }
@@ -102,8 +105,8 @@ pub fn read_index(file: &dyn ReadAt) -> Result<XzIndex> {
             "the file size is not a multiple of 4 (truncated or trailing bytes)",
         ));
     }
-    // (stream start, check id, records) from last stream to first.
-    let mut streams: Vec<(u64, u8, Vec<(u64, u64)>)> = Vec::new();
+    // From the last stream to the first.
+    let mut streams: Vec<StreamRecords> = Vec::new();
     let mut total_records = 0usize;
     while pos > 0 {
         // Stream padding: zero words before the footer.
@@ -244,7 +247,7 @@ fn parse_index(index: &[u8], at: u64) -> Result<Vec<(u64, u64)>> {
     for _ in 0..count {
         let unpadded = varint(&mut pos)?;
         let uncompressed = varint(&mut pos)?;
-        if unpadded < 5 || unpadded > (1u64 << 63) {
+        if !(5..=(1u64 << 63)).contains(&unpadded) {
             return Err(index_error(
                 at + pos as u64,
                 format!("impossible block size {unpadded}"),
