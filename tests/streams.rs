@@ -326,6 +326,18 @@ fn two_compression_layers_are_read_and_a_third_is_refused() {
     let gz = run("gzip", &["-c", "-1"], Some(&f.source));
     let xz_gz = run("xz", &["-c", "-0"], Some(&gz));
     f.round_trip(&f.write("two.xz", &xz_gz), "xz>gzip>raw", &f.source);
+    // Damage in the inner layer is placed in the outer layer's decoded data.
+    let mut bad_gz = gz.clone();
+    let at = bad_gz.len() / 2;
+    bad_gz[at] ^= 0x33;
+    let bad = f.write("inner-bad.xz", &run("xz", &["-c", "-0"], Some(&bad_gz)));
+    let err = f.refused(&bad, &[ErrorKind::Corrupt, ErrorKind::Checksum]);
+    assert!(
+        err.to_string()
+            .contains("decoded from the xz layer: gzip member 1"),
+        "{err}"
+    );
+
     let three = run("zstd", &["-c", "-q"], Some(&xz_gz));
     let err = f.refused(&f.write("three.zst", &three), &[ErrorKind::Unsupported]);
     assert!(err.to_string().contains("deeper than 2 layers"), "{err}");

@@ -129,6 +129,37 @@ fn decoder(
     })
 }
 
+/// A decoder reading the output of another: its errors say that their offsets are offsets in
+/// the outer layer's decoded data, not in the file.
+struct InnerLayer {
+    reader: Box<dyn Read + Send>,
+    outer: &'static str,
+}
+
+impl Read for InnerLayer {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf).map_err(|e| {
+            if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+                let error = unwrap_io(e);
+                let mut wrapped = Error::new(
+                    error.kind(),
+                    format!(
+                        "in the data decoded from the {} layer: {}",
+                        self.outer,
+                        error.message()
+                    ),
+                );
+                if let Some(offset) = error.offset() {
+                    wrapped = wrapped.at(offset);
+                }
+                damage(wrapped.with_source(error))
+            } else {
+                e
+            }
+        })
+    }
+}
+
 /// The first bytes of a stream, and the stream with them put back.
 fn peek_head(mut reader: Box<dyn Read + Send>) -> Result<(Vec<u8>, Box<dyn Read + Send>)> {
     let mut head = vec![0u8; HEAD_LEN];
@@ -192,8 +223,12 @@ fn open_layers(
                 if layers.len() >= MAX_LAYERS {
                     return Err(too_deep(&layers, f.name()).in_file(path));
                 }
+                let outer = layers.last().copied().unwrap_or("outer");
                 layers.push(f.name());
-                decoded = decoder(f, stream, None, threads)?;
+                decoded = Box::new(InnerLayer {
+                    reader: decoder(f, stream, None, threads)?,
+                    outer,
+                });
                 exact_size = None;
             }
             Format::Qcow2 => {
