@@ -309,6 +309,11 @@ fn zstd_frames_skippable_frames_and_checksums() {
     assert_eq!(info.virtual_size, Some(f.source.len() as u64));
     f.round_trip(&sized, "zstd>raw", &f.source);
 
+    // A frame asking for a 2 GiB window is refused rather than given the memory.
+    let long = run("zstd", &["-c", "-q", "--long=31"], Some(&f.source[..100_000]));
+    let err = f.refused(&f.write("long.zst", &long), &[ErrorKind::LimitExceeded]);
+    assert!(err.to_string().contains("128 MiB"), "{err}");
+
     // A flipped content checksum is a checksum error.
     let mut bad = single.clone();
     let last = bad.len() - 1;

@@ -30,7 +30,7 @@ pub const MEMLIMIT_THREADING: u64 = 256 << 20;
 /// Memory one xz stream may need at all (its dictionary); a stream needing more is refused.
 pub const MEMLIMIT_STOP: u64 = 320 << 20;
 /// Largest index read by [`read_index`] (a larger one is not believed).
-const MAX_INDEX_SIZE: u64 = 64 << 20;
+const MAX_INDEX_SIZE: u64 = 16 << 20;
 /// Most blocks whose positions [`read_index`] keeps for naming damaged blocks.
 const MAX_BLOCKS_KEPT: usize = 1 << 20;
 
@@ -87,39 +87,61 @@ impl XzIndex {
     }
 }
 
-/// One stream as its index describes it: start offset, check id, (unpadded, uncompressed) sizes.
-type StreamRecords = (u64, u8, Vec<(u64, u64)>);
+/// One stream as read from its end: where it starts, its check id, and where its index is.
+struct StreamEnd {
+    start: u64,
+    check: u8,
+    index_at: u64,
+    index_size: u64,
+}
 
 fn index_error(offset: u64, message: impl Into<String>) -> Error {
     Error::corrupt(offset, format!("xz index: {}", message.into()))
 }
 
-/// Reads the stream footers and indexes of an xz file from its end, checking their CRC32s.
+/// The offset just past the last non-zero byte before `end` (stream padding is skipped in
+/// large reads: a hostile file may end in gigabytes of zeros).
+fn skip_padding_backwards(file: &dyn ReadAt, end: u64) -> Result<u64> {
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut pos = end;
+    while pos > 0 {
+        let len = (buffer.len() as u64).min(pos) as usize;
+        let piece = &mut buffer[..len];
+        file.read_exact_at(piece, pos - len as u64)
+            .map_err(|e| Error::io("reading the xz index", e))?;
+        match piece.iter().rposition(|&b| b != 0) {
+            Some(i) => return Ok(pos - len as u64 + i as u64 + 1),
+            None => pos -= len as u64,
+        }
+    }
+    Ok(0)
+}
+
+/// Reads the stream footers and indexes of an xz file from its end, checking their CRC32s,
+/// that every stream's blocks fit before its index and that a stream header sits where the
+/// index says the stream starts.
 pub fn read_index(file: &dyn ReadAt) -> Result<XzIndex> {
     let io = |e| Error::io("reading the xz index", e);
     let size = file.size();
-    let mut pos = size;
-    if pos % 4 != 0 {
+    if size % 4 != 0 {
         return Err(index_error(
-            pos,
+            size,
             "the file size is not a multiple of 4 (truncated or trailing bytes)",
         ));
     }
     // From the last stream to the first.
-    let mut streams: Vec<StreamRecords> = Vec::new();
-    let mut total_records = 0usize;
+    let mut streams: Vec<StreamEnd> = Vec::new();
+    let mut total_records = 0u64;
+    let mut pos = size;
     while pos > 0 {
-        // Stream padding: zero words before the footer.
-        let mut word = [0u8; 4];
-        loop {
-            if pos < 4 {
-                return Err(index_error(0, "the file is only padding"));
-            }
-            file.read_exact_at(&mut word, pos - 4).map_err(io)?;
-            if word != [0; 4] {
-                break;
-            }
-            pos -= 4;
+        let data_end = skip_padding_backwards(file, pos)?;
+        // Padding is whole 4-byte words; the footer ends in "YZ", never in zero.
+        pos = data_end.div_ceil(4) * 4;
+        if pos != data_end {
+            return Err(index_error(
+                data_end,
+                "no stream footer (YZ) at the end: truncated or trailing garbage",
+            ));
         }
         if pos < 24 {
             return Err(index_error(pos, "too short for a stream header and footer"));
@@ -151,13 +173,10 @@ pub fn read_index(file: &dyn ReadAt) -> Result<XzIndex> {
         let index_at = footer_at - index_size;
         let mut index = vec![0u8; index_size as usize];
         file.read_exact_at(&mut index, index_at).map_err(io)?;
-        let records = parse_index(&index, index_at)?;
-        let blocks_size = records.iter().try_fold(0u64, |sum, &(unpadded, _)| {
-            unpadded
-                .checked_add(3)
-                .map(|s| s & !3)
-                .and_then(|s| sum.checked_add(s))
-        });
+        let mut blocks_size = Some(0u64);
+        let records = parse_index(&index, index_at, |unpadded, _| {
+            blocks_size = blocks_size.and_then(|sum| sum.checked_add(unpadded.checked_add(3)? & !3));
+        })?;
         let stream_start = blocks_size
             .and_then(|b| index_at.checked_sub(b))
             .and_then(|s| s.checked_sub(12))
@@ -170,42 +189,52 @@ pub fn read_index(file: &dyn ReadAt) -> Result<XzIndex> {
                 "no matching stream header where the index says the stream starts",
             ));
         }
-        total_records = total_records.saturating_add(records.len());
-        streams.push((stream_start, check, records));
+        total_records = total_records.saturating_add(records);
+        streams.push(StreamEnd {
+            start: stream_start,
+            check,
+            index_at,
+            index_size,
+        });
         pos = stream_start;
     }
     streams.reverse();
     let mut out = XzIndex {
         streams: streams.len() as u64,
+        blocks: total_records,
         ..XzIndex::default()
     };
-    let keep = total_records <= MAX_BLOCKS_KEPT;
-    for (number, (start, check, records)) in streams.iter().enumerate() {
-        out.checks.push(check_name(*check).unwrap_or("reserved"));
-        let mut compressed = start + 12;
-        for &(unpadded, uncompressed) in records {
-            out.blocks += 1;
-            if keep {
+    let keep = total_records <= MAX_BLOCKS_KEPT as u64;
+    let mut blocks = 0u64;
+    for (number, stream) in streams.iter().enumerate() {
+        out.checks.push(check_name(stream.check).unwrap_or("reserved"));
+        let mut index = vec![0u8; stream.index_size as usize];
+        file.read_exact_at(&mut index, stream.index_at).map_err(io)?;
+        let mut compressed = stream.start + 12;
+        let mut total = Some(out.uncompressed_size);
+        parse_index(&index, stream.index_at, |unpadded, uncompressed| {
+            blocks += 1;
+            if let (true, Some(offset)) = (keep, total) {
                 out.block_positions.push(BlockPosition {
                     stream: number as u64 + 1,
-                    block: out.blocks,
+                    block: blocks,
                     compressed_offset: compressed,
-                    uncompressed_offset: out.uncompressed_size,
+                    uncompressed_offset: offset,
                     uncompressed_size: uncompressed,
                 });
             }
-            compressed += (unpadded + 3) & !3;
-            out.uncompressed_size = out
-                .uncompressed_size
-                .checked_add(uncompressed)
-                .ok_or_else(|| index_error(*start, "the decoded size overflows 64 bits"))?;
-        }
+            compressed = compressed.saturating_add(unpadded.saturating_add(3) & !3);
+            total = total.and_then(|t| t.checked_add(uncompressed));
+        })?;
+        out.uncompressed_size =
+            total.ok_or_else(|| index_error(stream.index_at, "the decoded size overflows 64 bits"))?;
     }
     Ok(out)
 }
 
-/// Parses one index (indicator through CRC32) into (unpadded size, uncompressed size) records.
-fn parse_index(index: &[u8], at: u64) -> Result<Vec<(u64, u64)>> {
+/// Parses one index (indicator through CRC32), calling `record(unpadded size, uncompressed
+/// size)` for each block; returns the number of records.
+fn parse_index(index: &[u8], at: u64, mut record: impl FnMut(u64, u64)) -> Result<u64> {
     let body_len = index.len() - 4;
     if crc32fast::hash(&index[..body_len]).to_le_bytes() != index[body_len..] {
         return Err(index_error(at, "CRC32 mismatch"));
@@ -243,7 +272,6 @@ fn parse_index(index: &[u8], at: u64) -> Result<Vec<(u64, u64)>> {
             format!("{count} records cannot fit in the index"),
         ));
     }
-    let mut records = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let unpadded = varint(&mut pos)?;
         let uncompressed = varint(&mut pos)?;
@@ -253,12 +281,12 @@ fn parse_index(index: &[u8], at: u64) -> Result<Vec<(u64, u64)>> {
                 format!("impossible block size {unpadded}"),
             ));
         }
-        records.push((unpadded, uncompressed));
+        record(unpadded, uncompressed);
     }
     if index[pos..body_len].iter().any(|&b| b != 0) || (body_len - pos) >= 4 {
         return Err(index_error(at + pos as u64, "bad index padding"));
     }
-    Ok(records)
+    Ok(count)
 }
 
 /// Decodes an xz file (all of its streams) as a `Read` of the uncompressed bytes.
@@ -475,5 +503,108 @@ impl<R: Read> Read for XzDecoder<R> {
                 stalls = 0;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use liblzma::stream::{Check, MtStreamBuilder};
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 253) as u8 ^ (i >> 12) as u8).collect()
+    }
+
+    /// An xz stream of `data` in blocks of `block_size` with `check`.
+    fn xz(data: &[u8], block_size: u64, check: Check) -> Vec<u8> {
+        let stream = MtStreamBuilder::new()
+            .threads(2)
+            .block_size(block_size)
+            .preset(1)
+            .check(check)
+            .encoder()
+            .unwrap();
+        let mut out = Vec::new();
+        let mut encoder = liblzma::write::XzEncoder::new_stream(&mut out, stream);
+        std::io::Write::write_all(&mut encoder, data).unwrap();
+        encoder.finish().unwrap();
+        out
+    }
+
+    fn decode(file: &[u8], index: Option<XzIndex>) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        XzDecoder::new(file, 2, index)
+            .read_to_end(&mut out)
+            .map_err(super::super::unwrap_io)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn index_of_concatenated_padded_streams() {
+        let data = sample(3 << 20);
+        let mut file = xz(&data[..1 << 20], 256 << 10, Check::Crc32);
+        file.extend_from_slice(&[0; 8]);
+        file.extend(xz(&data[1 << 20..], 1 << 20, Check::Sha256));
+        file.extend_from_slice(&[0; 1 << 20]); // a megabyte of padding is skipped at once
+        let index = read_index(&file).unwrap();
+        assert_eq!(index.streams, 2);
+        assert_eq!(index.blocks, 4 + 2);
+        assert_eq!(index.uncompressed_size, data.len() as u64);
+        assert_eq!(index.checks, ["CRC32", "SHA-256"]);
+        let fifth = index.block_at((2 << 20) + 5).unwrap();
+        assert_eq!(
+            (fifth.stream, fifth.block, fifth.uncompressed_offset),
+            (2, 6, 2 << 20)
+        );
+        assert!(index.block_at(3 << 20).is_none());
+        assert!(decode(&file, Some(index)).unwrap() == data);
+    }
+
+    #[test]
+    fn damage_names_stream_and_block() {
+        let data = sample(2 << 20);
+        let file = xz(&data, 512 << 10, Check::Crc64);
+        let index = read_index(&file).unwrap();
+        let third = index.block_positions[2];
+        let mut bad = file.clone();
+        bad[third.compressed_offset as usize + 100] ^= 0x40;
+        let err = decode(&bad, Some(index)).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Corrupt | ErrorKind::Checksum));
+        assert_eq!(err.offset(), Some(third.compressed_offset));
+        assert!(err.to_string().contains("stream 1, block 3"), "{err}");
+        // Without the index, still refused, with an offset.
+        let err = decode(&bad, None).unwrap_err();
+        assert!(err.offset().is_some());
+    }
+
+    #[test]
+    fn broken_indexes_are_refused() {
+        let file = xz(&sample(100_000), 1 << 20, Check::Crc64);
+        for cut in [4, 12, file.len() / 2, file.len() - 4] {
+            assert!(read_index(&file[..cut].to_vec()).is_err(), "cut at {cut}");
+        }
+        let mut bad = file.clone();
+        let at = file.len() - 16; // inside the index
+        bad[at] ^= 1;
+        assert_eq!(read_index(&bad).unwrap_err().kind(), ErrorKind::Corrupt);
+        let mut garbage = file.clone();
+        garbage.extend_from_slice(b"junk");
+        assert!(read_index(&garbage).is_err());
+        assert!(decode(&garbage, None)
+            .unwrap_err()
+            .to_string()
+            .contains("trailing garbage"));
+    }
+
+    #[test]
+    fn reserved_check_types_are_refused() {
+        let mut file = xz(b"hello", 1 << 20, Check::Crc64);
+        // Check id 2 (reserved), with the header CRC32 recomputed so only the id is wrong.
+        file[7] = 2;
+        let crc = crc32fast::hash(&file[6..8]).to_le_bytes();
+        file[8..12].copy_from_slice(&crc);
+        let err = decode(&file, None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("reserved check"), "{err}");
     }
 }
