@@ -512,3 +512,60 @@ fn standard_input_streams_through() {
         assert!(fs::read(&back).unwrap() == f.source);
     }
 }
+
+/// Ctrl-C while an upload is still arriving on standard input: exit status 130, no output and
+/// no temporary file, both for a raw payload (streamed) and a qcow2 payload (spilled).
+#[test]
+fn interrupt_during_an_upload_leaves_nothing() {
+    if !(have("gzip") && have("qemu-img") && have("kill")) {
+        return;
+    }
+    let f = Fixture::new();
+    let raw = f.write("src.raw", &f.source);
+    let qcow2 = f.path("src.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for payload in [f.source.clone(), fs::read(&qcow2).unwrap()] {
+        let compressed = run("gzip", &["-c", "-1"], Some(&payload));
+        let output = f.path("upload.imgpack");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imgpack"))
+            .args(["convert", "-", "-q", "--temp-dir"])
+            .arg(f.spill_dir())
+            .arg("-o")
+            .arg(&output)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let (go_on, wait) = std::sync::mpsc::channel::<()>();
+        let half = compressed.len() / 2;
+        let writer = std::thread::spawn(move || {
+            stdin.write_all(&compressed[..half]).unwrap();
+            let _ = wait.recv();
+            let _ = stdin.write_all(&compressed[half..]); // may meet a closed pipe
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let killed = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        go_on.send(()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+        f.assert_no_leftovers(&output);
+        let names: Vec<_> = fs::read_dir(f.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().contains("upload"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+    }
+}
