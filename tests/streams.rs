@@ -544,13 +544,18 @@ fn interrupt_during_an_upload_leaves_nothing() {
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let (go_on, wait) = std::sync::mpsc::channel::<()>();
+        let (written, half_written) = std::sync::mpsc::channel::<()>();
+        // Far more than a pipe holds: once written, imgpack is running and reading.
         let half = compressed.len() / 2;
+        assert!(half > 256 << 10);
         let writer = std::thread::spawn(move || {
             stdin.write_all(&compressed[..half]).unwrap();
+            written.send(()).unwrap();
             let _ = wait.recv();
             let _ = stdin.write_all(&compressed[half..]); // may meet a closed pipe
         });
-        std::thread::sleep(Duration::from_millis(500));
+        half_written.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
         let killed = Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()
@@ -559,7 +564,12 @@ fn interrupt_during_an_upload_leaves_nothing() {
         go_on.send(()).unwrap();
         let out = child.wait_with_output().unwrap();
         writer.join().unwrap();
-        assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         f.assert_no_leftovers(&output);
         let names: Vec<_> = fs::read_dir(f.dir.path())
             .unwrap()
