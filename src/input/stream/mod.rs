@@ -2,7 +2,7 @@
 //!
 //! Each decoder ([`gzip::GzipDecoder`], [`xz::XzDecoder`], [`zstd::ZstdDecoder`]) is a `Read`
 //! of the uncompressed bytes that reports damage as an `io::Error` wrapping an
-//! [`Error`](crate::Error) (kind `Corrupt`, `Checksum`, `LimitExceeded`...) with the compressed
+//! [`Error`] (kind `Corrupt`, `Checksum`, `LimitExceeded`...) with the compressed
 //! offset and the member, block or frame; [`unwrap_io`] gets it back.
 //!
 //! After a layer is peeled, the payload's first bytes are detected again by content:
