@@ -24,6 +24,7 @@ pub mod tables;
 use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde_json::{json, Map, Value};
@@ -43,7 +44,12 @@ pub struct Qcow2Source<R: ReadAt = FileAt> {
     tables: Tables,
     /// The last L2 table [`DiskSource::next_data`] walked: (offset, entries).
     walk_cache: Mutex<Option<(u64, Vec<u64>)>>,
+    /// Unique for the process's lifetime: keys the per-thread decoded-cluster cache.
+    id: u64,
 }
+
+/// Source ids (0 is never used, so an empty cache matches no source).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Qcow2Source<FileAt> {
     /// Opens an already open qcow2 file; `path` is used in messages only.
@@ -64,6 +70,7 @@ impl<R: ReadAt> Qcow2Source<R> {
             path: path.to_path_buf(),
             tables,
             walk_cache: Mutex::new(None),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -95,6 +102,26 @@ impl<R: ReadAt> Qcow2Source<R> {
         Ok(())
     }
 
+    /// Calls `f` with the decoded compressed cluster stored at `offset`, decoding it unless
+    /// this thread decoded it last.
+    fn with_decoded(&self, offset: u64, size: u64, f: impl FnOnce(&[u8])) -> Result<()> {
+        let id = self.id;
+        DECODED.with(|cell| {
+            let mut cached = cell.borrow_mut();
+            let (owner, at, bytes) = &mut *cached;
+            if *owner != id || *at != offset {
+                *at = u64::MAX;
+                bytes.clear();
+                bytes.resize(self.tables.layout.cluster_size as usize, 0);
+                self.read_compressed(offset, size, bytes)?;
+                *owner = id;
+                *at = offset;
+            }
+            f(bytes);
+            Ok(())
+        })
+    }
+
     /// Decodes the compressed cluster at `offset` (at most `size` bytes stored) into `out`.
     fn read_compressed(&self, offset: u64, size: u64, out: &mut [u8]) -> Result<()> {
         STORED.with(|cell| {
@@ -111,6 +138,11 @@ impl<R: ReadAt> Qcow2Source<R> {
 thread_local! {
     /// Each worker's buffer for the stored bytes of a compressed cluster.
     static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+thread_local! {
+    /// Each worker's last partly read compressed cluster: (source id, stored offset, bytes).
+    static DECODED: RefCell<(u64, u64, Vec<u8>)> = const { RefCell::new((0, u64::MAX, Vec::new())) };
 }
 
 /// A run of guest bytes stored contiguously in the file, not yet read.
@@ -263,11 +295,12 @@ impl<R: ReadAt> DiskSource for Qcow2Source<R> {
                         if a == start && b == start + cluster_size {
                             self.read_compressed(stored, size, &mut out[dst])?;
                         } else {
-                            // Only part of the cluster is wanted (the disk's last cluster).
-                            let mut whole = vec![0u8; cluster_size as usize];
-                            self.read_compressed(stored, size, &mut whole)?;
+                            // Part of a cluster (reads smaller than a cluster, the disk's
+                            // last cluster): keep the decoded cluster for the next part.
                             let skip = (a - start) as usize;
-                            out[dst.clone()].copy_from_slice(&whole[skip..skip + dst.len()]);
+                            self.with_decoded(stored, size, |whole| {
+                                out[dst.clone()].copy_from_slice(&whole[skip..skip + dst.len()]);
+                            })?;
                         }
                     }
                 }
