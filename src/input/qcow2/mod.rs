@@ -30,7 +30,7 @@ use std::sync::Mutex;
 use serde_json::{json, Map, Value};
 
 use super::DiskSource;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::info::ImageInfo;
 use crate::input::OpenOptions;
 use crate::read_at::{FileAt, ReadAt};
@@ -354,9 +354,15 @@ pub fn fill_info(mut info: ImageInfo, file: FileAt, path: &Path, options: &OpenO
             if let Err(e) = crate::convert::check_virtual_size(header.size, options.max_virtual_size) {
                 info.refusal = Some(e.to_string());
             } else {
-                info.disk_size = Some(
-                    crate::info::measure_disk_size(&source, &options.control).map_err(|e| e.in_file(path))?,
-                );
+                // Damage in an L2 table or a compressed cluster shows only when read: that too
+                // is a refusal to explain, not a failure of `info`.
+                match crate::info::measure_disk_size(&source, &options.control) {
+                    Ok(size) => info.disk_size = Some(size),
+                    Err(e) if matches!(e.kind(), ErrorKind::Io | ErrorKind::Interrupted) => {
+                        return Err(e.in_file(path))
+                    }
+                    Err(e) => info.refusal = Some(without_path(&e)),
+                }
             }
         }
         Err(e) => info.refusal = Some(without_path(&e)),
