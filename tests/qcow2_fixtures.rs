@@ -28,7 +28,12 @@ fn fixtures_convert_and_extract_to_qemu_img_bytes() {
     for (image, sum) in fixtures() {
         for chunk_size in [64 << 10, 1 << 20] {
             let (disk, disk_size) = qcow2::round_trip(&image, tmp.path(), chunk_size, None).unwrap();
-            assert_eq!(qcow2::sha256(&disk), sum, "{} (chunk {chunk_size})", image.display());
+            assert_eq!(
+                qcow2::sha256(&disk),
+                sum,
+                "{} (chunk {chunk_size})",
+                image.display()
+            );
             assert_eq!(disk_size, qcow2::nonzero_blocks(&disk), "{}", image.display());
         }
     }

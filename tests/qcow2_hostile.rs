@@ -15,7 +15,9 @@ use imgpack::input::DiskSource;
 use imgpack::ErrorKind;
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/qcow2").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/qcow2")
+        .join(name);
     std::fs::read(path).unwrap()
 }
 
@@ -39,7 +41,9 @@ fn attempt(bytes: Vec<u8>) -> imgpack::Result<()> {
         let mut scratch = Vec::new();
         let mut position = 0;
         for _ in 0..64 {
-            let Some(next) = source.next_data(position)? else { break };
+            let Some(next) = source.next_data(position)? else {
+                break;
+            };
             if next >= source.virtual_size() {
                 break;
             }
@@ -49,7 +53,11 @@ fn attempt(bytes: Vec<u8>) -> imgpack::Result<()> {
         }
         Ok(())
     })();
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     result
 }
 
@@ -65,7 +73,12 @@ fn refused(bytes: Vec<u8>, kind: ErrorKind, words: &str) {
 
 #[test]
 fn fixtures_are_accepted() {
-    for name in ["snapshot-4k.qcow2", "v2-512.qcow2", "zstd-extl2.qcow2", "zlib-4k.qcow2"] {
+    for name in [
+        "snapshot-4k.qcow2",
+        "v2-512.qcow2",
+        "zstd-extl2.qcow2",
+        "zlib-4k.qcow2",
+    ] {
         attempt(fixture(name)).unwrap();
     }
 }
@@ -76,51 +89,275 @@ fn poked_header_fields_are_refused() {
     type Poke = (&'static str, fn(&mut Vec<u8>), ErrorKind, &'static str);
     let cases: Vec<Poke> = vec![
         ("magic", |b| b[3] = 0xfa, ErrorKind::InvalidFormat, "magic"),
-        ("version 1", |b| put32(b, 4, 1), ErrorKind::Unsupported, "version 1"),
-        ("version 4", |b| put32(b, 4, 4), ErrorKind::Unsupported, "version 4"),
-        ("version max", |b| put32(b, 4, u32::MAX), ErrorKind::Unsupported, "version"),
-        ("backing file", |b| { put64(b, 8, 0x200); put32(b, 16, 8) }, ErrorKind::Unsupported, "backing file"),
-        ("backing file huge", |b| { put64(b, 8, u64::MAX); put32(b, 16, u32::MAX) }, ErrorKind::Unsupported, "backing file"),
-        ("cluster_bits 8", |b| put32(b, 20, 8), ErrorKind::Corrupt, "cluster_bits"),
-        ("cluster_bits 22", |b| put32(b, 20, 22), ErrorKind::Corrupt, "cluster_bits"),
-        ("cluster_bits max", |b| put32(b, 20, u32::MAX), ErrorKind::Corrupt, "cluster_bits"),
-        ("size max", |b| put64(b, 24, u64::MAX), ErrorKind::Corrupt, "virtual size"),
+        (
+            "version 1",
+            |b| put32(b, 4, 1),
+            ErrorKind::Unsupported,
+            "version 1",
+        ),
+        (
+            "version 4",
+            |b| put32(b, 4, 4),
+            ErrorKind::Unsupported,
+            "version 4",
+        ),
+        (
+            "version max",
+            |b| put32(b, 4, u32::MAX),
+            ErrorKind::Unsupported,
+            "version",
+        ),
+        (
+            "backing file",
+            |b| {
+                put64(b, 8, 0x200);
+                put32(b, 16, 8)
+            },
+            ErrorKind::Unsupported,
+            "backing file",
+        ),
+        (
+            "backing file huge",
+            |b| {
+                put64(b, 8, u64::MAX);
+                put32(b, 16, u32::MAX)
+            },
+            ErrorKind::Unsupported,
+            "backing file",
+        ),
+        (
+            "cluster_bits 8",
+            |b| put32(b, 20, 8),
+            ErrorKind::Corrupt,
+            "cluster_bits",
+        ),
+        (
+            "cluster_bits 22",
+            |b| put32(b, 20, 22),
+            ErrorKind::Corrupt,
+            "cluster_bits",
+        ),
+        (
+            "cluster_bits max",
+            |b| put32(b, 20, u32::MAX),
+            ErrorKind::Corrupt,
+            "cluster_bits",
+        ),
+        (
+            "size max",
+            |b| put64(b, 24, u64::MAX),
+            ErrorKind::Corrupt,
+            "virtual size",
+        ),
         ("size 2^62", |b| put64(b, 24, 1 << 62), ErrorKind::Corrupt, "L1"),
-        ("size beyond L1", |b| put64(b, 24, 1 << 40), ErrorKind::Corrupt, "too small"),
+        (
+            "size beyond L1",
+            |b| put64(b, 24, 1 << 40),
+            ErrorKind::Corrupt,
+            "too small",
+        ),
         ("AES", |b| put32(b, 32, 1), ErrorKind::Unsupported, "AES"),
         ("LUKS", |b| put32(b, 32, 2), ErrorKind::Unsupported, "LUKS"),
-        ("crypt 9", |b| put32(b, 32, 9), ErrorKind::Unsupported, "encryption"),
-        ("l1_size max", |b| put32(b, 36, u32::MAX), ErrorKind::Corrupt, "32 MiB"),
+        (
+            "crypt 9",
+            |b| put32(b, 32, 9),
+            ErrorKind::Unsupported,
+            "encryption",
+        ),
+        (
+            "l1_size max",
+            |b| put32(b, 36, u32::MAX),
+            ErrorKind::Corrupt,
+            "32 MiB",
+        ),
         ("l1_size 0", |b| put32(b, 36, 0), ErrorKind::Corrupt, "too small"),
-        ("l1_size past file", |b| put32(b, 36, 1 << 20), ErrorKind::Corrupt, "L1 table"),
-        ("l1 misaligned", |b| { let v = be64(b, 40) + 512; put64(b, 40, v) }, ErrorKind::Corrupt, "aligned"),
-        ("l1 beyond file", |b| put64(b, 40, 1 << 40), ErrorKind::Corrupt, "beyond the end"),
-        ("l1 at u64 max", |b| put64(b, 40, u64::MAX & !4095), ErrorKind::Corrupt, "L1 table"),
+        (
+            "l1_size past file",
+            |b| put32(b, 36, 1 << 20),
+            ErrorKind::Corrupt,
+            "L1 table",
+        ),
+        (
+            "l1 misaligned",
+            |b| {
+                let v = be64(b, 40) + 512;
+                put64(b, 40, v)
+            },
+            ErrorKind::Corrupt,
+            "aligned",
+        ),
+        (
+            "l1 beyond file",
+            |b| put64(b, 40, 1 << 40),
+            ErrorKind::Corrupt,
+            "beyond the end",
+        ),
+        (
+            "l1 at u64 max",
+            |b| put64(b, 40, !4095),
+            ErrorKind::Corrupt,
+            "L1 table",
+        ),
         ("l1 at header", |b| put64(b, 40, 0), ErrorKind::Corrupt, "header"),
-        ("l1 on refcount table", |b| { let v = be64(b, 48); put64(b, 40, v) }, ErrorKind::Corrupt, "refcount table"),
-        ("refcount misaligned", |b| { let v = be64(b, 48) + 8; put64(b, 48, v) }, ErrorKind::Corrupt, "aligned"),
-        ("refcount beyond file", |b| put64(b, 48, 1 << 50), ErrorKind::Corrupt, "refcount table"),
-        ("refcount at header", |b| put64(b, 48, 0), ErrorKind::Corrupt, "header"),
-        ("refcount clusters 0", |b| put32(b, 56, 0), ErrorKind::Corrupt, "refcount"),
-        ("refcount clusters max", |b| put32(b, 56, u32::MAX), ErrorKind::Corrupt, "8 MiB"),
-        ("refcount clusters past file", |b| put32(b, 56, 1000), ErrorKind::Corrupt, "past the end"),
-        ("snapshots max", |b| put32(b, 60, u32::MAX), ErrorKind::Corrupt, "snapshots"),
-        ("snapshots past file", |b| put32(b, 60, 60000), ErrorKind::Corrupt, "snapshot"),
-        ("snapshots misaligned", |b| { let v = be64(b, 64) + 8; put64(b, 64, v) }, ErrorKind::Corrupt, "aligned"),
-        ("snapshots beyond file", |b| put64(b, 64, 1 << 52), ErrorKind::Corrupt, "snapshot table"),
-        ("corrupt bit", |b| b[79] |= 2, ErrorKind::Corrupt, "marked corrupt"),
-        ("data file bit", |b| b[79] |= 4, ErrorKind::Unsupported, "external data file"),
-        ("unknown bit 5", |b| b[79] |= 0x20, ErrorKind::Unsupported, "unknown incompatible"),
-        ("unknown bit 63", |b| b[72] |= 0x80, ErrorKind::Unsupported, "unknown incompatible"),
-        ("compression bit, zlib", |b| b[79] |= 8, ErrorKind::Corrupt, "compression"),
-        ("zstd without bit", |b| b[104] = 1, ErrorKind::Corrupt, "compression"),
-        ("compression type 2", |b| { b[79] |= 8; b[104] = 2 }, ErrorKind::Unsupported, "compression_type"),
-        ("extended L2, 4k clusters", |b| b[79] |= 0x10, ErrorKind::Corrupt, "16 KiB"),
-        ("refcount_order 7", |b| put32(b, 96, 7), ErrorKind::Corrupt, "refcount_order"),
-        ("header_length 0", |b| put32(b, 100, 0), ErrorKind::Corrupt, "header_length"),
-        ("header_length 103", |b| put32(b, 100, 103), ErrorKind::Corrupt, "header_length"),
-        ("header_length max", |b| put32(b, 100, u32::MAX), ErrorKind::Corrupt, "header_length"),
-        ("extension too long", |b| { put32(b, 112, 0x1234_5678); put32(b, 116, 0xffff_fff0) }, ErrorKind::Corrupt, "extension"),
+        (
+            "l1 on refcount table",
+            |b| {
+                let v = be64(b, 48);
+                put64(b, 40, v)
+            },
+            ErrorKind::Corrupt,
+            "refcount table",
+        ),
+        (
+            "refcount misaligned",
+            |b| {
+                let v = be64(b, 48) + 8;
+                put64(b, 48, v)
+            },
+            ErrorKind::Corrupt,
+            "aligned",
+        ),
+        (
+            "refcount beyond file",
+            |b| put64(b, 48, 1 << 50),
+            ErrorKind::Corrupt,
+            "refcount table",
+        ),
+        (
+            "refcount at header",
+            |b| put64(b, 48, 0),
+            ErrorKind::Corrupt,
+            "header",
+        ),
+        (
+            "refcount clusters 0",
+            |b| put32(b, 56, 0),
+            ErrorKind::Corrupt,
+            "refcount",
+        ),
+        (
+            "refcount clusters max",
+            |b| put32(b, 56, u32::MAX),
+            ErrorKind::Corrupt,
+            "8 MiB",
+        ),
+        (
+            "refcount clusters past file",
+            |b| put32(b, 56, 1000),
+            ErrorKind::Corrupt,
+            "past the end",
+        ),
+        (
+            "snapshots max",
+            |b| put32(b, 60, u32::MAX),
+            ErrorKind::Corrupt,
+            "snapshots",
+        ),
+        (
+            "snapshots past file",
+            |b| put32(b, 60, 60000),
+            ErrorKind::Corrupt,
+            "snapshot",
+        ),
+        (
+            "snapshots misaligned",
+            |b| {
+                let v = be64(b, 64) + 8;
+                put64(b, 64, v)
+            },
+            ErrorKind::Corrupt,
+            "aligned",
+        ),
+        (
+            "snapshots beyond file",
+            |b| put64(b, 64, 1 << 52),
+            ErrorKind::Corrupt,
+            "snapshot table",
+        ),
+        (
+            "corrupt bit",
+            |b| b[79] |= 2,
+            ErrorKind::Corrupt,
+            "marked corrupt",
+        ),
+        (
+            "data file bit",
+            |b| b[79] |= 4,
+            ErrorKind::Unsupported,
+            "external data file",
+        ),
+        (
+            "unknown bit 5",
+            |b| b[79] |= 0x20,
+            ErrorKind::Unsupported,
+            "unknown incompatible",
+        ),
+        (
+            "unknown bit 63",
+            |b| b[72] |= 0x80,
+            ErrorKind::Unsupported,
+            "unknown incompatible",
+        ),
+        (
+            "compression bit, zlib",
+            |b| b[79] |= 8,
+            ErrorKind::Corrupt,
+            "compression",
+        ),
+        (
+            "zstd without bit",
+            |b| b[104] = 1,
+            ErrorKind::Corrupt,
+            "compression",
+        ),
+        (
+            "compression type 2",
+            |b| {
+                b[79] |= 8;
+                b[104] = 2
+            },
+            ErrorKind::Unsupported,
+            "compression_type",
+        ),
+        (
+            "extended L2, 4k clusters",
+            |b| b[79] |= 0x10,
+            ErrorKind::Corrupt,
+            "16 KiB",
+        ),
+        (
+            "refcount_order 7",
+            |b| put32(b, 96, 7),
+            ErrorKind::Corrupt,
+            "refcount_order",
+        ),
+        (
+            "header_length 0",
+            |b| put32(b, 100, 0),
+            ErrorKind::Corrupt,
+            "header_length",
+        ),
+        (
+            "header_length 103",
+            |b| put32(b, 100, 103),
+            ErrorKind::Corrupt,
+            "header_length",
+        ),
+        (
+            "header_length max",
+            |b| put32(b, 100, u32::MAX),
+            ErrorKind::Corrupt,
+            "header_length",
+        ),
+        (
+            "extension too long",
+            |b| {
+                put32(b, 112, 0x1234_5678);
+                put32(b, 116, 0xffff_fff0)
+            },
+            ErrorKind::Corrupt,
+            "extension",
+        ),
     ];
     for (name, poke, kind, words) in cases {
         let mut bytes = base.clone();
@@ -129,7 +366,10 @@ fn poked_header_fields_are_refused() {
             Ok(()) => panic!("{name}: accepted"),
             Err(e) => {
                 assert_eq!(e.kind(), kind, "{name}: {e}");
-                assert!(e.to_string().contains(words), "{name}: {e} should mention {words:?}");
+                assert!(
+                    e.to_string().contains(words),
+                    "{name}: {e} should mention {words:?}"
+                );
             }
         }
     }
@@ -210,16 +450,41 @@ fn poked_table_entries_are_refused() {
 
 #[test]
 fn truncation_at_every_boundary_errs_or_reads() {
-    for name in ["snapshot-4k.qcow2", "v2-512.qcow2", "zstd-extl2.qcow2", "zlib-4k.qcow2"] {
+    for name in [
+        "snapshot-4k.qcow2",
+        "v2-512.qcow2",
+        "zstd-extl2.qcow2",
+        "zlib-4k.qcow2",
+    ] {
         let whole = fixture(name);
         let l1 = be64(&whole, 40) as usize;
         let mut cuts: Vec<usize> = (0..whole.len()).step_by(512).collect();
-        cuts.extend([1, 4, 8, 71, 72, 73, 103, 104, 105, 111, 112, 113, l1, l1 + 1, l1 + 8, whole.len() - 1]);
+        cuts.extend([
+            1,
+            4,
+            8,
+            71,
+            72,
+            73,
+            103,
+            104,
+            105,
+            111,
+            112,
+            113,
+            l1,
+            l1 + 1,
+            l1 + 8,
+            whole.len() - 1,
+        ]);
         for cut in cuts {
             let bytes = whole[..cut.min(whole.len())].to_vec();
             if let Err(e) = attempt(bytes) {
                 assert!(
-                    matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::InvalidFormat | ErrorKind::Io),
+                    matches!(
+                        e.kind(),
+                        ErrorKind::Corrupt | ErrorKind::InvalidFormat | ErrorKind::Io
+                    ),
                     "{name} cut at {cut}: {e}"
                 );
             }
@@ -240,7 +505,12 @@ fn random_damage_never_panics_nor_hangs() {
         state ^= state << 17;
         state
     };
-    for name in ["snapshot-4k.qcow2", "zstd-extl2.qcow2", "zlib-4k.qcow2", "v2-512.qcow2"] {
+    for name in [
+        "snapshot-4k.qcow2",
+        "zstd-extl2.qcow2",
+        "zlib-4k.qcow2",
+        "v2-512.qcow2",
+    ] {
         let base = fixture(name);
         let l1 = be64(&base, 40) as usize;
         for _ in 0..400 {
@@ -298,10 +568,16 @@ fn convert_writes_nothing_and_info_explains() {
     let info = imgpack::info(&image, &Default::default()).unwrap();
     assert_eq!(info.format, "qcow2");
     assert_eq!(info.details["version"], 3);
-    assert!(info.refusal.unwrap().contains("unknown incompatible feature bits 0x20"));
+    assert!(info
+        .refusal
+        .unwrap()
+        .contains("unknown incompatible feature bits 0x20"));
     // Content decides, not the name: a qcow2 called .raw is still read (and refused) as qcow2.
     let disguised = tmp.path().join("disk.raw");
     std::fs::write(&disguised, &bytes).unwrap();
-    assert_eq!(imgpack::info(&disguised, &Default::default()).unwrap().format, "qcow2");
+    assert_eq!(
+        imgpack::info(&disguised, &Default::default()).unwrap().format,
+        "qcow2"
+    );
     assert!(imgpack::convert(&disguised, &out, &Default::default()).is_err());
 }

@@ -14,7 +14,10 @@ use imgpack::input::DiskSource;
 
 fn have_qemu() -> bool {
     for tool in ["qemu-img", "qemu-io"] {
-        let found = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+        let found = Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
         if !found {
             println!("skipped: {tool} not found");
             return false;
@@ -24,7 +27,10 @@ fn have_qemu() -> bool {
 }
 
 fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().expect("running qemu tool");
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .expect("running qemu tool");
     assert!(
         out.status.success(),
         "{program} {args:?}: {}{}",
@@ -65,26 +71,53 @@ fn check(image: &Path, dir: &Path) {
     let reference = dir.join("reference.raw");
     run(
         "qemu-img",
-        &["convert", "-O", "raw", image.to_str().unwrap(), reference.to_str().unwrap()],
+        &[
+            "convert",
+            "-O",
+            "raw",
+            image.to_str().unwrap(),
+            reference.to_str().unwrap(),
+        ],
     );
     let want = std::fs::read(&reference).unwrap();
     std::fs::remove_file(&reference).unwrap();
     for chunk_size in [64 << 10, 1 << 20] {
         let (got, disk_size) = qcow2::round_trip(image, dir, chunk_size, None)
             .unwrap_or_else(|e| panic!("{}: {e}", image.display()));
-        assert!(got == want, "{} (chunk {chunk_size}) differs from qemu-img", image.display());
+        assert!(
+            got == want,
+            "{} (chunk {chunk_size}) differs from qemu-img",
+            image.display()
+        );
         assert_eq!(disk_size, qcow2::nonzero_blocks(&want), "{}", image.display());
     }
     let source = Qcow2Source::new(std::fs::read(image).unwrap(), image).unwrap();
-    assert!(qcow2::read_every_piece(&source, 1536).unwrap() == want, "{}", image.display());
-    assert!(qcow2::read_disk(&source, 4096).unwrap() == want, "{}", image.display());
+    assert!(
+        qcow2::read_every_piece(&source, 1536).unwrap() == want,
+        "{}",
+        image.display()
+    );
+    assert!(
+        qcow2::read_disk(&source, 4096).unwrap() == want,
+        "{}",
+        image.display()
+    );
 }
 
 fn create(dir: &Path, name: &str, options: &str, size: &str) -> PathBuf {
     let image = dir.join(name);
     run(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-o", options, image.to_str().unwrap(), size],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            options,
+            image.to_str().unwrap(),
+            size,
+        ],
     );
     image
 }
@@ -142,7 +175,11 @@ fn compressed_clusters_zlib_and_zstd() {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        *byte = if (i / 100_000) % 2 == 0 { (state % 16) as u8 } else { (i % 251) as u8 };
+        *byte = if (i / 100_000) % 2 == 0 {
+            (state % 16) as u8
+        } else {
+            (i % 251) as u8
+        };
     }
     std::fs::write(&raw, &data).unwrap();
     for options in [
@@ -160,13 +197,22 @@ fn compressed_clusters_zlib_and_zstd() {
         run(
             "qemu-img",
             &[
-                "convert", "-c", "-O", "qcow2", "-o", options,
-                raw.to_str().unwrap(), image.to_str().unwrap(),
+                "convert",
+                "-c",
+                "-O",
+                "qcow2",
+                "-o",
+                options,
+                raw.to_str().unwrap(),
+                image.to_str().unwrap(),
             ],
         );
         check(&image, tmp.path());
         // Overwrite parts of compressed clusters, zero and discard some.
-        qemu_io(&image, &["write -P 0x77 100k 5k", "write -z 3m 70k", "discard 6m 1m"]);
+        qemu_io(
+            &image,
+            &["write -P 0x77 100k 5k", "write -z 3m 70k", "discard 6m 1m"],
+        );
         check(&image, tmp.path());
     }
 }
@@ -181,7 +227,10 @@ fn snapshots_and_changes_after_them() {
         let image = create(tmp.path(), "snap.qcow2", options, "8M");
         qemu_io(&image, WRITES);
         run("qemu-img", &["snapshot", "-c", "one", image.to_str().unwrap()]);
-        qemu_io(&image, &["write -P 0x99 60k 10k", "write -z 1m 64k", "discard 4m 1m"]);
+        qemu_io(
+            &image,
+            &["write -P 0x99 60k 10k", "write -z 1m 64k", "discard 4m 1m"],
+        );
         run("qemu-img", &["snapshot", "-c", "two", image.to_str().unwrap()]);
         qemu_io(&image, &["write -P 0x98 7m 600k", "discard 0 4k"]);
         check(&image, tmp.path());
@@ -213,7 +262,14 @@ fn dirty_image_and_odd_sizes() {
     let compressed = tmp.path().join("odd-c.qcow2");
     run(
         "qemu-img",
-        &["convert", "-c", "-O", "qcow2", image.to_str().unwrap(), compressed.to_str().unwrap()],
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            image.to_str().unwrap(),
+            compressed.to_str().unwrap(),
+        ],
     );
     check(&compressed, tmp.path());
 }
@@ -256,7 +312,17 @@ fn refused_images_are_refused_with_the_reason_and_nothing_written() {
     let overlay = tmp.path().join("overlay.qcow2");
     run(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-b", base.to_str().unwrap(), "-F", "qcow2", overlay.to_str().unwrap()],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            base.to_str().unwrap(),
+            "-F",
+            "qcow2",
+            overlay.to_str().unwrap(),
+        ],
     );
     let data_file = create(
         tmp.path(),
@@ -268,9 +334,16 @@ fn refused_images_are_refused_with_the_reason_and_nothing_written() {
     run(
         "qemu-img",
         &[
-            "create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data=123456",
-            "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
-            luks.to_str().unwrap(), "8M",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=sec0,data=123456",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+            luks.to_str().unwrap(),
+            "8M",
         ],
     );
     let cases = [
@@ -286,7 +359,11 @@ fn refused_images_are_refused_with_the_reason_and_nothing_written() {
         assert!(!out.exists(), "nothing written for {}", image.display());
         let info = imgpack::info(image, &Default::default()).unwrap();
         assert_eq!(info.format, "qcow2");
-        assert!(info.refusal.as_deref().unwrap_or("").contains(reason), "{:?}", info.refusal);
+        assert!(
+            info.refusal.as_deref().unwrap_or("").contains(reason),
+            "{:?}",
+            info.refusal
+        );
     }
     // The virtual-size limit applies to qcow2 too.
     let big = create(tmp.path(), "big.qcow2", "cluster_size=64k", "2T");
@@ -310,20 +387,39 @@ fn huge_sparse_disk_costs_nothing() {
     let end = (64u64 << 40) - 4096;
     qemu_io(
         &image,
-        &["write -P 0x51 0 4k", &format!("write -P 0x52 {} 4k", 37u64 << 40), &format!("write -P 0x53 {end} 4k")],
+        &[
+            "write -P 0x51 0 4k",
+            &format!("write -P 0x52 {} 4k", 37u64 << 40),
+            &format!("write -P 0x53 {end} 4k"),
+        ],
     );
     let started = Instant::now();
     let out = tmp.path().join("huge.imgpack");
     let report = imgpack::convert(&image, &out, &Default::default()).unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(report.virtual_size, 64 << 40);
     assert_eq!(report.disk_size, 3 * 4096);
     let source = Qcow2Source::new(std::fs::read(&image).unwrap(), &image).unwrap();
-    assert_eq!(source.next_data(4096).unwrap(), Some(4096), "inside the first cluster");
+    assert_eq!(
+        source.next_data(4096).unwrap(),
+        Some(4096),
+        "inside the first cluster"
+    );
     assert_eq!(source.next_data(65536).unwrap(), Some(37 << 40));
-    assert_eq!(source.next_data((37 << 40) + 65536).unwrap(), Some(end - end % 65536));
+    assert_eq!(
+        source.next_data((37 << 40) + 65536).unwrap(),
+        Some(end - end % 65536)
+    );
     let mut scratch = Vec::new();
-    assert!(source.read(end, 4096, &mut scratch).unwrap().iter().all(|&b| b == 0x53));
+    assert!(source
+        .read(end, 4096, &mut scratch)
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0x53));
     let archive = imgpack::archive::reader::ArchiveReader::open(
         imgpack::read_at::FileAt::new(std::fs::File::open(&out).unwrap()).unwrap(),
     )

@@ -15,7 +15,9 @@ pub fn read_disk(source: &dyn DiskSource, piece: usize) -> imgpack::Result<Vec<u
     let mut scratch = Vec::new();
     let mut position = 0u64;
     while (position as usize) < size {
-        let Some(next) = source.next_data(position)? else { break };
+        let Some(next) = source.next_data(position)? else {
+            break;
+        };
         assert!(next >= position, "next_data went backwards");
         if next as usize >= size {
             break;
@@ -46,15 +48,17 @@ pub fn read_every_piece(source: &dyn DiskSource, piece: usize) -> imgpack::Resul
 
 /// The sha256 of `bytes`, in hex.
 pub fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Converts `image` to an archive and back with the library, returning the raw disk and the
 /// conversion's reported disk size.
-pub fn round_trip(image: &Path, dir: &Path, chunk_size: u64, threads: Option<usize>) -> imgpack::Result<(Vec<u8>, u64)> {
+pub fn round_trip(
+    image: &Path,
+    dir: &Path,
+    chunk_size: u64,
+    threads: Option<usize>,
+) -> imgpack::Result<(Vec<u8>, u64)> {
     let archive = dir.join("out.imgpack");
     let raw = dir.join("out.raw");
     let options = ConvertOptions {
