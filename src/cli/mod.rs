@@ -25,7 +25,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Convert a disk image (raw or qcow2, detected from content; - for standard input) into an .imgpack archive.
+    /// Convert a disk image (raw or qcow2; - for standard input) into an .imgpack archive.
     Convert(ConvertArgs),
     /// Write the raw disk held in an archive (sparse file, or - for standard output).
     Extract(ExtractArgs),
