@@ -166,7 +166,7 @@ fn compressed_clusters_zlib_and_zstd() {
     let tmp = tempfile::tempdir().unwrap();
     // Varied, partly compressible data so compressed clusters have different sizes.
     let raw = tmp.path().join("source.raw");
-    let mut data = vec![0u8; 8 << 20];
+    let mut data = vec![0u8; 4 << 20];
     let mut state = 0x1234_5678_9abc_def0u64;
     for (i, byte) in data.iter_mut().enumerate() {
         if (i / 40_000) % 3 == 1 {
