@@ -255,6 +255,15 @@ fn dirty_image_and_odd_sizes() {
     assert_eq!(info.details["incompatible_features"]["bits"], 1, "dirty bit set");
     check(&image, tmp.path());
 
+    // A persistent dirty bitmap (bitmaps extension, autoclear bit 0).
+    let image = create(tmp.path(), "bitmap.qcow2", "cluster_size=64k", "8M");
+    qemu_io(&image, &["write -P 0x61 0 100k"]);
+    run("qemu-img", &["bitmap", "--add", image.to_str().unwrap(), "b0"]);
+    qemu_io(&image, &["write -P 0x62 1m 100k"]);
+    let info = imgpack::info(&image, &Default::default()).unwrap();
+    assert_eq!(info.details["autoclear_features"]["bits"], 1);
+    check(&image, tmp.path());
+
     // A virtual size that is not a multiple of the cluster size, compressed and not.
     let image = create(tmp.path(), "odd.qcow2", "cluster_size=64k", "8389120");
     qemu_io(&image, &["write -P 0x31 8m 512", "write -P 0x32 0 512"]);

@@ -752,3 +752,93 @@ impl Extensions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal valid v3 image of 512-byte clusters: header, refcount table at 512, a
+    /// one-entry L1 at 1024 (32 KiB virtual disk, nothing allocated).
+    fn minimal() -> Vec<u8> {
+        let mut b = vec![0u8; 1536];
+        b[..4].copy_from_slice(&MAGIC);
+        b[4..8].copy_from_slice(&3u32.to_be_bytes());
+        b[20..24].copy_from_slice(&9u32.to_be_bytes());
+        b[24..32].copy_from_slice(&(32u64 << 10).to_be_bytes());
+        b[36..40].copy_from_slice(&1u32.to_be_bytes());
+        b[40..48].copy_from_slice(&1024u64.to_be_bytes());
+        b[48..56].copy_from_slice(&512u64.to_be_bytes());
+        b[56..60].copy_from_slice(&1u32.to_be_bytes());
+        b[96..100].copy_from_slice(&4u32.to_be_bytes());
+        b[100..104].copy_from_slice(&112u32.to_be_bytes());
+        b
+    }
+
+    fn with_bitmaps(autoclear: bool, count: u32, size: u64, offset: u64) -> Vec<u8> {
+        let mut b = minimal();
+        if autoclear {
+            b[95] = 1;
+        }
+        b[112..116].copy_from_slice(&EXT_BITMAPS.to_be_bytes());
+        b[116..120].copy_from_slice(&24u32.to_be_bytes());
+        b[120..124].copy_from_slice(&count.to_be_bytes());
+        b[128..136].copy_from_slice(&size.to_be_bytes());
+        b[136..144].copy_from_slice(&offset.to_be_bytes());
+        b
+    }
+
+    fn validate(bytes: &[u8]) -> Result<Layout> {
+        let bytes = bytes.to_vec();
+        Header::parse(&bytes)?.validate(&bytes)
+    }
+
+    #[test]
+    fn minimal_image_is_valid() {
+        let layout = validate(&minimal()).unwrap();
+        assert_eq!(layout.cluster_size, 512);
+        assert_eq!(layout.l1_needed, 1);
+        assert_eq!(layout.compression, Compression::Zlib);
+    }
+
+    #[test]
+    fn bitmaps_extension_is_checked_when_consistent() {
+        validate(&with_bitmaps(true, 1, 64, 1024)).unwrap();
+        // Inconsistent (autoclear bit clear): ignored, as QEMU does.
+        validate(&with_bitmaps(false, 0, u64::MAX, 7)).unwrap();
+        for (count, size, offset, words) in [
+            (0, 64, 1024, "bitmaps"),
+            (70000, 64, 1024, "bitmaps"),
+            (1, 1 << 40, 1024, "too large"),
+            (1, 64, 1000, "aligned"),
+            (1, 64, 1 << 30, "beyond the end"),
+            (1, 1024, 1024, "past the end"),
+        ] {
+            let e = validate(&with_bitmaps(true, count, size, offset)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupt);
+            assert!(e.to_string().contains(words), "{e}");
+        }
+    }
+
+    #[test]
+    fn extensions_naming_host_files_are_refused() {
+        let mut b = minimal();
+        b[112..116].copy_from_slice(&EXT_DATA_FILE.to_be_bytes());
+        b[116..120].copy_from_slice(&9u32.to_be_bytes());
+        b[120..129].copy_from_slice(b"/etc/pass");
+        let e = validate(&b).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        // An unknown extension is skipped; the feature table names unknown bits.
+        let mut b = minimal();
+        b[112..116].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        b[116..120].copy_from_slice(&3u32.to_be_bytes());
+        b[128..132].copy_from_slice(&EXT_FEATURE_NAMES.to_be_bytes());
+        b[132..136].copy_from_slice(&48u32.to_be_bytes());
+        b[136] = 0;
+        b[137] = 9;
+        b[138..145].copy_from_slice(b"shiny-9");
+        validate(&b).unwrap();
+        b[78] = 2; // incompatible bit 9
+        let e = validate(&b).unwrap_err();
+        assert!(e.to_string().contains("0x200 (shiny-9)"), "{e}");
+    }
+}
