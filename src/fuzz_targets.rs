@@ -36,6 +36,32 @@ pub fn archive(data: &[u8]) {
     }
 }
 
+/// qcow2 header, extensions and tables, then `next_data` and reads over a bounded part of
+/// the disk (compressed clusters included).
+pub fn qcow2(data: &[u8]) {
+    use crate::input::DiskSource;
+    let Ok(source) = crate::input::qcow2::Qcow2Source::new(data.to_vec(), std::path::Path::new("fuzz"))
+    else {
+        return;
+    };
+    let size = source.virtual_size();
+    let mut scratch = Vec::new();
+    let mut position = 0;
+    for _ in 0..16 {
+        let Ok(Some(next)) = source.next_data(position) else {
+            return;
+        };
+        if next >= size {
+            return;
+        }
+        let len = (size - next).min(READ_CAP as u64 / 4) as usize;
+        if source.read(next, len, &mut scratch).is_err() {
+            return;
+        }
+        position = next + len as u64;
+    }
+}
+
 /// Size arguments as the command line parses them.
 pub fn size_argument(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {

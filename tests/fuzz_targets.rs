@@ -152,3 +152,13 @@ fn any_bytes_round_trip_through_the_pipeline() {
     let seeds = vec![texty(&mut rng, 100_000), vec![0; 70_000], vec![]];
     exercise("convert", seeds, 40, target::convert_bytes);
 }
+
+#[test]
+fn qcow2_reader_survives_mutated_images() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/qcow2");
+    let seeds = ["v2-512.qcow2", "zlib-4k.qcow2", "zstd-extl2.qcow2"]
+        .iter()
+        .map(|name| std::fs::read(dir.join(name)).unwrap())
+        .collect();
+    exercise("qcow2", seeds, 300, target::qcow2);
+}
