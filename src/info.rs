@@ -81,6 +81,9 @@ pub fn info(path: &Path, options: &OpenOptions) -> Result<ImageInfo> {
         input::stream::describe(path, format, options, &mut info)?;
         return Ok(info);
     }
+    if format == Format::Qcow2 {
+        return input::qcow2::fill_info(info, file, path, options);
+    }
     match input::open(path, options) {
         Ok(opened) => {
             info.format = opened.format_name();

@@ -26,6 +26,8 @@ pub mod control;
 pub mod convert;
 pub mod error;
 pub mod extract;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod info;
 pub mod input;
 pub mod library;

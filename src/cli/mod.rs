@@ -29,7 +29,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Convert a disk image (raw, or - for standard input) into an .imgpack archive.
+    /// Convert a disk image (raw or qcow2; - for standard input) into an .imgpack archive.
     Convert(ConvertArgs),
     /// Write the raw disk held in an archive (sparse file, or - for standard output).
     Extract(ExtractArgs),

@@ -6,6 +6,7 @@
 //! Formats are detected from content only ([`detect`]), never from file names.
 
 pub mod detect;
+pub mod qcow2;
 pub mod raw;
 pub mod stream;
 
@@ -131,6 +132,11 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Opened> {
             )?)),
         }),
         f if f.is_stream() => stream::open_file(f, file, path, options),
+        Format::Qcow2 => Ok(Opened {
+            layers: Vec::new(),
+            inner: "qcow2",
+            body: Body::Source(Box::new(qcow2::Qcow2Source::from_file(file, path)?)),
+        }),
         other => open_stream(other, Box::new(file), path, options),
     }
 }

@@ -310,9 +310,8 @@ pub fn spill(mut reader: impl Read, options: &OpenOptions) -> Result<File> {
 
 /// Opens a qcow2 image that was spilled from a compressed stream into `file` (unnamed; `path`
 /// is the original input, for messages).
-pub fn open_spilled_qcow2(file: File, path: &Path, options: &OpenOptions) -> Result<Box<dyn DiskSource>> {
-    let _ = (file, options);
-    Err(Error::unsupported("qcow2 inside a compressed stream needs the qcow2 reader").in_file(path))
+pub fn open_spilled_qcow2(file: File, path: &Path, _options: &OpenOptions) -> Result<Box<dyn DiskSource>> {
+    Ok(Box::new(super::qcow2::Qcow2Source::from_file(file, path)?))
 }
 
 /// Fills `info` for a compressed file without decoding more than its first bytes.
