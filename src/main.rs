@@ -15,9 +15,19 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&cancel);
-    // The first signal asks the work to stop cleanly; outputs are unnamed until committed, so
-    // stopping at any point leaves nothing behind.
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
+    // The first signal asks the work to stop cleanly. Work blocked on input that never comes
+    // (a stalled upload on standard input) cannot notice, so a watchdog ends the process a few
+    // seconds later; outputs and spill files are unnamed until committed, so ending at any
+    // point leaves nothing behind.
+    let _ = ctrlc::set_handler(move || {
+        if !flag.swap(true, Ordering::Relaxed) {
+            std::thread::spawn(|| {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                eprintln!("error: interrupted; no output was written");
+                std::process::exit(130);
+            });
+        }
+    });
     match cli::run(cli, Arc::clone(&cancel)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
