@@ -5,8 +5,13 @@
 //! read front to back instead (see [`stream`](crate::input) once it lands).
 //! Formats are detected from content only ([`detect`]), never from file names.
 
+pub mod blockmap;
 pub mod detect;
 pub mod raw;
+pub mod vdi;
+pub mod vhd;
+pub mod vhdx;
+pub mod vmdk;
 
 use std::fs::File;
 use std::io::{Cursor, Read};
@@ -35,6 +40,11 @@ pub trait DiskSource: Send + Sync {
     /// The `len` bytes of the virtual disk at `offset` (the range lies inside the disk),
     /// either borrowed from the source (a memory map) or placed in `scratch`.
     fn read<'a>(&'a self, offset: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8]>;
+
+    /// Format-specific facts for `info` (block size, subformat, ...); none by default.
+    fn details(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
 }
 
 /// How raw inputs are read.
@@ -118,6 +128,16 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Opened> {
     }
     let at = FileAt::new(file).context("reading the input", path)?;
     let format = detect_file(&at).map_err(|e| e.in_file(path))?;
+    if let Format::Other(name) = format {
+        if let Some(source) = blockmap::open_native(name, Box::new(at), options.max_virtual_size) {
+            let source = source.map_err(|e| e.in_file(path))?;
+            return Ok(Opened {
+                layers: Vec::new(),
+                inner: source.format(),
+                body: Body::Source(source),
+            });
+        }
+    }
     let file = File::open(path).context("opening the input", path)?;
     match format {
         Format::Raw => Ok(Opened {
