@@ -9,7 +9,10 @@ use std::process::Command;
 use imgpack::{convert, extract, info, ConvertOptions, ExtractOptions};
 
 fn have_qemu_img() -> bool {
-    let found = Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success());
+    let found = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found {
         eprintln!("skipped: qemu-img not found");
     }
@@ -17,8 +20,15 @@ fn have_qemu_img() -> bool {
 }
 
 fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img").args(args).output().expect("run qemu-img");
-    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("run qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A sparse disk of 40 MiB + 1536 bytes: data straddling 64 KiB grains, 1/2/8/32 MiB blocks
@@ -57,18 +67,66 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { format: "vpc", options: "subformat=dynamic", native_name: "vpc" },
-    Case { format: "vpc", options: "subformat=fixed", native_name: "vpc" },
-    Case { format: "vdi", options: "static=off", native_name: "vdi" },
-    Case { format: "vdi", options: "static=on", native_name: "vdi" },
-    Case { format: "vmdk", options: "subformat=monolithicSparse", native_name: "vmdk" },
-    Case { format: "vmdk", options: "subformat=monolithicSparse,zeroed_grain=on", native_name: "vmdk" },
-    Case { format: "vmdk", options: "subformat=streamOptimized", native_name: "vmdk" },
-    Case { format: "vhdx", options: "subformat=dynamic", native_name: "vhdx" },
-    Case { format: "vhdx", options: "subformat=dynamic,block_size=1M", native_name: "vhdx" },
-    Case { format: "vhdx", options: "subformat=dynamic,block_size=8M,block_state_zero=off", native_name: "vhdx" },
-    Case { format: "vhdx", options: "subformat=fixed", native_name: "vhdx" },
-    Case { format: "vhdx", options: "subformat=fixed,block_size=2M", native_name: "vhdx" },
+    Case {
+        format: "vpc",
+        options: "subformat=dynamic",
+        native_name: "vpc",
+    },
+    Case {
+        format: "vpc",
+        options: "subformat=fixed",
+        native_name: "vpc",
+    },
+    Case {
+        format: "vdi",
+        options: "static=off",
+        native_name: "vdi",
+    },
+    Case {
+        format: "vdi",
+        options: "static=on",
+        native_name: "vdi",
+    },
+    Case {
+        format: "vmdk",
+        options: "subformat=monolithicSparse",
+        native_name: "vmdk",
+    },
+    Case {
+        format: "vmdk",
+        options: "subformat=monolithicSparse,zeroed_grain=on",
+        native_name: "vmdk",
+    },
+    Case {
+        format: "vmdk",
+        options: "subformat=streamOptimized",
+        native_name: "vmdk",
+    },
+    Case {
+        format: "vhdx",
+        options: "subformat=dynamic",
+        native_name: "vhdx",
+    },
+    Case {
+        format: "vhdx",
+        options: "subformat=dynamic,block_size=1M",
+        native_name: "vhdx",
+    },
+    Case {
+        format: "vhdx",
+        options: "subformat=dynamic,block_size=8M,block_state_zero=off",
+        native_name: "vhdx",
+    },
+    Case {
+        format: "vhdx",
+        options: "subformat=fixed",
+        native_name: "vhdx",
+    },
+    Case {
+        format: "vhdx",
+        options: "subformat=fixed,block_size=2M",
+        native_name: "vhdx",
+    },
 ];
 
 fn convert_and_extract(image: &Path, dir: &Path, threads: Option<usize>) -> (Vec<u8>, String) {
@@ -96,17 +154,38 @@ fn every_subformat_matches_qemu_img() {
     for case in CASES {
         let image: PathBuf = dir.path().join(format!("image.{}", case.format));
         let reference = dir.path().join("reference.raw");
-        qemu_img(&["convert", "-f", "raw", "-O", case.format, "-o", case.options]
-            .iter()
-            .chain(&[source.to_str().unwrap(), image.to_str().unwrap()])
-            .copied()
-            .collect::<Vec<_>>());
-        qemu_img(&["convert", "-f", case.format, "-O", "raw", image.to_str().unwrap(), reference.to_str().unwrap()]);
+        qemu_img(
+            &["convert", "-f", "raw", "-O", case.format, "-o", case.options]
+                .iter()
+                .chain(&[source.to_str().unwrap(), image.to_str().unwrap()])
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        qemu_img(&[
+            "convert",
+            "-f",
+            case.format,
+            "-O",
+            "raw",
+            image.to_str().unwrap(),
+            reference.to_str().unwrap(),
+        ]);
         let want = std::fs::read(&reference).unwrap();
         let (got, format) = convert_and_extract(&image, dir.path(), None);
         assert_eq!(format, case.native_name, "{} {}", case.format, case.options);
-        assert_eq!(got.len(), want.len(), "{} {}: virtual size", case.format, case.options);
-        assert!(got == want, "{} {}: extracted bytes differ from qemu-img's", case.format, case.options);
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{} {}: virtual size",
+            case.format,
+            case.options
+        );
+        assert!(
+            got == want,
+            "{} {}: extracted bytes differ from qemu-img's",
+            case.format,
+            case.options
+        );
         let described = info(&image, &Default::default()).unwrap();
         assert_eq!(described.virtual_size, Some(want.len() as u64));
         assert_eq!(described.refusal, None, "{} {}", case.format, case.options);
@@ -124,11 +203,21 @@ fn one_thread_gives_the_same_bytes() {
     let pattern = write_pattern(&source);
     let image = dir.path().join("image.vmdk");
     qemu_img(&[
-        "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
-        source.to_str().unwrap(), image.to_str().unwrap(),
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        source.to_str().unwrap(),
+        image.to_str().unwrap(),
     ]);
     let (got, _) = convert_and_extract(&image, dir.path(), Some(1));
-    assert!(got == pattern, "streamOptimized VMDK read on one thread differs from the disk");
+    assert!(
+        got == pattern,
+        "streamOptimized VMDK read on one thread differs from the disk"
+    );
 }
 
 #[test]
@@ -138,7 +227,11 @@ fn a_disk_written_by_qemu_io_in_place_matches() {
     if !have_qemu_img() {
         return;
     }
-    if !Command::new("qemu-io").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if !Command::new("qemu-io")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         eprintln!("skipped: qemu-io not found");
         return;
     }
@@ -150,19 +243,43 @@ fn a_disk_written_by_qemu_io_in_place_matches() {
         ("vhdx", "subformat=dynamic,block_size=1M"),
     ] {
         let image = dir.path().join(format!("written.{format}"));
-        qemu_img(&["create", "-f", format, "-o", options, image.to_str().unwrap(), "20M"]);
-        for (pattern, offset, len) in [(0x11, "15M", "1M"), (0x22, "300k", "70k"), (0x33, "1M", "4k"), (0x44, "8190k", "8k")]
-        {
+        qemu_img(&[
+            "create",
+            "-f",
+            format,
+            "-o",
+            options,
+            image.to_str().unwrap(),
+            "20M",
+        ]);
+        for (pattern, offset, len) in [
+            (0x11, "15M", "1M"),
+            (0x22, "300k", "70k"),
+            (0x33, "1M", "4k"),
+            (0x44, "8190k", "8k"),
+        ] {
             let out = Command::new("qemu-io")
                 .args(["-f", format, "-c"])
                 .arg(format!("write -P {pattern} {offset} {len}"))
                 .arg(&image)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "qemu-io: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "qemu-io: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let reference = dir.path().join("reference.raw");
-        qemu_img(&["convert", "-f", format, "-O", "raw", image.to_str().unwrap(), reference.to_str().unwrap()]);
+        qemu_img(&[
+            "convert",
+            "-f",
+            format,
+            "-O",
+            "raw",
+            image.to_str().unwrap(),
+            reference.to_str().unwrap(),
+        ]);
         let want = std::fs::read(&reference).unwrap();
         let (got, _) = convert_and_extract(&image, dir.path(), None);
         assert!(got == want, "{format}: extracted bytes differ from qemu-img's");

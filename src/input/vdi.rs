@@ -69,10 +69,16 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
     let map_offset = u64::from(le32(&h, 340));
     let data_offset = u64::from(le32(&h, 344));
     if map_offset % 512 != 0 || data_offset % 512 != 0 {
-        return Err(Error::corrupt(340, "VDI block map or data offset is not sector-aligned"));
+        return Err(Error::corrupt(
+            340,
+            "VDI block map or data offset is not sector-aligned",
+        ));
     }
     if le32(&h, 360) != 512 {
-        return Err(Error::corrupt(360, format!("VDI sector size {} is not 512", le32(&h, 360))));
+        return Err(Error::corrupt(
+            360,
+            format!("VDI sector size {} is not 512", le32(&h, 360)),
+        ));
     }
     let block_size = le32(&h, 376);
     if block_size != BLOCK_SIZE {
@@ -97,7 +103,12 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
     }
     check_virtual_size(virtual_size, max_virtual_size)?;
     check_table_size(blocks_in_image * 4, map_offset, "the VDI block map")?;
-    let map = read_bytes(file.as_ref(), map_offset, blocks_in_image * 4, "the VDI block map")?;
+    let map = read_bytes(
+        file.as_ref(),
+        map_offset,
+        blocks_in_image * 4,
+        "the VDI block map",
+    )?;
     let needed = virtual_size.div_ceil(block_size) as usize;
     let blocks = map
         .chunks_exact(4)

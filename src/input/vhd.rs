@@ -94,18 +94,26 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
         }
         (TYPE_DYNAMIC, 0) | (TYPE_FIXED, 1..) => {}
         (TYPE_DYNAMIC, _) => {
-            return Err(Error::corrupt(0, "dynamic VHD without the footer copy at its start"))
+            return Err(Error::corrupt(
+                0,
+                "dynamic VHD without the footer copy at its start",
+            ))
         }
         (TYPE_FIXED, 0) => {
             return Err(Error::corrupt(0, "fixed VHD with a footer at its start"));
         }
         (other, _) => {
-            return Err(Error::corrupt(footer_offset + 60, format!("unknown VHD disk type {other}")))
+            return Err(Error::corrupt(
+                footer_offset + 60,
+                format!("unknown VHD disk type {other}"),
+            ))
         }
     }
     let virtual_size = virtual_size(&footer).map_err(|e| e.at(footer_offset + 48))?;
     check_virtual_size(virtual_size, max_virtual_size)?;
-    let creator = String::from_utf8_lossy(&footer[28..32]).trim_end_matches(['\0', ' ']).to_string();
+    let creator = String::from_utf8_lossy(&footer[28..32])
+        .trim_end_matches(['\0', ' '])
+        .to_string();
     let mut details = Map::new();
     details.insert("vhd_creator".into(), json!(creator));
     if disk_type == TYPE_FIXED {
@@ -134,8 +142,7 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
 /// The virtual size qemu gives the disk described by `footer`.
 fn virtual_size(footer: &[u8]) -> Result<u64> {
     let creator = &footer[28..32];
-    let geometry_sectors =
-        u64::from(be16(footer, 56)) * u64::from(footer[58]) * u64::from(footer[59]);
+    let geometry_sectors = u64::from(be16(footer, 56)) * u64::from(footer[58]) * u64::from(footer[59]);
     let uses_current_size = [b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0"]
         .iter()
         .any(|c| creator == &c[..]);
@@ -160,9 +167,17 @@ fn open_dynamic(
     mut details: Map<String, serde_json::Value>,
 ) -> Result<BlockTable> {
     let header_offset = be64(footer, 16);
-    let header = read_bytes(file.as_ref(), header_offset, DYNAMIC_HEADER_LEN, "the VHD dynamic header")?;
+    let header = read_bytes(
+        file.as_ref(),
+        header_offset,
+        DYNAMIC_HEADER_LEN,
+        "the VHD dynamic header",
+    )?;
     if !header.starts_with(b"cxsparse") {
-        return Err(Error::corrupt(header_offset, "no VHD dynamic header (cookie `cxsparse`)"));
+        return Err(Error::corrupt(
+            header_offset,
+            "no VHD dynamic header (cookie `cxsparse`)",
+        ));
     }
     let stored = be32(&header, 36);
     let computed = checksum(&header, 36);
@@ -190,7 +205,12 @@ fn open_dynamic(
     }
     let table_offset = be64(&header, 16);
     check_table_size(entries * 4, table_offset, "the VHD block allocation table")?;
-    let table = read_bytes(file.as_ref(), table_offset, entries * 4, "the VHD block allocation table")?;
+    let table = read_bytes(
+        file.as_ref(),
+        table_offset,
+        entries * 4,
+        "the VHD block allocation table",
+    )?;
     let file_size = file.size();
     let mut blocks = Vec::with_capacity(virtual_size.div_ceil(block_size) as usize);
     for (index, entry) in table.chunks_exact(4).enumerate() {
@@ -207,7 +227,9 @@ fn open_dynamic(
         if end > file_size {
             return Err(Error::corrupt(
                 table_offset + index as u64 * 4,
-                format!("VHD block {index} at offset {bitmap} ends past the end of the file ({file_size} bytes)"),
+                format!(
+                    "VHD block {index} at offset {bitmap} ends past the end of the file ({file_size} bytes)"
+                ),
             ));
         }
         if (index as u64) * block_size < virtual_size {

@@ -24,7 +24,9 @@
 
 use serde_json::{json, Map};
 
-use super::blockmap::{check_table_size, check_virtual_size, le16, le32, le64, read_bytes, BlockTable, UNMAPPED};
+use super::blockmap::{
+    check_table_size, check_virtual_size, le16, le32, le64, read_bytes, BlockTable, UNMAPPED,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::read_at::ReadAt;
 
@@ -43,23 +45,59 @@ const fn guid(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
     let b = d2.to_le_bytes();
     let c = d3.to_le_bytes();
     [
-        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5], d4[6], d4[7],
+        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5], d4[6],
+        d4[7],
     ]
 }
 
-const BAT: [u8; 16] = guid(0x2dc27766, 0xf623, 0x4200, [0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08]);
-const METADATA: [u8; 16] = guid(0x8b7ca206, 0x4790, 0x4b9a, [0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e]);
-const FILE_PARAMETERS: [u8; 16] =
-    guid(0xcaa16737, 0xfa36, 0x4d43, [0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b]);
-const VIRTUAL_DISK_SIZE: [u8; 16] =
-    guid(0x2fa54224, 0xcd1b, 0x4876, [0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8]);
-const PAGE_83: [u8; 16] = guid(0xbeca12ab, 0xb2e6, 0x4523, [0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46]);
-const LOGICAL_SECTOR: [u8; 16] =
-    guid(0x8141bf1d, 0xa96f, 0x4709, [0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f]);
-const PHYSICAL_SECTOR: [u8; 16] =
-    guid(0xcda348c7, 0x445d, 0x4471, [0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56]);
-const PARENT_LOCATOR: [u8; 16] =
-    guid(0xa8d35f2d, 0xb30b, 0x454d, [0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c]);
+const BAT: [u8; 16] = guid(
+    0x2dc27766,
+    0xf623,
+    0x4200,
+    [0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08],
+);
+const METADATA: [u8; 16] = guid(
+    0x8b7ca206,
+    0x4790,
+    0x4b9a,
+    [0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e],
+);
+const FILE_PARAMETERS: [u8; 16] = guid(
+    0xcaa16737,
+    0xfa36,
+    0x4d43,
+    [0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b],
+);
+const VIRTUAL_DISK_SIZE: [u8; 16] = guid(
+    0x2fa54224,
+    0xcd1b,
+    0x4876,
+    [0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8],
+);
+const PAGE_83: [u8; 16] = guid(
+    0xbeca12ab,
+    0xb2e6,
+    0x4523,
+    [0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46],
+);
+const LOGICAL_SECTOR: [u8; 16] = guid(
+    0x8141bf1d,
+    0xa96f,
+    0x4709,
+    [0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f],
+);
+const PHYSICAL_SECTOR: [u8; 16] = guid(
+    0xcda348c7,
+    0x445d,
+    0x4471,
+    [0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56],
+);
+const PARENT_LOCATOR: [u8; 16] = guid(
+    0xa8d35f2d,
+    0xb30b,
+    0x454d,
+    [0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c],
+);
 
 /// crc32c of `bytes` with the 4-byte checksum field at `field` counted as zero.
 pub fn checksum(bytes: &[u8], field: usize) -> u32 {
@@ -95,7 +133,10 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
     }
     let count = le32(&regions, 8);
     if count > MAX_ENTRIES {
-        return Err(Error::corrupt(192 * KIB + 8, format!("VHDX region table of {count} entries")));
+        return Err(Error::corrupt(
+            192 * KIB + 8,
+            format!("VHDX region table of {count} entries"),
+        ));
     }
     let (mut bat, mut metadata) = (None, None);
     for i in 0..count as usize {
@@ -108,14 +149,17 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
         let slot = match &e[..16] {
             g if g == BAT => &mut bat,
             g if g == METADATA => &mut metadata,
-            _ if required => return Err(Error::unsupported("VHDX image has an unknown required region").at(at)),
+            _ if required => {
+                return Err(Error::unsupported("VHDX image has an unknown required region").at(at))
+            }
             _ => continue,
         };
         if slot.replace((offset, length)).is_some() {
             return Err(Error::corrupt(at, "VHDX region listed twice"));
         }
     }
-    let (bat_offset, bat_length) = bat.ok_or_else(|| Error::corrupt(192 * KIB, "VHDX image has no BAT region"))?;
+    let (bat_offset, bat_length) =
+        bat.ok_or_else(|| Error::corrupt(192 * KIB, "VHDX image has no BAT region"))?;
     let (meta_offset, meta_length) =
         metadata.ok_or_else(|| Error::corrupt(192 * KIB, "VHDX image has no metadata region"))?;
     let meta = Metadata::read(f, meta_offset, meta_length)?;
@@ -147,7 +191,10 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
             6 => {
                 let offset = entry & !(MIB - 1);
                 if offset < MIB {
-                    return Err(Error::corrupt(at, format!("VHDX block {block} is stored in the file's header")));
+                    return Err(Error::corrupt(
+                        at,
+                        format!("VHDX block {block} is stored in the file's header"),
+                    ));
                 }
                 offset
             }
@@ -157,7 +204,12 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
                     format!("VHDX block {block} is partially present, which only a differencing disk may be"),
                 ))
             }
-            state => return Err(Error::corrupt(at, format!("VHDX block {block} has unknown state {state}"))),
+            state => {
+                return Err(Error::corrupt(
+                    at,
+                    format!("VHDX block {block} has unknown state {state}"),
+                ))
+            }
         });
     }
     let mut details = Map::new();
@@ -189,7 +241,10 @@ fn current_header(f: &dyn ReadAt) -> Result<Vec<u8>> {
             } else if sb > sa {
                 Ok(b)
             } else {
-                Err(Error::corrupt(64 * KIB, "both VHDX headers have the same sequence number"))
+                Err(Error::corrupt(
+                    64 * KIB,
+                    "both VHDX headers have the same sequence number",
+                ))
             }
         }
         (Some(h), None) | (None, Some(h)) => Ok(h),
@@ -218,13 +273,20 @@ impl Metadata {
         }
         let count = u32::from(le16(&table, 10));
         if count > MAX_ENTRIES {
-            return Err(Error::corrupt(region + 10, format!("VHDX metadata table of {count} entries")));
+            return Err(Error::corrupt(
+                region + 10,
+                format!("VHDX metadata table of {count} entries"),
+            ));
         }
         let (mut params, mut size, mut logical) = (None, None, None);
         for i in 0..count as usize {
             let e = &table[32 + 32 * i..64 + 32 * i];
             let at = region + 32 + 32 * i as u64;
-            let (offset, length, required) = (u64::from(le32(e, 16)), u64::from(le32(e, 20)), le32(e, 24) & 4 != 0);
+            let (offset, length, required) = (
+                u64::from(le32(e, 16)),
+                u64::from(le32(e, 20)),
+                le32(e, 24) & 4 != 0,
+            );
             let item = |want: u64| -> Result<Vec<u8>> {
                 if length < want || offset < METADATA_TABLE_LEN || offset + want > region_len {
                     return Err(Error::corrupt(at, "VHDX metadata item lies outside its region"));
@@ -258,13 +320,22 @@ impl Metadata {
         }
         let block_size = u64::from(le32(&params, 0));
         if !block_size.is_power_of_two() || !(MIB..=256 * MIB).contains(&block_size) {
-            return Err(Error::corrupt(region, format!("VHDX block size {block_size} (1 MiB to 256 MiB allowed)")));
+            return Err(Error::corrupt(
+                region,
+                format!("VHDX block size {block_size} (1 MiB to 256 MiB allowed)"),
+            ));
         }
         if logical_sector != 512 && logical_sector != 4096 {
-            return Err(Error::corrupt(region, format!("VHDX logical sector size {logical_sector}")));
+            return Err(Error::corrupt(
+                region,
+                format!("VHDX logical sector size {logical_sector}"),
+            ));
         }
         if virtual_size > MAX_VIRTUAL_SIZE {
-            return Err(Error::corrupt(region, format!("VHDX virtual size {virtual_size} exceeds the format's 64 TiB")));
+            return Err(Error::corrupt(
+                region,
+                format!("VHDX virtual size {virtual_size} exceeds the format's 64 TiB"),
+            ));
         }
         Ok(Metadata {
             block_size,

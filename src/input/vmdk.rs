@@ -81,7 +81,9 @@ enum Grain {
 pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<VmdkSource> {
     let head = read_bytes(file.as_ref(), 0, SECTOR.min(file.size()), "the VMDK header")?;
     if head.starts_with(b"COWD") {
-        return Err(Error::unsupported("VMDK version 3 (COWD) sparse extents are not supported"));
+        return Err(Error::unsupported(
+            "VMDK version 3 (COWD) sparse extents are not supported",
+        ));
     }
     if !head.starts_with(b"KDMV") {
         return Err(Error::unsupported(
@@ -110,7 +112,9 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<VmdkSource> 
         0 => false,
         1 => true,
         other => {
-            return Err(Error::unsupported(format!("VMDK compression algorithm {other} is not supported")).at(77))
+            return Err(
+                Error::unsupported(format!("VMDK compression algorithm {other} is not supported")).at(77),
+            )
         }
     };
     let virtual_size = capacity
@@ -135,17 +139,26 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<VmdkSource> 
         }
     }
     if grains_per_table == 0 || grains_per_table > 512 {
-        return Err(Error::corrupt(44, format!("VMDK grain table of {grains_per_table} entries (1..=512 allowed)")));
+        return Err(Error::corrupt(
+            44,
+            format!("VMDK grain table of {grains_per_table} entries (1..=512 allowed)"),
+        ));
     }
     let grain_size = grain_sectors.saturating_mul(SECTOR);
     if grain_sectors == 0 || grain_size > MAX_GRAIN {
         return Err(Error::corrupt(
             20,
-            format!("VMDK grain of {grain_sectors} sectors (1 sector to {} MiB allowed)", MAX_GRAIN >> 20),
+            format!(
+                "VMDK grain of {grain_sectors} sectors (1 sector to {} MiB allowed)",
+                MAX_GRAIN >> 20
+            ),
         ));
     }
     if le64(h, 64).saturating_mul(SECTOR) > file.size() {
-        return Err(Error::corrupt(64, "VMDK file is truncated before its first grain"));
+        return Err(Error::corrupt(
+            64,
+            "VMDK file is truncated before its first grain",
+        ));
     }
     let table_span = grains_per_table * grain_size;
     let directory_entries = virtual_size.div_ceil(table_span);
@@ -178,7 +191,11 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<VmdkSource> 
             directory.push(t);
             continue;
         }
-        check_table_size((tables.len() as u64 + 1) * table_bytes, directory_offset, "the VMDK grain tables")?;
+        check_table_size(
+            (tables.len() as u64 + 1) * table_bytes,
+            directory_offset,
+            "the VMDK grain tables",
+        )?;
         let offset = u64::from(sector) * SECTOR;
         let raw = read_bytes(file.as_ref(), offset, table_bytes, "a VMDK grain table")
             .map_err(|e| e.at(directory_offset + index as u64 * 4))?;
@@ -189,7 +206,11 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<VmdkSource> 
         directory.push(t);
     }
     let mut details = Map::new();
-    let subformat = if compressed { "streamOptimized" } else { "monolithicSparse" };
+    let subformat = if compressed {
+        "streamOptimized"
+    } else {
+        "monolithicSparse"
+    };
     details.insert("vmdk_subformat".into(), json!(subformat));
     details.insert("cluster_size".into(), json!(grain_size));
     if let Some(d) = descriptor {
@@ -230,7 +251,10 @@ fn read_footer(file: &dyn ReadAt) -> Result<Vec<u8>> {
         return Err(Error::corrupt(start, "streamOptimized VMDK has no valid footer"));
     }
     if le64(header, 56) == GD_AT_END {
-        return Err(Error::corrupt(start + SECTOR + 56, "VMDK footer does not locate the grain directory"));
+        return Err(Error::corrupt(
+            start + SECTOR + 56,
+            "VMDK footer does not locate the grain directory",
+        ));
     }
     Ok(header.to_vec())
 }
@@ -251,11 +275,16 @@ fn read_descriptor(file: &dyn ReadAt, h: &[u8]) -> Result<Option<Descriptor>> {
         .ok_or_else(|| Error::corrupt(28, "VMDK descriptor offset overflows"))?;
     let len = sectors.saturating_mul(SECTOR);
     if len > MAX_DESCRIPTOR {
-        return Err(Error::corrupt(36, format!("VMDK descriptor of {sectors} sectors is too large")));
+        return Err(Error::corrupt(
+            36,
+            format!("VMDK descriptor of {sectors} sectors is too large"),
+        ));
     }
     let bytes = read_bytes(file, offset, len, "the VMDK descriptor")?;
     let text = &bytes[..bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())];
-    parse_descriptor(&String::from_utf8_lossy(text)).map(Some).map_err(|e| e.at(offset))
+    parse_descriptor(&String::from_utf8_lossy(text))
+        .map(Some)
+        .map_err(|e| e.at(offset))
 }
 
 /// Parses a descriptor, refusing everything that would need another file.
@@ -276,7 +305,9 @@ fn parse_descriptor(text: &str) -> Result<Descriptor> {
                     )))
                 }
                 "parentCID" if !value.eq_ignore_ascii_case("ffffffff") => {
-                    return Err(Error::unsupported("VMDK with a parent image (parentCID set) is refused"))
+                    return Err(Error::unsupported(
+                        "VMDK with a parent image (parentCID set) is refused",
+                    ))
                 }
                 _ => {}
             }
@@ -292,8 +323,8 @@ fn parse_descriptor(text: &str) -> Result<Descriptor> {
                     "VMDK extent of type {kind} names another file ({name}); refused"
                 )));
             }
-            let sectors =
-                sectors.ok_or_else(|| Error::corrupt(0, format!("VMDK extent line without a size: {line}")))?;
+            let sectors = sectors
+                .ok_or_else(|| Error::corrupt(0, format!("VMDK extent line without a size: {line}")))?;
             extents.push(sectors);
         }
     }
@@ -376,7 +407,10 @@ impl VmdkSource {
                 len = u64::from(le32(&marker, 8));
                 data_at = at + MARKER_LEN;
                 if len == 0 || len > 2 * self.grain_size {
-                    return Err(Error::corrupt(at + 8, format!("VMDK compressed grain of {len} bytes")));
+                    return Err(Error::corrupt(
+                        at + 8,
+                        format!("VMDK compressed grain of {len} bytes"),
+                    ));
                 }
                 check_inside(self.file.size(), data_at, len, "a VMDK compressed grain")?;
             } else {
@@ -395,7 +429,10 @@ impl VmdkSource {
                     at,
                     format!("VMDK compressed grain {grain} does not inflate to at most one grain"),
                 )),
-                Err(e) => Err(Error::corrupt(at, format!("VMDK compressed grain {grain} is damaged: {e}"))),
+                Err(e) => Err(Error::corrupt(
+                    at,
+                    format!("VMDK compressed grain {grain} is damaged: {e}"),
+                )),
             }
         })
     }
@@ -480,7 +517,10 @@ impl DiskSource for VmdkSource {
 }
 
 fn short_grain(at: u64, index: u64) -> Error {
-    Error::corrupt(at, format!("VMDK compressed grain {index} inflates to less than the disk needs"))
+    Error::corrupt(
+        at,
+        format!("VMDK compressed grain {index} inflates to less than the disk needs"),
+    )
 }
 
 #[cfg(test)]
@@ -501,7 +541,10 @@ mod tests {
     fn descriptors_naming_other_files_are_refused() {
         let cases = [
             GOOD.replace("RW 2048 SPARSE \"disk.vmdk\"", "RW 100 FLAT \"/etc/passwd\" 0"),
-            GOOD.replace("parentCID=ffffffff", "parentCID=12345678\nparentFileNameHint=\"/etc/shadow\""),
+            GOOD.replace(
+                "parentCID=ffffffff",
+                "parentCID=12345678\nparentFileNameHint=\"/etc/shadow\"",
+            ),
             format!("{GOOD}RW 2048 SPARSE \"other.vmdk\"\n"),
             GOOD.replace("monolithicSparse", "twoGbMaxExtentSparse"),
         ];
