@@ -64,6 +64,9 @@ pub struct VmdkSource {
     directory: Vec<u32>,
     /// The distinct grain tables.
     tables: Vec<Box<[u32]>>,
+    /// Whether each table maps any grain, so that walks skip empty tables in one step (a
+    /// hostile directory may point millions of entries at one table).
+    table_has_data: Vec<bool>,
     compressed: bool,
     markers: bool,
     zero_grains: bool,
@@ -216,6 +219,11 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<VmdkSource> 
     if let Some(d) = descriptor {
         details.insert("vmdk_create_type".into(), json!(d.create_type));
     }
+    let zero_grains = flags & FLAG_ZERO_GRAIN != 0;
+    let table_has_data = tables
+        .iter()
+        .map(|t| t.iter().any(|&e| e != 0 && !(zero_grains && e == 1)))
+        .collect();
     let source = VmdkSource {
         file,
         virtual_size,
@@ -223,9 +231,10 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<VmdkSource> 
         grains_per_table,
         directory,
         tables,
+        table_has_data,
         compressed,
         markers: flags & FLAG_MARKERS != 0,
-        zero_grains: flags & FLAG_ZERO_GRAIN != 0,
+        zero_grains,
         details,
     };
     source.check_grains()?;
@@ -369,25 +378,42 @@ impl VmdkSource {
         }
     }
 
-    /// Every stored grain must start (compressed) or lie (plain) inside the file.
+    /// Every stored grain must start (compressed) or lie (plain) inside the file. Each distinct
+    /// table is checked once: in full when a directory entry before the last uses it, and
+    /// for the last entry only as far as the disk goes.
     fn check_grains(&self) -> Result<()> {
+        let last = self.directory.len().saturating_sub(1);
+        let mut full = vec![false; self.tables.len()];
+        for &t in self.directory.iter().take(last) {
+            if t != NO_TABLE {
+                full[t as usize] = true;
+            }
+        }
         let grains = self.virtual_size.div_ceil(self.grain_size);
-        let mut index = 0;
-        while index < grains {
-            let d = (index / self.grains_per_table) as usize;
-            if self.directory[d] == NO_TABLE {
-                index = (d as u64 + 1) * self.grains_per_table;
-                continue;
-            }
-            if let Grain::At(at) = self.grain(index) {
-                let len = if self.compressed {
-                    MARKER_LEN
-                } else {
+        let first_of_last = last as u64 * self.grains_per_table;
+        for (t, table) in self.tables.iter().enumerate() {
+            let uses_last = self.directory.get(last) == Some(&(t as u32));
+            for (i, &entry) in table.iter().enumerate() {
+                let index = first_of_last + i as u64;
+                let len = if full[t] {
+                    self.grain_size
+                } else if uses_last && index < grains {
                     self.grain_size.min(self.virtual_size - index * self.grain_size)
+                } else {
+                    continue;
                 };
-                check_inside(self.file.size(), at, len, &format!("VMDK grain {index}"))?;
+                if entry == 0 || (entry == 1 && self.zero_grains) {
+                    continue;
+                }
+                let at = u64::from(entry) * SECTOR;
+                let len = if self.compressed { MARKER_LEN } else { len };
+                check_inside(
+                    self.file.size(),
+                    at,
+                    len,
+                    &format!("VMDK grain {i} of a grain table"),
+                )?;
             }
-            index += 1;
         }
         Ok(())
     }
@@ -452,7 +478,8 @@ impl DiskSource for VmdkSource {
         let mut index = from / self.grain_size;
         while index < grains {
             let d = (index / self.grains_per_table) as usize;
-            if self.directory[d] == NO_TABLE {
+            let t = self.directory[d];
+            if t == NO_TABLE || !self.table_has_data[t as usize] {
                 index = (d as u64 + 1) * self.grains_per_table;
                 continue;
             }
