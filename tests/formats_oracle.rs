@@ -31,10 +31,10 @@ fn qemu_img(args: &[&str]) {
     );
 }
 
-/// A sparse disk of 40 MiB + 1536 bytes: data straddling 64 KiB grains, 1/2/8/32 MiB blocks
+/// A sparse disk of 33 MiB + 1536 bytes: data straddling 64 KiB grains, 1/2/8/32 MiB blocks
 /// and the 32 MiB span of one VMDK grain table, with zeros everywhere else.
 fn write_pattern(path: &Path) -> Vec<u8> {
-    let size = (40 << 20) + 1536;
+    let size = (33 << 20) + 1536;
     let mut disk = vec![0u8; size];
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let ranges: [(usize, usize); 9] = [
@@ -45,7 +45,7 @@ fn write_pattern(path: &Path) -> Vec<u8> {
         ((3 << 20) + 12345, 70000),
         ((8 << 20) - 1, 2),
         ((32 << 20) - 4096, 8192),
-        ((33 << 20) + 65536, 65536),
+        ((32 << 20) + 65536, 65536),
         (size - 600, 600),
     ];
     for (offset, len) in ranges {
@@ -64,6 +64,8 @@ struct Case {
     format: &'static str,
     options: &'static str,
     native_name: &'static str,
+    /// What `info` reports as the subformat.
+    subformat: &'static str,
 }
 
 const CASES: &[Case] = &[
@@ -71,61 +73,73 @@ const CASES: &[Case] = &[
         format: "vpc",
         options: "subformat=dynamic",
         native_name: "vpc",
+        subformat: "dynamic",
     },
     Case {
         format: "vpc",
         options: "subformat=fixed",
         native_name: "vpc",
+        subformat: "fixed",
     },
     Case {
         format: "vdi",
         options: "static=off",
         native_name: "vdi",
+        subformat: "dynamic",
     },
     Case {
         format: "vdi",
         options: "static=on",
         native_name: "vdi",
+        subformat: "static",
     },
     Case {
         format: "vmdk",
         options: "subformat=monolithicSparse",
         native_name: "vmdk",
+        subformat: "monolithicSparse",
     },
     Case {
         format: "vmdk",
         options: "subformat=monolithicSparse,zeroed_grain=on",
         native_name: "vmdk",
+        subformat: "monolithicSparse",
     },
     Case {
         format: "vmdk",
         options: "subformat=streamOptimized",
         native_name: "vmdk",
+        subformat: "streamOptimized",
     },
     Case {
         format: "vhdx",
         options: "subformat=dynamic",
         native_name: "vhdx",
+        subformat: "dynamic",
     },
     Case {
         format: "vhdx",
         options: "subformat=dynamic,block_size=1M",
         native_name: "vhdx",
+        subformat: "dynamic",
     },
     Case {
         format: "vhdx",
         options: "subformat=dynamic,block_size=8M,block_state_zero=off",
         native_name: "vhdx",
+        subformat: "dynamic",
     },
     Case {
         format: "vhdx",
         options: "subformat=fixed",
         native_name: "vhdx",
+        subformat: "fixed",
     },
     Case {
         format: "vhdx",
         options: "subformat=fixed,block_size=2M",
         native_name: "vhdx",
+        subformat: "fixed",
     },
 ];
 
@@ -189,6 +203,15 @@ fn every_subformat_matches_qemu_img() {
         let described = info(&image, &Default::default()).unwrap();
         assert_eq!(described.virtual_size, Some(want.len() as u64));
         assert_eq!(described.refusal, None, "{} {}", case.format, case.options);
+        let key = format!(
+            "{}_subformat",
+            if case.format == "vpc" { "vhd" } else { case.format }
+        );
+        assert_eq!(
+            described.details.get(&key).and_then(|v| v.as_str()),
+            Some(case.subformat),
+            "{key}"
+        );
         std::fs::remove_file(&image).unwrap();
     }
 }

@@ -215,6 +215,10 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
     let mut details = Map::new();
     details.insert("cluster_size".into(), json!(block_size));
     details.insert("vhdx_logical_sector_size".into(), json!(meta.logical_sector));
+    details.insert(
+        "vhdx_subformat".into(),
+        json!(if meta.fixed { "fixed" } else { "dynamic" }),
+    );
     let table = BlockTable {
         format: "vhdx",
         file,
@@ -257,6 +261,8 @@ fn current_header(f: &dyn ReadAt) -> Result<Vec<u8>> {
 }
 
 struct Metadata {
+    /// The "leave blocks allocated" flag: set on fixed disks.
+    fixed: bool,
     block_size: u64,
     virtual_size: u64,
     logical_sector: u64,
@@ -338,6 +344,7 @@ impl Metadata {
             ));
         }
         Ok(Metadata {
+            fixed: le32(&params, 4) & 1 != 0,
             block_size,
             virtual_size,
             logical_sector,
