@@ -263,6 +263,7 @@ fn a_disk_written_by_qemu_io_in_place_matches() {
         ("vpc", "subformat=dynamic"),
         ("vdi", "static=off"),
         ("vmdk", "subformat=monolithicSparse"),
+        ("vmdk", "subformat=monolithicSparse,zeroed_grain=on"),
         ("vhdx", "subformat=dynamic,block_size=1M"),
     ] {
         let image = dir.path().join(format!("written.{format}"));
@@ -275,15 +276,17 @@ fn a_disk_written_by_qemu_io_in_place_matches() {
             image.to_str().unwrap(),
             "20M",
         ]);
-        for (pattern, offset, len) in [
-            (0x11, "15M", "1M"),
-            (0x22, "300k", "70k"),
-            (0x33, "1M", "4k"),
-            (0x44, "8190k", "8k"),
+        // The last write zeroes grains already written: with zeroed_grain=on a VMDK marks
+        // them as zeroed grains (entry 1) instead of storing zeros.
+        for command in [
+            "write -P 0x11 15M 1M",
+            "write -P 0x22 300k 70k",
+            "write -P 0x33 1M 4k",
+            "write -P 0x44 8190k 8k",
+            "write -z 15M 256k",
         ] {
             let out = Command::new("qemu-io")
-                .args(["-f", format, "-c"])
-                .arg(format!("write -P {pattern} {offset} {len}"))
+                .args(["-f", format, "-c", command])
                 .arg(&image)
                 .output()
                 .unwrap();
