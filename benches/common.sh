@@ -16,13 +16,13 @@ die() { log "ERROR: $*"; exit 1; }
 now() { printf '%s' "$EPOCHREALTIME"; }
 elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
-# ensure_tools [--debootstrap]
+# ensure_tools base|debootstrap
 # Installs the Debian packages the benchmarks need, only when a tool is
 # missing; runs `apt-get update` first whenever something must be installed.
 ensure_tools() {
   local -a pkgs=()
   local want_debootstrap=0
-  [[ ${1:-} == --debootstrap ]] && want_debootstrap=1
+  [[ $1 == debootstrap ]] && want_debootstrap=1
   # command package
   local pair cmd pkg
   for pair in qemu-img:qemu-utils pigz:pigz xz:xz-utils zstd:zstd \

@@ -35,7 +35,7 @@ if ((QUICK)); then
   DISK_MIB=512     # disk holds copies of this machine's /usr files
   JUNK_SLICES=6    # "deleted files" left in free space: 6 x 8 MiB
   JUNK_SLICE_MIB=8
-  XZ_LEVEL=3
+  XZ_LEVEL=1
   TEXT_FILE=text-256m.raw TEXT_MIB=256
   RANDOM_FILE=random-256m.raw RANDOM_MIB=256
   ZERO_FILE=zero-1g.raw ZERO_MIB=1024
@@ -69,7 +69,7 @@ cleanup() {
 trap cleanup EXIT
 
 T_START=$(now)
-if ((QUICK)); then ensure_tools; else ensure_tools --debootstrap; fi
+if ((QUICK)); then ensure_tools base; else ensure_tools debootstrap; fi
 
 # ---------------------------------------------------------------- file trees
 # A tarball of the tree that goes into the disk's file system is cached in

@@ -99,9 +99,11 @@ pub fn extract(archive: &Path, output: &Path, options: &ExtractOptions) -> Resul
     })
 }
 
+/// A worker's decoder with its reused frame and payload buffers.
+type DecoderSlot = Option<(ChunkDecoder, Vec<u8>, Vec<u8>)>;
+
 thread_local! {
-    /// Each worker's decoder and its frame and payload buffers.
-    static DECODER: RefCell<Option<(ChunkDecoder, Vec<u8>, Vec<u8>)>> = const { RefCell::new(None) };
+    static DECODER: RefCell<DecoderSlot> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with `record`'s decoded, crc-checked payload, on this thread's reused buffers.

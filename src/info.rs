@@ -77,6 +77,9 @@ pub fn info(path: &Path, options: &OpenOptions) -> Result<ImageInfo> {
         info.chunks = Some(reader.records().len() as u64);
         return Ok(info);
     }
+    if format == Format::Qcow2 {
+        return input::qcow2::fill_info(info, file, path, options);
+    }
     match input::open(path, options) {
         Ok(opened) => {
             info.format = opened.format_name();

@@ -21,12 +21,16 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod batch;
 pub mod control;
 pub mod convert;
 pub mod error;
 pub mod extract;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod info;
 pub mod input;
+pub mod library;
 pub mod output;
 pub mod pipeline;
 pub mod read_at;

@@ -110,12 +110,12 @@ mod tests {
         let target = dir.path().join("out.bin");
         {
             let out = AtomicFile::create(&target).unwrap();
-            (&*out.file()).write_all(b"partial").unwrap();
+            out.file().write_all(b"partial").unwrap();
             assert!(!target.exists());
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let out = AtomicFile::create(&target).unwrap();
-        (&*out.file()).write_all(b"whole").unwrap();
+        out.file().write_all(b"whole").unwrap();
         out.commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"whole");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -78,6 +78,7 @@ pub fn encode_source<W: Write + Send>(
         windows.next_window(settings.window)
     };
     let encode = |chunk: u64| -> Result<Option<EncodedChunk>> {
+        control.check()?;
         with_worker(settings.level, |encoder, scratch| {
             let len = geometry.chunk_len(chunk, virtual_size);
             let data = source.read(chunk * chunk_size, len, scratch)?;
@@ -122,6 +123,9 @@ impl<'a> DataChunks<'a> {
     }
 }
 
+/// A chunk number and the chunk's bytes, cut from a stream.
+type StreamChunk = (u64, Vec<u8>);
+
 /// Encodes a byte stream into `writer`, refusing it once it exceeds `max_virtual_size`.
 /// Returns the writer and the stream's length (the virtual size).
 pub fn encode_stream<W: Write + Send, R: Read + Send>(
@@ -134,13 +138,13 @@ pub fn encode_stream<W: Write + Send, R: Read + Send>(
     let geometry = settings.geometry;
     let chunk_size = geometry.chunk_size() as usize;
     let buffers = settings.window * 2;
-    let (full_tx, full_rx) = sync_channel::<Result<(u64, Vec<u8>)>>(buffers);
+    let (full_tx, full_rx) = sync_channel::<Result<StreamChunk>>(buffers);
     let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(buffers + settings.window);
     std::thread::scope(|scope| {
         let reader_thread = scope
             .spawn(move || read_chunks(reader, chunk_size, max_virtual_size, &full_tx, &empty_rx, control));
         let mut finished = false;
-        let produce = || -> Result<Option<Vec<(u64, Vec<u8>)>>> {
+        let produce = || -> Result<Option<Vec<StreamChunk>>> {
             control.check()?;
             let mut window = Vec::with_capacity(settings.window);
             while !finished && window.len() < settings.window {
@@ -160,6 +164,7 @@ pub fn encode_stream<W: Write + Send, R: Read + Send>(
             Ok((!window.is_empty()).then_some(window))
         };
         let encode = |(chunk, buffer): (u64, Vec<u8>)| -> Result<Option<EncodedChunk>> {
+            control.check()?;
             let encoded = with_worker(settings.level, |encoder, _| {
                 encoder.encode(geometry, chunk, &buffer)
             });
@@ -180,7 +185,7 @@ fn read_chunks<R: Read>(
     mut reader: R,
     chunk_size: usize,
     max_virtual_size: u64,
-    full: &SyncSender<Result<(u64, Vec<u8>)>>,
+    full: &SyncSender<Result<StreamChunk>>,
     empty: &Receiver<Vec<u8>>,
     control: &Control,
 ) -> Result<u64> {

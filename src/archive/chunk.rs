@@ -200,7 +200,7 @@ mod tests {
     fn all_zero_chunk_is_not_stored() {
         let mut enc = ChunkEncoder::new(1).unwrap();
         assert!(enc
-            .encode(Geometry { chunk_shift: 16 }, 0, &[0u8; 70_000])
+            .encode(Geometry { chunk_shift: 16 }, 0, &[0u8; 60_000])
             .unwrap()
             .is_none());
     }

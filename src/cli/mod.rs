@@ -1,11 +1,15 @@
 //! The command-line interface: argument parsing and output formatting over library calls.
 //! `main.rs` only calls [`run`]; everything a registrar might need is in the library instead.
 
+mod images;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod batch;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,7 +29,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Convert a disk image (raw, or - for standard input) into an .imgpack archive.
+    /// Convert a disk image (raw or qcow2; - for standard input) into an .imgpack archive.
     Convert(ConvertArgs),
     /// Write the raw disk held in an archive (sparse file, or - for standard output).
     Extract(ExtractArgs),
@@ -33,19 +37,23 @@ enum Command {
     Info(InfoArgs),
     /// Decode every chunk of an archive and check every crc; exit 0 only if intact.
     Verify(VerifyArgs),
+    /// Convert many images (files, or directories of them) into a directory of archives.
+    Batch(batch::BatchArgs),
+    /// The image library: register, list, show, update, destroy and build from images.
+    Images(images::ImagesArgs),
 }
 
 #[derive(Debug, Args)]
-struct Common {
+pub(crate) struct Common {
     /// Print one JSON object on standard output instead of a human summary.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// No progress bar.
     #[arg(long, short)]
-    quiet: bool,
+    pub(crate) quiet: bool,
     /// Worker threads (default: one per core).
     #[arg(long)]
-    threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +63,15 @@ struct ConvertArgs {
     /// The archive to write (- writes standard output).
     #[arg(short, long)]
     output: PathBuf,
+    #[command(flatten)]
+    encode: EncodeArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// How archives are made: shared by `convert` and `batch`.
+#[derive(Debug, Args)]
+pub(crate) struct EncodeArgs {
     /// zstd compression level (1-19).
     #[arg(long, default_value_t = imgpack::convert::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
@@ -73,8 +90,22 @@ struct ConvertArgs {
     /// Directory for spill files of layered inputs (default: the output's directory).
     #[arg(long)]
     temp_dir: Option<PathBuf>,
-    #[command(flatten)]
-    common: Common,
+}
+
+impl EncodeArgs {
+    /// Conversion options from these arguments.
+    pub(crate) fn options(&self, threads: Option<usize>, control: Control) -> ConvertOptions {
+        ConvertOptions {
+            level: self.level,
+            chunk_size: self.chunk_size,
+            threads,
+            max_compressed_size: self.max_compressed_size,
+            max_virtual_size: self.max_virtual_size,
+            read_mode: self.read_mode,
+            temp_dir: self.temp_dir.clone(),
+            control,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -127,21 +158,14 @@ pub fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<u8> {
         Command::Extract(args) => extract(args, cancel),
         Command::Info(args) => info(args, cancel),
         Command::Verify(args) => verify(args, cancel),
+        Command::Batch(args) => batch::run(args, cancel),
+        Command::Images(args) => images::run(args, cancel),
     }
 }
 
 fn convert(args: ConvertArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
     let bar = ProgressReport::new(&args.common);
-    let options = ConvertOptions {
-        level: args.level,
-        chunk_size: args.chunk_size,
-        threads: args.common.threads,
-        max_compressed_size: args.max_compressed_size,
-        max_virtual_size: args.max_virtual_size,
-        read_mode: args.read_mode,
-        temp_dir: args.temp_dir,
-        control: bar.control(cancel),
-    };
+    let options = args.encode.options(args.common.threads, bar.control(cancel));
     let report = imgpack::convert(&args.input, &args.output, &options);
     bar.finish();
     let report = report?;
@@ -284,7 +308,7 @@ fn verify(args: VerifyArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
     Ok(if report.ok { 0 } else { 1 })
 }
 
-fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) -> Result<()> {
+pub(crate) fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) -> Result<()> {
     let text = if json {
         serde_json::to_string(value).map_err(json_error)?
     } else {
@@ -294,7 +318,7 @@ fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) ->
     Ok(())
 }
 
-fn json_error(e: serde_json::Error) -> Error {
+pub(crate) fn json_error(e: serde_json::Error) -> Error {
     Error::new(imgpack::ErrorKind::Io, "cannot encode JSON").with_source(e)
 }
 
@@ -306,7 +330,7 @@ fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
-fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
+pub(crate) fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
     if seconds > 0.0 {
         bytes as f64 / 1e6 / seconds
     } else {

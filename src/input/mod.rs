@@ -7,6 +7,7 @@
 
 pub mod blockmap;
 pub mod detect;
+pub mod qcow2;
 pub mod raw;
 pub mod vdi;
 pub mod vhd;
@@ -148,6 +149,11 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Opened> {
                 path,
                 options.read_mode,
             )?)),
+        }),
+        Format::Qcow2 => Ok(Opened {
+            layers: Vec::new(),
+            inner: "qcow2",
+            body: Body::Source(Box::new(qcow2::Qcow2Source::from_file(file, path)?)),
         }),
         other => open_stream(other, Box::new(file), path, options),
     }

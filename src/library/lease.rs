@@ -1,0 +1,126 @@
+//! Telling whether the process that is creating an image is still alive.
+//!
+//! A registration stores a [`Lease`]: its pid, its host name and boot id, its start time (so
+//! a reused pid is not mistaken for it) and an expiry it keeps renewing. On the same host and
+//! boot, the process table is the truth; after a reboot every old lease is dead; for a process
+//! on another host (a library on shared storage) only the expiry can tell.
+
+use std::path::Path;
+
+use super::store::Lease;
+
+/// How long a lease lasts without renewal, in seconds.
+pub const LEASE_SECONDS: i64 = 60;
+
+/// This machine and process, as a lease records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostIdentity {
+    /// Host name (empty if unknown).
+    pub host: String,
+    /// Boot id (empty if unknown).
+    pub boot_id: String,
+}
+
+impl HostIdentity {
+    /// The identity of the running machine.
+    pub fn current() -> HostIdentity {
+        HostIdentity {
+            host: read_trimmed(Path::new("/proc/sys/kernel/hostname")).unwrap_or_default(),
+            boot_id: read_trimmed(Path::new("/proc/sys/kernel/random/boot_id")).unwrap_or_default(),
+        }
+    }
+
+    /// A lease for the running process, expiring `LEASE_SECONDS` after `now`.
+    pub fn lease_for_self(&self, now: i64) -> Lease {
+        let pid = std::process::id();
+        Lease {
+            pid,
+            host: self.host.clone(),
+            boot_id: self.boot_id.clone(),
+            start_time: process_start_time(pid).unwrap_or(0),
+            expires_at: now.saturating_add(LEASE_SECONDS),
+        }
+    }
+
+    /// Why the lease's holder is known to be gone, or `None` while it may still be working.
+    pub fn why_stale(&self, lease: &Lease, now: i64) -> Option<String> {
+        let same_host = !self.host.is_empty() && lease.host == self.host;
+        if same_host && !self.boot_id.is_empty() && !lease.boot_id.is_empty() {
+            if lease.boot_id != self.boot_id {
+                return Some(format!(
+                    "the registering process {} did not survive a restart of {}",
+                    lease.pid, lease.host
+                ));
+            }
+            return match process_start_time(lease.pid) {
+                Some(start) if start == lease.start_time => None,
+                _ => Some(format!("the registering process {} is gone", lease.pid)),
+            };
+        }
+        (now > lease.expires_at).then(|| {
+            format!(
+                "the registering process {} on {} stopped renewing its lease",
+                lease.pid,
+                if lease.host.is_empty() {
+                    "an unknown host"
+                } else {
+                    &lease.host
+                }
+            )
+        })
+    }
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat` field 22), `None` if
+/// there is no such process. A zombie still counts as present until reaped.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may itself hold spaces or ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // Fields from 3 on; the start time is field 22, the 20th of them.
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_lease_is_live_and_a_reaped_child_is_stale() {
+        let here = HostIdentity::current();
+        if here.boot_id.is_empty() {
+            println!("skipped: /proc/sys/kernel/random/boot_id not readable");
+            return;
+        }
+        let lease = here.lease_for_self(1000);
+        assert_eq!(here.why_stale(&lease, 1_000_000), None);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let dead = Lease { pid, ..lease.clone() };
+        assert!(here.why_stale(&dead, 0).unwrap().contains("is gone"));
+        let reused = Lease {
+            start_time: lease.start_time + 1,
+            ..lease.clone()
+        };
+        assert!(here.why_stale(&reused, 0).is_some());
+        let rebooted = Lease {
+            boot_id: "another-boot".to_string(),
+            ..lease.clone()
+        };
+        assert!(here.why_stale(&rebooted, 0).unwrap().contains("restart"));
+        let elsewhere = Lease {
+            host: "other-host".to_string(),
+            ..lease
+        };
+        assert_eq!(here.why_stale(&elsewhere, elsewhere.expires_at), None);
+        assert!(here.why_stale(&elsewhere, elsewhere.expires_at + 1).is_some());
+    }
+}

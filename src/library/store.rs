@@ -1,0 +1,100 @@
+//! The catalog's storage, behind [`CatalogStore`] so that a server database can replace the
+//! embedded SQLite one ([`SqliteStore`](super::sqlite::SqliteStore)) without touching the rest.
+//!
+//! Every change is conditional: [`CatalogStore::compare_and_set`] applies its changes only if
+//! the image's status is still one of those the caller read, in one atomic step, so concurrent
+//! processes never lose each other's updates and never make a transition the policy forbids.
+
+use super::record::{Arch, ImageRecord, Mode, Status};
+use crate::error::Result;
+
+/// Who is creating an image, so a later process can tell whether the work is still alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Process id of the registering process.
+    pub pid: u32,
+    /// Host name of its machine.
+    pub host: String,
+    /// Boot id of its machine (`/proc/sys/kernel/random/boot_id`): changes on every boot.
+    pub boot_id: String,
+    /// The process's start time in clock ticks since boot, so a reused pid is not mistaken
+    /// for the registering process.
+    pub start_time: u64,
+    /// Unix seconds after which the work counts as abandoned unless renewed; the only test
+    /// available for a process on another host.
+    pub expires_at: i64,
+}
+
+/// Field changes applied together with (or without) a status change. `None` leaves a field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New architecture.
+    pub arch: Option<Arch>,
+    /// New mode.
+    pub mode: Option<Mode>,
+    /// New public flag.
+    pub public: Option<bool>,
+    /// New official flag.
+    pub official: Option<bool>,
+    /// New username (`Some(None)` clears it).
+    pub username: Option<Option<String>>,
+    /// New virtual size.
+    pub virtual_size: Option<u64>,
+    /// New data size.
+    pub disk_size: Option<u64>,
+    /// New archive size.
+    pub compressed_size: Option<u64>,
+    /// New input format.
+    pub format: Option<String>,
+    /// New chunk count.
+    pub chunks: Option<u64>,
+    /// New failure reason.
+    pub reason: Option<String>,
+}
+
+impl Changes {
+    /// Whether nothing would change.
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+/// Storage of image records and library settings.
+pub trait CatalogStore: Send {
+    /// Adds a new record (its status is `creating`) with its lease. `Ok(false)` if the id is
+    /// taken: the caller draws another.
+    fn insert(&mut self, record: &ImageRecord, lease: &Lease) -> Result<bool>;
+
+    /// The record with this id, if any.
+    fn get(&mut self, id: &str) -> Result<Option<ImageRecord>>;
+
+    /// Every record that is not `deleted`, in no particular order.
+    fn list(&mut self) -> Result<Vec<ImageRecord>>;
+
+    /// If the record's status is one of `expected`, applies `changes` and, if `to` is given,
+    /// sets the status to `to` (clearing the lease when it leaves `creating`), atomically.
+    /// `Ok(false)` if the record is missing or its status was not one of `expected`.
+    fn compare_and_set(
+        &mut self,
+        id: &str,
+        expected: &[Status],
+        to: Option<Status>,
+        changes: &Changes,
+    ) -> Result<bool>;
+
+    /// While the record is `creating`: sets its `disk_size` and extends its lease.
+    fn renew(&mut self, id: &str, disk_size: Option<u64>, expires_at: i64) -> Result<bool>;
+
+    /// The `creating` records with their leases.
+    fn creating(&mut self) -> Result<Vec<(String, Lease)>>;
+
+    /// A library setting.
+    fn setting(&mut self, key: &str) -> Result<Option<String>>;
+
+    /// Sets a library setting.
+    fn set_setting(&mut self, key: &str, value: &str) -> Result<()>;
+}

@@ -1,0 +1,164 @@
+//! The fuzz targets (`imgpack::fuzz_targets`, also driven by cargo-fuzz in `fuzz/`), run on
+//! stable over their seeds and thousands of deterministic mutations of them, plus every input
+//! kept in `tests/regressions/` (each one a crash a fuzzer once found). A panic fails the test.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{texty, Layout, Rng};
+use imgpack::fuzz_targets as target;
+
+/// Mutations of `seed`: bit flips, truncations, poked 64/32-bit values (big and little
+/// endian: huge, zero, misaligned, all-ones), and random tails.
+fn mutations(seed: &[u8], rng: &mut Rng, count: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut m = seed.to_vec();
+        match rng.below(5) {
+            0 if !m.is_empty() => {
+                for _ in 0..1 + rng.below(4) {
+                    let i = rng.below(m.len() as u64) as usize;
+                    m[i] ^= 1 << rng.below(8);
+                }
+            }
+            1 => m.truncate(rng.below(m.len() as u64 + 1) as usize),
+            2 | 3 if m.len() >= 8 => {
+                let values = [
+                    u64::MAX,
+                    0,
+                    1,
+                    1 << 63,
+                    0x7fff_ffff_ffff_ffff,
+                    513,
+                    1 << 40,
+                    rng.next(),
+                ];
+                let v = values[rng.below(values.len() as u64) as usize];
+                let i = rng.below(m.len() as u64 - 7) as usize;
+                let bytes = if rng.below(2) == 0 {
+                    v.to_le_bytes()
+                } else {
+                    v.to_be_bytes()
+                };
+                let width = if rng.below(2) == 0 { 8 } else { 4 };
+                m[i..i + width].copy_from_slice(&bytes[8 - width..]);
+            }
+            _ => {
+                let extra = rng.below(64) as usize;
+                for _ in 0..extra {
+                    m.push(rng.next() as u8);
+                }
+            }
+        }
+        out.push(m);
+    }
+    out
+}
+
+fn archive_seeds() -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(5);
+    let layouts = [
+        Layout::new("small", 200_000).with(5000, texty(&mut rng, 70_000)),
+        Layout::new("two chunks", 130_000)
+            .with(0, vec![1; 10])
+            .with(129_000, vec![2; 1000]),
+        Layout::new("empty", 0),
+    ];
+    layouts
+        .iter()
+        .map(|layout| {
+            use imgpack::input::{Body, Opened};
+            let opened = Opened {
+                layers: Vec::new(),
+                inner: "raw",
+                body: Body::Stream(Box::new(std::io::Cursor::new(layout.bytes()))),
+            };
+            let options = imgpack::ConvertOptions {
+                chunk_size: 64 << 10,
+                ..Default::default()
+            };
+            imgpack::convert::encode(opened, Vec::new(), &options).unwrap().0
+        })
+        .collect()
+}
+
+fn regression_inputs(target: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/regressions")
+        .join(target);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+        .collect()
+}
+
+/// Runs `run` over the seeds, their mutations and the regressions, within a time budget.
+fn exercise(name: &str, seeds: Vec<Vec<u8>>, per_seed: usize, run: impl Fn(&[u8])) {
+    let start = Instant::now();
+    let mut rng = Rng::new(name.len() as u64);
+    let mut count = 0;
+    for input in regression_inputs(name) {
+        run(&input);
+        count += 1;
+    }
+    for seed in &seeds {
+        run(seed);
+        for m in mutations(seed, &mut rng, per_seed) {
+            let one = Instant::now();
+            run(&m);
+            assert!(
+                one.elapsed() < Duration::from_secs(5),
+                "{name}: one input took {:?}",
+                one.elapsed()
+            );
+            count += 1;
+        }
+    }
+    println!("{name}: {count} inputs in {:?}", start.elapsed());
+}
+
+#[test]
+fn archive_reader_survives_mutated_archives() {
+    exercise("archive", archive_seeds(), 1500, target::archive);
+}
+
+#[test]
+fn detection_survives_anything() {
+    let seeds = vec![
+        b"QFI\xfb\0\0\0\x03".to_vec(),
+        vec![0x1f, 0x8b, 8, 0],
+        b"KDMV".to_vec(),
+        vec![0; 1024],
+    ];
+    exercise("detect", seeds, 500, target::detect_format);
+}
+
+#[test]
+fn size_parsing_survives_anything() {
+    let seeds = ["4M", "50G", "18446744073709551615", "1.5G", "16E", ""]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    exercise("size", seeds, 500, target::size_argument);
+}
+
+#[test]
+fn any_bytes_round_trip_through_the_pipeline() {
+    let mut rng = Rng::new(9);
+    let seeds = vec![texty(&mut rng, 100_000), vec![0; 70_000], vec![]];
+    exercise("convert", seeds, 40, target::convert_bytes);
+}
+
+#[test]
+fn qcow2_reader_survives_mutated_images() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/qcow2");
+    let seeds = ["v2-512.qcow2", "zlib-4k.qcow2", "zstd-extl2.qcow2"]
+        .iter()
+        .map(|name| std::fs::read(dir.join(name)).unwrap())
+        .collect();
+    exercise("qcow2", seeds, 300, target::qcow2);
+}

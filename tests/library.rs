@@ -1,0 +1,759 @@
+//! The image library through its calls: the seeds' walkthrough, the visibility matrix, the
+//! transition rules, failures that keep the upload, source-name security and crash recovery.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use imgpack::library::store::Lease;
+use imgpack::library::{
+    Arch, CatalogStore, Changes, HostIdentity, ImageRecord, ImageUpdate, Library, LibraryOptions, Mode,
+    NewImage, RegisterRequest, SourceType, SqliteStore, Status,
+};
+use imgpack::{Control, ErrorKind};
+
+const OWNER: &str = "acc-xxxxx";
+const OTHER: &str = "acc-yyyyy";
+const OPERATOR: &str = "brightbox";
+
+/// A raw disk of `size` bytes with `data` bytes of a non-zero pattern at 1 MiB.
+fn write_disk(path: &Path, size: u64, data: usize, seed: u8) {
+    let file = fs::File::create(path).unwrap();
+    file.set_len(size).unwrap();
+    // xorshift: data that does not compress, so archive sizes are close to data sizes.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
+    let bytes: Vec<u8> = (0..data)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8 | 1
+        })
+        .collect();
+    std::os::unix::fs::FileExt::write_all_at(&file, &bytes, 1 << 20).unwrap();
+}
+
+fn upload(library: &Library, account: &str, name: &str, size: u64) -> PathBuf {
+    let path = library.incoming_dir(account).unwrap().join(name);
+    write_disk(&path, size, 512 << 10, 7);
+    path
+}
+
+fn open(dir: &Path) -> Library {
+    Library::open(dir, &LibraryOptions::default()).unwrap()
+}
+
+fn register(library: &Library, account: &str, name: &str, source: &str) -> imgpack::Result<ImageRecord> {
+    library.register(
+        account,
+        &RegisterRequest::new(NewImage::new(name, Arch::X86_64), source),
+        &mut |_| {},
+    )
+}
+
+fn ids(images: &[ImageRecord]) -> Vec<&str> {
+    images.iter().map(|r| r.id.as_str()).collect()
+}
+
+#[test]
+fn seeds_walkthrough() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    let source = upload(&library, OWNER, "slackware.img", 8 << 20);
+    let original = fs::read(&source).unwrap();
+
+    let mut image = NewImage::new("Slackware", Arch::I686);
+    image.description = "Fresh slackware install".to_string();
+    let mut seen_creating = None;
+    let registered = library
+        .register(
+            OWNER,
+            &RegisterRequest::new(image, "slackware.img"),
+            &mut |record| {
+                // While the conversion has not started, the catalog already lists it as creating.
+                let listed = library.list(OWNER, false).unwrap();
+                seen_creating = Some((record.clone(), listed));
+            },
+        )
+        .unwrap();
+    let (created, listed) = seen_creating.expect("on_created was called");
+    assert_eq!(created.status, Status::Creating);
+    assert_eq!(created.display_status(), "creating");
+    assert_eq!(created.size_mb(), 0);
+    assert_eq!(listed, vec![created.clone()]);
+    assert_eq!(registered.id, created.id);
+    assert!(imgpack::library::id::is_image_id(&registered.id));
+
+    assert_eq!(registered.status, Status::Available);
+    assert_eq!(registered.display_status(), "private");
+    assert_eq!(registered.display_name(), "Slackware (i686)");
+    assert_eq!(registered.display_type(), "upload");
+    assert_eq!(registered.virtual_size, 8 << 20);
+    assert_eq!(registered.size_mb(), 8);
+    assert_eq!(registered.disk_size, 512 << 10);
+    assert_eq!(registered.format.as_deref(), Some("raw"));
+    assert_eq!(registered.source, "slackware.img");
+    assert!(registered.compressed_size > 0 && registered.compressed_size < registered.disk_size + 4096);
+    assert!(!source.exists(), "the upload leaves incoming/ once registered");
+    let archive = library.archive_path(&registered.id);
+    assert!(fs::metadata(&archive).unwrap().permissions().readonly());
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    let id = registered.id.clone();
+
+    // Private: the other account neither lists nor shows it.
+    assert!(library.list(OTHER, true).unwrap().is_empty());
+    assert_eq!(library.show(OTHER, &id).unwrap_err().kind(), ErrorKind::Catalog);
+
+    let compat = ImageUpdate {
+        mode: Some(Mode::Compatibility),
+        ..ImageUpdate::default()
+    };
+    assert_eq!(
+        library.update(OWNER, &id, &compat).unwrap().mode,
+        Mode::Compatibility
+    );
+    let public = ImageUpdate {
+        public: Some(true),
+        ..ImageUpdate::default()
+    };
+    assert_eq!(
+        library.update(OWNER, &id, &public).unwrap().display_status(),
+        "public"
+    );
+    assert_eq!(ids(&library.list(OTHER, false).unwrap()), vec![id.as_str()]);
+
+    let deprecate = ImageUpdate {
+        deprecated: Some(true),
+        ..ImageUpdate::default()
+    };
+    let deprecated = library.update(OWNER, &id, &deprecate).unwrap();
+    assert_eq!(deprecated.status, Status::Deprecated);
+    assert_eq!(
+        library.list(OWNER, false).unwrap()[0].display_status(),
+        "deprecated"
+    );
+    assert!(library.list(OTHER, false).unwrap().is_empty());
+    assert_eq!(ids(&library.list(OTHER, true).unwrap()), vec![id.as_str()]);
+
+    // Still usable by id: the other account builds a server disk from it.
+    let disk = dir.path().join("server.raw");
+    let too_small = library
+        .build(OTHER, &id, &disk, 4 << 20, &Control::default())
+        .unwrap_err();
+    assert!(too_small.to_string().contains("will not fit"), "{too_small}");
+    assert!(!disk.exists());
+    let report = library
+        .build(OTHER, &id, &disk, 16 << 20, &Control::default())
+        .unwrap();
+    assert_eq!(report.mode, Mode::Compatibility);
+    assert_eq!(report.arch, Arch::I686);
+    let built = fs::read(&disk).unwrap();
+    assert_eq!(built.len(), 16 << 20);
+    assert_eq!(&built[..original.len()], &original[..]);
+    assert!(built[original.len()..].iter().all(|&b| b == 0));
+    let again = library
+        .build(OTHER, &id, &disk, 16 << 20, &Control::default())
+        .unwrap_err();
+    assert!(again.to_string().contains("already exists"), "{again}");
+
+    let destroyed = library.destroy(OWNER, &id).unwrap();
+    assert_eq!(destroyed.status, Status::Deleted);
+    assert!(!archive.exists());
+    assert!(library.list(OWNER, true).unwrap().is_empty());
+    let gone = library.build(
+        OWNER,
+        &id,
+        &dir.path().join("s2.raw"),
+        16 << 20,
+        &Control::default(),
+    );
+    assert!(gone.is_err());
+}
+
+/// Fills a catalog with one image per status and public flag, owned by OWNER.
+fn matrix_library(dir: &Path) -> (Library, Vec<ImageRecord>) {
+    let mut store = SqliteStore::in_memory().unwrap();
+    let lease = HostIdentity::current().lease_for_self(i64::MAX / 2);
+    let mut records = Vec::new();
+    for (n, status) in Status::ALL.into_iter().enumerate() {
+        for public in [false, true] {
+            let record = ImageRecord {
+                id: format!("img-{}{}aaa", n, u8::from(public)),
+                owner: OWNER.to_string(),
+                source_type: SourceType::Upload,
+                created_on: "2011-05-19T00:00:00Z".to_string(),
+                status: Status::Creating,
+                name: format!("{status} {public}"),
+                description: String::new(),
+                arch: Arch::X86_64,
+                mode: Mode::Virtio,
+                public,
+                official: false,
+                username: None,
+                source: "x.img".to_string(),
+                virtual_size: 1 << 20,
+                disk_size: 0,
+                compressed_size: 0,
+                format: None,
+                chunks: 0,
+                reason: None,
+            };
+            assert!(store.insert(&record, &lease).unwrap());
+            // Walk the record to its status through allowed steps, as the library would.
+            let path: &[Status] = match status {
+                Status::Creating => &[],
+                Status::Available => &[Status::Available],
+                Status::Deprecated => &[Status::Available, Status::Deprecated],
+                Status::Failed => &[Status::Failed],
+                Status::Deleted => &[Status::Available, Status::Deleted],
+            };
+            let mut from = Status::Creating;
+            for &to in path {
+                assert!(store
+                    .compare_and_set(&record.id, &[from], Some(to), &Changes::default())
+                    .unwrap());
+                from = to;
+            }
+            records.push(ImageRecord { status, ..record });
+        }
+    }
+    let library = Library::with_store(dir, Box::new(store), &LibraryOptions::default()).unwrap();
+    (library, records)
+}
+
+#[test]
+fn visibility_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (library, records) = matrix_library(dir.path());
+    let unknown_show = library.show(OTHER, "img-zzzzz").unwrap_err().to_string();
+    for caller in [OWNER, OTHER, OPERATOR] {
+        let listed = library.list(caller, false).unwrap();
+        let listed_all = library.list(caller, true).unwrap();
+        for record in &records {
+            let owner = caller == OWNER;
+            let usable = matches!(record.status, Status::Available | Status::Deprecated);
+            let (want_list, want_list_all, want_show) = if owner {
+                (
+                    record.status != Status::Deleted,
+                    record.status != Status::Deleted,
+                    true,
+                )
+            } else {
+                (
+                    record.public && record.status == Status::Available,
+                    record.public && usable,
+                    record.public && usable,
+                )
+            };
+            let case = format!(
+                "{caller} on {} ({}, public {})",
+                record.id, record.status, record.public
+            );
+            assert_eq!(
+                listed.iter().any(|r| r.id == record.id),
+                want_list,
+                "list: {case}"
+            );
+            assert_eq!(
+                listed_all.iter().any(|r| r.id == record.id),
+                want_list_all,
+                "list --show-all: {case}"
+            );
+            match library.show(caller, &record.id) {
+                Ok(shown) => {
+                    assert!(want_show, "show: {case}");
+                    assert_eq!(shown.status, record.status);
+                }
+                Err(e) => {
+                    assert!(!want_show, "show: {case}: {e}");
+                    // Indistinguishable from an id that does not exist.
+                    assert_eq!(
+                        e.to_string().replace(&record.id, "img-zzzzz"),
+                        unknown_show,
+                        "{case}"
+                    );
+                }
+            }
+
+            let disk = dir.path().join(format!("{caller}-{}.raw", record.id));
+            let build = library
+                .build(caller, &record.id, &disk, 1 << 30, &Control::default())
+                .unwrap_err();
+            let message = build.to_string();
+            if !want_show {
+                assert_eq!(
+                    message.replace(&record.id, "img-zzzzz"),
+                    unknown_show,
+                    "build: {case}"
+                );
+            } else if !usable {
+                assert!(message.contains("can only be built"), "build: {case}: {message}");
+            } else {
+                // Allowed: it gets as far as the (absent, in this catalog-only library) archive.
+                assert_eq!(build.kind(), ErrorKind::Io, "build: {case}: {message}");
+            }
+
+            let rename = ImageUpdate {
+                name: Some("renamed".to_string()),
+                ..ImageUpdate::default()
+            };
+            let update = library.update(caller, &record.id, &rename);
+            if owner {
+                assert_eq!(update.is_ok(), record.status != Status::Deleted, "update: {case}");
+            } else {
+                let message = update.unwrap_err().to_string();
+                if want_show {
+                    assert!(message.contains("only its owner"), "update: {case}: {message}");
+                } else {
+                    assert_eq!(
+                        message.replace(&record.id, "img-zzzzz"),
+                        unknown_show,
+                        "update: {case}"
+                    );
+                }
+                let destroy = library.destroy(caller, &record.id).unwrap_err().to_string();
+                if !want_show {
+                    assert_eq!(
+                        destroy.replace(&record.id, "img-zzzzz"),
+                        unknown_show,
+                        "destroy: {case}"
+                    );
+                }
+            }
+        }
+    }
+    // The owner destroys what may be destroyed, and only that.
+    for record in &records {
+        let result = library.destroy(OWNER, &record.id);
+        let allowed = matches!(
+            record.status,
+            Status::Available | Status::Deprecated | Status::Failed
+        );
+        assert_eq!(
+            result.is_ok(),
+            allowed,
+            "destroy {} ({})",
+            record.id,
+            record.status
+        );
+    }
+    assert!(library
+        .list(OWNER, true)
+        .unwrap()
+        .iter()
+        .all(|r| r.status == Status::Creating));
+}
+
+#[test]
+fn transitions_outside_the_table_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (library, records) = matrix_library(dir.path());
+    let find = |status: Status| records.iter().find(|r| r.status == status).unwrap().id.clone();
+    let deprecate = |flag| ImageUpdate {
+        deprecated: Some(flag),
+        ..ImageUpdate::default()
+    };
+    // creating, failed: neither deprecated nor reinstated; creating not destroyed.
+    for status in [Status::Creating, Status::Failed] {
+        let id = find(status);
+        assert!(library.update(OWNER, &id, &deprecate(true)).is_err(), "{status}");
+        assert!(library.update(OWNER, &id, &deprecate(false)).is_err(), "{status}");
+    }
+    assert!(library.destroy(OWNER, &find(Status::Creating)).is_err());
+    // deleted: nothing at all.
+    let deleted = find(Status::Deleted);
+    assert!(library.update(OWNER, &deleted, &deprecate(false)).is_err());
+    assert!(library.destroy(OWNER, &deleted).is_err());
+    // available <-> deprecated, both ways, and asking for the current state changes nothing.
+    let id = find(Status::Available);
+    assert_eq!(
+        library.update(OWNER, &id, &deprecate(false)).unwrap().status,
+        Status::Available
+    );
+    assert_eq!(
+        library.update(OWNER, &id, &deprecate(true)).unwrap().status,
+        Status::Deprecated
+    );
+    assert_eq!(
+        library.update(OWNER, &id, &deprecate(true)).unwrap().status,
+        Status::Deprecated
+    );
+    assert_eq!(
+        library.update(OWNER, &id, &deprecate(false)).unwrap().status,
+        Status::Available
+    );
+    assert_eq!(library.destroy(OWNER, &id).unwrap().status, Status::Deleted);
+    assert!(library.destroy(OWNER, &id).is_err());
+    assert!(library.update(OWNER, &id, &ImageUpdate::default()).is_err());
+}
+
+#[test]
+fn compressed_size_limit_fails_the_registration_and_keeps_the_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    let source = upload(&library, OWNER, "big.img", 4 << 20);
+    let before = fs::read(&source).unwrap();
+    let mut request = RegisterRequest::new(NewImage::new("Big", Arch::X86_64), "big.img");
+    request.max_compressed_size = Some(1024);
+    let mut created = None;
+    let error = library
+        .register(OWNER, &request, &mut |r| created = Some(r.id.clone()))
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::LimitExceeded, "{error}");
+    let id = created.unwrap();
+    let record = library.show(OWNER, &id).unwrap();
+    assert_eq!(record.status, Status::Failed);
+    let reason = record.reason.unwrap();
+    assert!(
+        reason.starts_with("big.img: ") && reason.contains("limit"),
+        "{reason}"
+    );
+    assert!(!reason.contains("/proc/self/fd"), "{reason}");
+    assert_eq!(fs::read(&source).unwrap(), before, "the upload is kept");
+    assert!(!library.archive_path(&id).exists());
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    assert_eq!(library.list(OWNER, false).unwrap()[0].display_status(), "failed");
+    // The library-wide setting applies too (operator only), and the same upload then registers.
+    let mut operator_view = open(dir.path());
+    assert!(operator_view.set_settings(OWNER, None, Some(1024)).is_err());
+    operator_view.set_settings(OPERATOR, None, Some(1024)).unwrap();
+    let limited = open(dir.path());
+    assert_eq!(limited.settings().max_compressed_size, 1024);
+    assert_eq!(
+        register(&limited, OWNER, "Big", "big.img").unwrap_err().kind(),
+        ErrorKind::LimitExceeded
+    );
+    operator_view
+        .set_settings(OPERATOR, None, Some(50 << 30))
+        .unwrap();
+    assert_eq!(
+        register(&open(dir.path()), OWNER, "Big", "big.img")
+            .unwrap()
+            .status,
+        Status::Available
+    );
+    assert!(!source.exists());
+}
+
+#[test]
+fn refused_input_fails_the_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    let raw = dir.path().join("plain.raw");
+    write_disk(&raw, 2 << 20, 4096, 1);
+    let archive = library.incoming_dir(OWNER).unwrap().join("packed.img");
+    imgpack::convert(&raw, &archive, &imgpack::ConvertOptions::default()).unwrap();
+    let error = register(&library, OWNER, "Packed", "packed.img").unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{error}");
+    let failed = library.list(OWNER, false).unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].status, Status::Failed);
+    assert!(failed[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("already an imgpack archive"));
+    assert!(archive.exists());
+}
+
+#[test]
+fn sources_must_be_plain_files_in_the_callers_incoming_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    let outside = dir.path().join("secret.raw");
+    write_disk(&outside, 1 << 20, 4096, 3);
+    let incoming = library.incoming_dir(OWNER).unwrap();
+    std::os::unix::fs::symlink(&outside, incoming.join("link.img")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", incoming.join("passwd.img")).unwrap();
+    fs::hard_link(&outside, incoming.join("hard.img")).unwrap();
+    fs::create_dir(incoming.join("folder.img")).unwrap();
+    upload(&library, OTHER, "theirs.img", 1 << 20);
+    let theirs = format!("../{OTHER}/theirs.img");
+    let absolute = outside.display().to_string();
+    for source in [
+        "..",
+        ".",
+        "",
+        "../../secret.raw",
+        &theirs,
+        &absolute,
+        "link.img",
+        "passwd.img",
+        "hard.img",
+        "folder.img",
+        "theirs.img",
+        "missing.img",
+    ] {
+        let error = register(&library, OWNER, "Sneaky", source).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{source:?}: {error}");
+    }
+    assert!(
+        library.list(OWNER, false).unwrap().is_empty(),
+        "refused before any record"
+    );
+    assert!(fs::metadata(&outside).is_ok());
+    assert!(dir
+        .path()
+        .join("incoming")
+        .join(OTHER)
+        .join("theirs.img")
+        .exists());
+    // Accounts that could name a path are refused too.
+    assert!(library.list("../acc-x", false).is_err());
+    assert!(library.incoming_dir("acc-../x").is_err());
+}
+
+#[test]
+fn only_the_operator_makes_official_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    upload(&library, OWNER, "a.img", 1 << 20);
+    let mut image = NewImage::new("Mine", Arch::X86_64);
+    image.official = Some(true);
+    let refused = library
+        .register(OWNER, &RegisterRequest::new(image, "a.img"), &mut |_| {})
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Catalog);
+    let mine = register(&library, OWNER, "Mine", "a.img").unwrap();
+    assert!(!mine.official && !mine.public);
+    let official = ImageUpdate {
+        official: Some(true),
+        ..ImageUpdate::default()
+    };
+    assert!(library.update(OWNER, &mine.id, &official).is_err());
+
+    upload(&library, OPERATOR, "ubuntu.img", 1 << 20);
+    let ubuntu = register(&library, OPERATOR, "Ubuntu Lucid 10.04 server", "ubuntu.img").unwrap();
+    assert!(ubuntu.official && ubuntu.public);
+    assert_eq!(ubuntu.display_type(), "official");
+    // Official first, then by name.
+    let listed = library.list(OWNER, false).unwrap();
+    assert_eq!(ids(&listed), vec![ubuntu.id.as_str(), mine.id.as_str()]);
+    // A configured operator replaces the default one.
+    let custom = Library::open(
+        dir.path(),
+        &LibraryOptions {
+            operator: Some("ops".to_string()),
+        },
+    )
+    .unwrap();
+    assert!(custom.list(OPERATOR, false).is_err());
+    assert!(custom.list("ops", false).is_ok());
+}
+
+#[test]
+fn updates_of_different_fields_do_not_overwrite_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    upload(&library, OWNER, "a.img", 1 << 20);
+    let id = register(&library, OWNER, "Before", "a.img").unwrap().id;
+    let root = dir.path().to_path_buf();
+    let updates = vec![
+        ImageUpdate {
+            name: Some("After".into()),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            description: Some("described".into()),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            mode: Some(Mode::Compatibility),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            public: Some(true),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            deprecated: Some(true),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            username: Some("ubuntu".into()),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            arch: Some(Arch::I686),
+            ..ImageUpdate::default()
+        },
+    ];
+    std::thread::scope(|scope| {
+        for update in &updates {
+            let (root, id) = (&root, &id);
+            scope.spawn(move || {
+                // Each thread its own connection, as separate processes would have.
+                let library = Library::open(root, &LibraryOptions::default()).unwrap();
+                library.update(OWNER, id, update).unwrap();
+            });
+        }
+    });
+    let record = library.show(OWNER, &id).unwrap();
+    assert_eq!(record.name, "After");
+    assert_eq!(record.description, "described");
+    assert_eq!(record.mode, Mode::Compatibility);
+    assert!(record.public);
+    assert_eq!(record.status, Status::Deprecated);
+    assert_eq!(record.username.as_deref(), Some("ubuntu"));
+    assert_eq!(record.arch, Arch::I686);
+}
+
+#[test]
+fn stale_registrations_are_failed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = HostIdentity::current();
+    if here.boot_id.is_empty() {
+        println!("skipped: /proc/sys/kernel/random/boot_id not readable");
+        return;
+    }
+    drop(open(dir.path()));
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let now = imgpack::library::record::unix_now();
+    let live = here.lease_for_self(now);
+    let leases = [
+        (
+            "img-dead0",
+            Lease {
+                pid: dead_pid,
+                ..live.clone()
+            },
+        ),
+        (
+            "img-boot0",
+            Lease {
+                boot_id: "old-boot".into(),
+                ..live.clone()
+            },
+        ),
+        (
+            "img-far00",
+            Lease {
+                host: "elsewhere".into(),
+                expires_at: now - 1,
+                ..live.clone()
+            },
+        ),
+        (
+            "img-far01",
+            Lease {
+                host: "elsewhere".into(),
+                expires_at: now + 600,
+                ..live.clone()
+            },
+        ),
+        ("img-live0", live.clone()),
+    ];
+    {
+        let mut store = SqliteStore::open(&dir.path().join("catalog.db")).unwrap();
+        for (id, lease) in &leases {
+            let record = ImageRecord {
+                id: id.to_string(),
+                owner: OWNER.to_string(),
+                source_type: SourceType::Upload,
+                created_on: "2011-05-19T00:00:00Z".to_string(),
+                status: Status::Creating,
+                name: id.to_string(),
+                description: String::new(),
+                arch: Arch::X86_64,
+                mode: Mode::Virtio,
+                public: false,
+                official: false,
+                username: None,
+                source: "x.img".to_string(),
+                virtual_size: 0,
+                disk_size: 0,
+                compressed_size: 0,
+                format: None,
+                chunks: 0,
+                reason: None,
+            };
+            assert!(store.insert(&record, lease).unwrap());
+            fs::create_dir_all(dir.path().join("tmp").join(id)).unwrap();
+            fs::write(dir.path().join("tmp").join(id).join("spill"), b"x").unwrap();
+        }
+    }
+    let library = open(dir.path());
+    let status = |id: &str| library.show(OWNER, id).unwrap();
+    for id in ["img-dead0", "img-boot0", "img-far00"] {
+        let record = status(id);
+        assert_eq!(record.status, Status::Failed, "{id}");
+        assert!(record.reason.unwrap().contains("interrupted"), "{id}");
+        assert!(!dir.path().join("tmp").join(id).exists(), "{id}");
+    }
+    for id in ["img-far01", "img-live0"] {
+        assert_eq!(status(id).status, Status::Creating, "{id}");
+        assert!(dir.path().join("tmp").join(id).exists(), "{id}");
+    }
+    assert!(library.recover().unwrap().is_empty(), "recovery happens once");
+}
+
+/// Holds the conversion in its first progress report and reads the catalog meanwhile.
+struct WatchCatalog {
+    root: PathBuf,
+    seen: std::sync::Mutex<Option<ImageRecord>>,
+}
+
+impl imgpack::Progress for WatchCatalog {
+    fn update(&self, _done: u64, _total: Option<u64>, disk_size: u64) {
+        let mut seen = self.seen.lock().unwrap();
+        if seen.is_some() || disk_size == 0 {
+            return;
+        }
+        // Longer than the catalog writer's interval, so the new disk_size reaches the catalog.
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        let mut store = SqliteStore::open(&self.root.join("catalog.db")).unwrap();
+        *seen = store.list().unwrap().into_iter().next();
+    }
+}
+
+#[test]
+fn disk_size_grows_in_the_catalog_while_creating() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    upload(&library, OWNER, "watched.img", 4 << 20);
+    let watch = std::sync::Arc::new(WatchCatalog {
+        root: dir.path().to_path_buf(),
+        seen: std::sync::Mutex::new(None),
+    });
+    let mut request = RegisterRequest::new(NewImage::new("Watched", Arch::X86_64), "watched.img");
+    request.control.progress = Some(watch.clone());
+    let done = library.register(OWNER, &request, &mut |_| {}).unwrap();
+    let seen = watch.seen.lock().unwrap().clone().expect("progress was reported");
+    assert_eq!(seen.id, done.id);
+    assert_eq!(seen.status, Status::Creating);
+    assert_eq!(seen.disk_size, 512 << 10);
+    assert_eq!(done.disk_size, 512 << 10);
+}
+
+#[test]
+fn snapshots_record_a_server_disk_and_leave_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = open(dir.path());
+    let disk = dir.path().join("srv-abcde.raw");
+    write_disk(&disk, 3 << 20, 64 << 10, 9);
+    let before = fs::read(&disk).unwrap();
+    let request = imgpack::library::SnapshotRequest {
+        image: NewImage::new("Before upgrade", Arch::X86_64),
+        disk: disk.clone(),
+        max_compressed_size: None,
+        control: Control::default(),
+    };
+    let image = library.snapshot(OWNER, &request, &mut |_| {}).unwrap();
+    assert_eq!(image.source_type, SourceType::Snapshot);
+    assert_eq!(image.display_type(), "snapshot");
+    assert_eq!(image.source, "srv-abcde.raw");
+    assert_eq!(image.status, Status::Available);
+    assert!(!image.public);
+    assert_eq!(fs::read(&disk).unwrap(), before);
+    let server = dir.path().join("restored.raw");
+    library
+        .build(OWNER, &image.id, &server, 3 << 20, &Control::default())
+        .unwrap();
+    assert_eq!(fs::read(&server).unwrap(), before);
+    let missing = imgpack::library::SnapshotRequest {
+        disk: dir.path().join("nope.raw"),
+        ..request
+    };
+    assert!(library.snapshot(OWNER, &missing, &mut |_| {}).is_err());
+}
