@@ -679,3 +679,25 @@ fn a_huge_vmdk_directory_aliasing_one_empty_table_is_walked_quickly() {
         start.elapsed()
     );
 }
+
+#[test]
+fn fuzz_entry_points_take_the_fixtures_and_their_cuts() {
+    type Target = fn(&[u8]);
+    let targets: [(&str, Target); 4] = [
+        ("vhd", imgpack::fuzz_targets::vhd),
+        ("vdi", imgpack::fuzz_targets::vdi),
+        ("vmdk", imgpack::fuzz_targets::vmdk),
+        ("vhdx", imgpack::fuzz_targets::vhdx),
+    ];
+    for (file, _) in FIXTURES {
+        let bytes = fixture(file);
+        let target = targets
+            .iter()
+            .find(|(prefix, _)| file.starts_with(&format!("{prefix}-")))
+            .unwrap()
+            .1;
+        for cut in [bytes.len(), bytes.len() / 2, 4096, 600, 0] {
+            target(&bytes[..cut]);
+        }
+    }
+}

@@ -1,6 +1,5 @@
-//! Fuzzes the VDI reader (seed corpus: testdata/formats/vdi-*.gz, inflated).
 #![no_main]
+//! Fuzz target: `imgpack::fuzz_targets::vdi` (seeds: testdata/formats/vdi-*.gz, inflated).
+use libfuzzer_sys::fuzz_target;
 
-mod disk_image;
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| disk_image::exercise("vdi", data));
+fuzz_target!(|data: &[u8]| imgpack::fuzz_targets::vdi(data));

@@ -1,6 +1,5 @@
-//! Fuzzes the VHD reader (seed corpus: testdata/formats/vhd-*.gz, inflated).
 #![no_main]
+//! Fuzz target: `imgpack::fuzz_targets::vhd` (seeds: testdata/formats/vhd-*.gz, inflated).
+use libfuzzer_sys::fuzz_target;
 
-mod disk_image;
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| disk_image::exercise("vpc", data));
+fuzz_target!(|data: &[u8]| imgpack::fuzz_targets::vhd(data));

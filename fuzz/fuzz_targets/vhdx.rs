@@ -1,6 +1,5 @@
-//! Fuzzes the VHDX reader (seed corpus: testdata/formats/vhdx-*.gz, inflated).
 #![no_main]
+//! Fuzz target: `imgpack::fuzz_targets::vhdx` (seeds: testdata/formats/vhdx-*.gz, inflated).
+use libfuzzer_sys::fuzz_target;
 
-mod disk_image;
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| disk_image::exercise("vhdx", data));
+fuzz_target!(|data: &[u8]| imgpack::fuzz_targets::vhdx(data));

@@ -1,6 +1,5 @@
-//! Fuzzes the VMDK reader (seed corpus: testdata/formats/vmdk-*.gz, inflated).
 #![no_main]
+//! Fuzz target: `imgpack::fuzz_targets::vmdk` (seeds: testdata/formats/vmdk-*.gz, inflated).
+use libfuzzer_sys::fuzz_target;
 
-mod disk_image;
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| disk_image::exercise("vmdk", data));
+fuzz_target!(|data: &[u8]| imgpack::fuzz_targets::vmdk(data));
