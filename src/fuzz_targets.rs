@@ -105,3 +105,48 @@ pub fn convert_bytes(data: &[u8]) {
         assert_eq!(&back[..n], data, "round trip changed the data");
     }
 }
+
+/// Opens `data` as the block-mapped format `name` (`"vpc"`, `"vdi"`, `"vmdk"`, `"vhdx"`) and
+/// walks the disk as the pipeline does, reading a bounded number of chunks.
+pub fn disk_image(name: &str, data: &[u8]) {
+    let Some(Ok(source)) = crate::input::blockmap::open_native(name, Box::new(data.to_vec()), 1 << 30) else {
+        return;
+    };
+    let size = source.virtual_size();
+    let mut scratch = Vec::new();
+    let mut position = 0;
+    for _ in 0..16 {
+        let Ok(Some(next)) = source.next_data(position) else {
+            return;
+        };
+        if next >= size {
+            return;
+        }
+        let len = (size - next).min(64 << 10) as usize;
+        if source.read(next, len, &mut scratch).is_err() {
+            return;
+        }
+        assert_eq!(scratch.len(), len, "a read returned the wrong length");
+        position = next + len as u64;
+    }
+}
+
+/// VHD ([`disk_image`] as `vpc`).
+pub fn vhd(data: &[u8]) {
+    disk_image("vpc", data)
+}
+
+/// VDI ([`disk_image`] as `vdi`).
+pub fn vdi(data: &[u8]) {
+    disk_image("vdi", data)
+}
+
+/// VMDK ([`disk_image`] as `vmdk`).
+pub fn vmdk(data: &[u8]) {
+    disk_image("vmdk", data)
+}
+
+/// VHDX ([`disk_image`] as `vhdx`).
+pub fn vhdx(data: &[u8]) {
+    disk_image("vhdx", data)
+}

@@ -90,6 +90,7 @@ pub fn info(path: &Path, options: &OpenOptions) -> Result<ImageInfo> {
             match opened.body {
                 Body::Source(source) => {
                     info.virtual_size = Some(source.virtual_size());
+                    info.details.extend(source.details());
                     if let Err(e) =
                         crate::convert::check_virtual_size(source.virtual_size(), options.max_virtual_size)
                     {

@@ -247,6 +247,22 @@ fn open_layers(
                     body: Body::Source(source),
                 });
             }
+            Format::Other(name) if super::blockmap::is_native(name) => {
+                // VMDK, VHD, VHDX and VDI need random access like qcow2 (an OVA's disk.vmdk.gz).
+                if layers.len() >= MAX_LAYERS {
+                    return Err(too_deep(&layers, name).in_file(path));
+                }
+                let file = spill(stream, options).map_err(|e| e.in_file(path))?;
+                let at = FileAt::new(file).context("reading the decoded image", path)?;
+                let source = super::blockmap::open_native(name, Box::new(at), options.max_virtual_size)
+                    .expect("is_native said this format has a reader")
+                    .map_err(|e| e.in_file(path))?;
+                return Ok(Opened {
+                    layers,
+                    inner: source.format(),
+                    body: Body::Source(source),
+                });
+            }
             other => return Err(refuse_payload(other, &layers).in_file(path)),
         }
     }
