@@ -72,8 +72,14 @@ if [[ ! -x $IMGPACK ]] && ((!IMGPACK_GIVEN)); then
     note "NOTE: \`cargo build --release\` failed; imgpack rows are marked 'missing'."
   fi
 fi
+IMGPACK_SRC=$IMGPACK IMGPACK_ID=""
 if [[ -x $IMGPACK ]]; then
   HAVE_IMGPACK=1
+  # Run a private copy, so that a rebuild during the run cannot swap binaries.
+  mkdir -p "$S/bin"
+  cp "$IMGPACK_SRC" "$S/bin/imgpack"
+  IMGPACK=$S/bin/imgpack
+  IMGPACK_ID="sha256 $(sha256sum "$IMGPACK" | cut -c1-12), built $(date -r "$IMGPACK_SRC" '+%F %T'), "
 else
   HAVE_IMGPACK=0
   note "NOTE: no imgpack binary at $IMGPACK; imgpack rows are marked 'missing'."
@@ -231,8 +237,8 @@ done
   echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs))," \
     "$(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, $(uname -r)"
   echo "- corpus: $C ($MODE)"
-  echo "- imgpack: $IMGPACK ($( ((HAVE_IMGPACK)) && echo present || echo MISSING)," \
-    "git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo 'no commit'))"
+  echo "- imgpack: $IMGPACK_SRC ($( ((HAVE_IMGPACK)) && echo present || echo MISSING)," \
+    "${IMGPACK_ID}repo HEAD $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo 'none'))"
   echo "- tools: $(qemu-img --version | head -n1), zstd $(zstd -V | grep -o 'v[0-9.]*' | head -n1)," \
     "$(pigz --version 2>&1), $(xz --version | head -n1)"
   echo "- $REPS repetition(s), interleaved (rep 1 of every tool of a group, then rep 2, ...); medians shown"

@@ -1,4 +1,4 @@
-//! The `.imgpack` archive: [`format`] (byte layout), [`chunk`] (one chunk's encoding),
+//! The `.imgpack` archive: [`format`](mod@format) (byte layout), [`chunk`] (one chunk's encoding),
 //! [`writer`] (streaming writer with the compressed-size limit) and [`reader`] (validated
 //! random access).
 

@@ -3,7 +3,7 @@
 //! Every format that allows random access presents the virtual disk as a [`DiskSource`]; the
 //! conversion pipeline reads chunks from it in parallel. Streams (gzip, xz, zstd, stdin) are
 //! read front to back instead ([`stream`]).
-//! Formats are detected from content only ([`detect`]), never from file names.
+//! Formats are detected from content only ([`detect`](mod@detect)), never from file names.
 
 pub mod blockmap;
 pub mod detect;
