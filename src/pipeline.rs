@@ -35,7 +35,7 @@ pub struct EncodeSettings {
 impl EncodeSettings {
     /// Settings with a window sized for the current rayon pool.
     pub fn new(geometry: Geometry, level: i32) -> Self {
-        let window = (rayon::current_num_threads() * 8).clamp(16, 64);
+        let window = (rayon::current_num_threads() * 16).clamp(32, 64);
         EncodeSettings {
             geometry,
             level,
