@@ -14,7 +14,7 @@
 # of medians on stdout; it is also saved under <corpus>/results/.
 set -euo pipefail
 
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() { sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }

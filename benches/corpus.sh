@@ -9,7 +9,7 @@
 # so a second run is a no-op. See benches/README-bench.md.
 set -euo pipefail
 
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() { sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }

@@ -142,5 +142,47 @@ fn archive_access(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, zero_scan, chunk_codec, archive_access);
+/// qcow2 table walk (`next_data` over the whole disk) and full reads with cluster decoding,
+/// on the committed fixtures (zlib- and zstd-compressed clusters, subclusters, 512 B clusters).
+fn qcow2_reading(c: &mut Criterion) {
+    use imgpack::input::qcow2::Qcow2Source;
+    use imgpack::input::DiskSource;
+    let mut group = c.benchmark_group("qcow2");
+    for name in ["zlib-4k.qcow2", "zstd-extl2.qcow2", "v2-512.qcow2"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/qcow2")
+            .join(name);
+        let source = Qcow2Source::from_file(std::fs::File::open(&path).unwrap(), &path).unwrap();
+        let size = source.virtual_size();
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(BenchmarkId::new("table_walk", name), |b| {
+            b.iter(|| {
+                let (mut pos, mut found) = (0u64, 0u32);
+                while let Some(next) = source.next_data(pos).unwrap() {
+                    found += 1;
+                    pos = (next / 65536 + 1) * 65536;
+                    if pos >= size {
+                        break;
+                    }
+                }
+                found
+            })
+        });
+        group.throughput(Throughput::Bytes(size));
+        group.bench_function(BenchmarkId::new("read_all", name), |b| {
+            let mut scratch = Vec::new();
+            b.iter(|| {
+                let mut pos = 0u64;
+                while pos < size {
+                    let len = (size - pos).min(1 << 20) as usize;
+                    black_box(source.read(pos, len, &mut scratch).unwrap());
+                    pos += len as u64;
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, zero_scan, chunk_codec, archive_access, qcow2_reading);
 criterion_main!(benches);
