@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end comparison of imgpack with qemu-img, zstd, pigz and xz.
 #
-#   benches/compare.sh [--quick] [--reps N] [--imgpack PATH]
+#   benches/compare.sh [--quick] [--no-slow] [--reps N] [--imgpack PATH]
 #
 #   --quick         small corpus (benches/corpus.sh --quick), 1 repetition,
 #                   no xz / zlib-qcow2 compression rows
 #   --reps N        repetitions per measurement (default 3; quick: 1)
+#   --no-slow       full corpus, but without the slowest anchors (xz -T0 -6
+#                   and zlib qcow2 compression: about 25 min a repetition here)
 #   --imgpack PATH  imgpack binary (default target/release/imgpack, built
 #                   with `cargo build --release` when missing)
 #
@@ -17,12 +19,13 @@ set -euo pipefail
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage() { sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
-QUICK=0 REPS="" IMGPACK="" IMGPACK_GIVEN=0
+QUICK=0 SLOW=1 REPS="" IMGPACK="" IMGPACK_GIVEN=0
 while (($#)); do
   case $1 in
     --quick) QUICK=1 ;;
+    --no-slow) SLOW=0 ;;
     --reps) REPS=${2:?--reps needs a number}; shift ;;
     --reps=*) REPS=${1#*=} ;;
     --imgpack) IMGPACK=${2:?--imgpack needs a path}; IMGPACK_GIVEN=1; shift ;;
@@ -156,7 +159,7 @@ compress_group() { # compress_group SECTION INPUT
   tool imgpack "$in" "$S/out.imgpack" /dev/null "$IMGPACK" convert "$in" -o "$S/out.imgpack"
   tool "qemu-img zstd qcow2" "$in" "$S/out.qcow2" /dev/null \
     qemu-img convert -f raw -c -W -O qcow2 -o compression_type=zstd "$in" "$S/out.qcow2"
-  if ((!QUICK)) && [[ $in == debian.raw ]]; then
+  if ((!QUICK && SLOW)) && [[ $in == debian.raw ]]; then
     tool "qemu-img zlib qcow2" "$in" "$S/out-zlib.qcow2" /dev/null \
       qemu-img convert -f raw -c -O qcow2 "$in" "$S/out-zlib.qcow2"
   fi
@@ -166,7 +169,7 @@ compress_group() { # compress_group SECTION INPUT
     tool "zstd -T0 -3" "$in" "$S/out.zst" "$S/out.zst" zstd -T0 -3 -q -c "$in"
     tool "pigz -6" "$in" "$S/out.gz" "$S/out.gz" pigz -c "$in"
   fi
-  if ((!QUICK)) && [[ $in == debian.raw ]]; then
+  if ((!QUICK && SLOW)) && [[ $in == debian.raw ]]; then
     tool "xz -T0 -6" "$in" "$S/out.xz" "$S/out.xz" xz -T0 -c "$in"
   fi
   run_group
