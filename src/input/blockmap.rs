@@ -62,19 +62,7 @@ pub fn check_inside(file_size: u64, offset: u64, len: u64, what: &str) -> Result
 }
 
 /// Refuses a virtual size above the limit, before any table sized by it is read.
-pub fn check_virtual_size(virtual_size: u64, limit: u64) -> Result<()> {
-    if virtual_size > limit {
-        return Err(Error::new(
-            ErrorKind::LimitExceeded,
-            format!(
-                "virtual size {} ({virtual_size} bytes) exceeds the limit of {} ({limit} bytes)",
-                format_size(virtual_size),
-                format_size(limit)
-            ),
-        ));
-    }
-    Ok(())
-}
+pub use crate::convert::check_virtual_size;
 
 /// Refuses a table of `bytes` bytes above [`MAX_TABLE_BYTES`].
 pub fn check_table_size(bytes: u64, offset: u64, what: &str) -> Result<()> {
