@@ -112,6 +112,11 @@ pub fn disk_image(name: &str, data: &[u8]) {
     let Some(Ok(source)) = crate::input::blockmap::open_native(name, Box::new(data.to_vec()), 1 << 30) else {
         return;
     };
+    walk(source.as_ref());
+}
+
+/// Walks `source` as the pipeline does, reading up to 16 chunks of at most 64 KiB.
+fn walk(source: &dyn crate::input::DiskSource) {
     let size = source.virtual_size();
     let mut scratch = Vec::new();
     let mut position = 0;
@@ -123,11 +128,39 @@ pub fn disk_image(name: &str, data: &[u8]) {
             return;
         }
         let len = (size - next).min(64 << 10) as usize;
-        if source.read(next, len, &mut scratch).is_err() {
+        let Ok(got) = source.read(next, len, &mut scratch) else {
             return;
-        }
-        assert_eq!(scratch.len(), len, "a read returned the wrong length");
+        };
+        assert_eq!(got.len(), len, "a read returned the wrong length");
         position = next + len as u64;
+    }
+}
+
+/// A gzip, xz or zstd stream (detected by content, as `imgpack convert` does) opened from
+/// memory through the layered open path: nested layers are peeled, a raw payload is decoded
+/// up to `READ_CAP` bytes, and an image needing random access (qcow2, VMDK...) is spilled to a
+/// temporary file (within a 16 MiB virtual-size limit) and walked. Other inputs are ignored.
+pub fn streams(data: &[u8]) {
+    use crate::input::{Body, OpenOptions};
+    let Ok(format) = detect(&data[..data.len().min(HEAD_LEN)], None) else {
+        return;
+    };
+    if !format.is_stream() {
+        return;
+    }
+    let options = OpenOptions {
+        max_virtual_size: 16 << 20,
+        ..OpenOptions::default()
+    };
+    let reader = Box::new(Cursor::new(data.to_vec()));
+    let Ok(opened) =
+        crate::input::stream::open_reader(format, reader, std::path::Path::new("fuzz"), &options)
+    else {
+        return;
+    };
+    match opened.body {
+        Body::Stream(reader) => drain(reader),
+        Body::Source(source) => walk(source.as_ref()),
     }
 }
 

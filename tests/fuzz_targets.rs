@@ -162,3 +162,81 @@ fn qcow2_reader_survives_mutated_images() {
         .collect();
     exercise("qcow2", seeds, 300, target::qcow2);
 }
+
+/// A fixture from `testdata/formats`, gunzipped.
+fn format_fixture(name: &str) -> Vec<u8> {
+    use std::io::Read;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/formats")
+        .join(format!("{name}.gz"));
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn vhd_reader_survives_mutated_images() {
+    let seeds = vec![format_fixture("vhd-dynamic.vhd"), format_fixture("vhd-fixed.vhd")];
+    exercise("vhd", seeds, 60, target::vhd);
+}
+
+#[test]
+fn vdi_reader_survives_mutated_images() {
+    let seeds = vec![
+        format_fixture("vdi-dynamic.vdi"),
+        format_fixture("vdi-static.vdi"),
+    ];
+    exercise("vdi", seeds, 60, target::vdi);
+}
+
+#[test]
+fn vmdk_reader_survives_mutated_images() {
+    let seeds = vec![
+        format_fixture("vmdk-sparse.vmdk"),
+        format_fixture("vmdk-stream.vmdk"),
+    ];
+    exercise("vmdk", seeds, 60, target::vmdk);
+}
+
+#[test]
+fn vhdx_reader_survives_mutated_images() {
+    let seeds = vec![
+        format_fixture("vhdx-dynamic.vhdx"),
+        format_fixture("vhdx-fixed.vhdx"),
+    ];
+    exercise("vhdx", seeds, 60, target::vhdx);
+}
+
+#[test]
+fn stream_decoders_survive_mutated_streams() {
+    use std::io::Write;
+    let mut rng = Rng::new(11);
+    let mut raw = vec![0u8; 130_000];
+    raw[5000..45_000].copy_from_slice(&texty(&mut rng, 40_000));
+    let qcow2 =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/qcow2/v2-512.qcow2")).unwrap();
+    let gzip = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let xz = |data: &[u8]| {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let zstd = |data: &[u8]| zstd::encode_all(data, 3).unwrap();
+    let seeds = vec![
+        gzip(&raw),
+        xz(&raw),
+        zstd(&raw),
+        gzip(&qcow2),
+        xz(&qcow2),
+        zstd(&qcow2),
+        xz(&gzip(&raw)),
+        zstd(&gzip(&raw[..1000])),
+    ];
+    exercise("streams", seeds, 150, target::streams);
+}
