@@ -39,27 +39,11 @@ pub fn archive(data: &[u8]) {
 /// qcow2 header, extensions and tables, then `next_data` and reads over a bounded part of
 /// the disk (compressed clusters included).
 pub fn qcow2(data: &[u8]) {
-    use crate::input::DiskSource;
     let Ok(source) = crate::input::qcow2::Qcow2Source::new(data.to_vec(), std::path::Path::new("fuzz"))
     else {
         return;
     };
-    let size = source.virtual_size();
-    let mut scratch = Vec::new();
-    let mut position = 0;
-    for _ in 0..16 {
-        let Ok(Some(next)) = source.next_data(position) else {
-            return;
-        };
-        if next >= size {
-            return;
-        }
-        let len = (size - next).min(READ_CAP as u64 / 4) as usize;
-        if source.read(next, len, &mut scratch).is_err() {
-            return;
-        }
-        position = next + len as u64;
-    }
+    walk(&source, READ_CAP / 4);
 }
 
 /// Size arguments as the command line parses them.
@@ -112,11 +96,11 @@ pub fn disk_image(name: &str, data: &[u8]) {
     let Some(Ok(source)) = crate::input::blockmap::open_native(name, Box::new(data.to_vec()), 1 << 30) else {
         return;
     };
-    walk(source.as_ref());
+    walk(source.as_ref(), 64 << 10);
 }
 
-/// Walks `source` as the pipeline does, reading up to 16 chunks of at most 64 KiB.
-fn walk(source: &dyn crate::input::DiskSource) {
+/// Walks `source` as the pipeline does, reading up to 16 pieces of at most `max_read` bytes.
+fn walk(source: &dyn crate::input::DiskSource, max_read: usize) {
     let size = source.virtual_size();
     let mut scratch = Vec::new();
     let mut position = 0;
@@ -127,7 +111,7 @@ fn walk(source: &dyn crate::input::DiskSource) {
         if next >= size {
             return;
         }
-        let len = (size - next).min(64 << 10) as usize;
+        let len = (size - next).min(max_read as u64) as usize;
         let Ok(got) = source.read(next, len, &mut scratch) else {
             return;
         };
@@ -160,7 +144,7 @@ pub fn streams(data: &[u8]) {
     };
     match opened.body {
         Body::Stream(reader) => drain(reader),
-        Body::Source(source) => walk(source.as_ref()),
+        Body::Source(source) => walk(source.as_ref(), 64 << 10),
     }
 }
 
