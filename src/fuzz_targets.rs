@@ -36,11 +36,47 @@ pub fn archive(data: &[u8]) {
     }
 }
 
+/// [`archive`] after recomputing the header, index and footer crcs, so mutated headers, indexes
+/// and footers get past their checksums and reach the checks behind them.
+pub fn archive_sealed(data: &[u8]) {
+    let mut bytes = data.to_vec();
+    reseal(&mut bytes);
+    archive(&bytes);
+}
+
+/// Rewrites the crcs of `archive`'s header and footer, and the footer's crc of the index it
+/// points to when that lies within the file.
+pub fn reseal(archive: &mut [u8]) {
+    use crate::archive::format::{FOOTER_LEN, HEADER_LEN};
+    let (header, footer) = (HEADER_LEN as usize, FOOTER_LEN as usize);
+    if archive.len() >= header {
+        let crc = crc32fast::hash(&archive[..header - 4]);
+        archive[header - 4..header].copy_from_slice(&crc.to_le_bytes());
+    }
+    let Some(footer_at) = archive.len().checked_sub(footer) else {
+        return;
+    };
+    let field = |at: usize| u64::from_le_bytes(archive[at..at + 8].try_into().expect("8 bytes"));
+    let index_at = field(footer_at + 8);
+    if let Some(index) = usize::try_from(index_at)
+        .ok()
+        .and_then(|at| archive.get(at..footer_at))
+    {
+        let crc = crc32fast::hash(index);
+        archive[footer_at + 32..footer_at + 36].copy_from_slice(&crc.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&archive[footer_at..footer_at + 36]);
+    archive[footer_at + 36..footer_at + 40].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// qcow2 header, extensions and tables, then `next_data` and reads over a bounded part of
 /// the disk (compressed clusters included).
 pub fn qcow2(data: &[u8]) {
-    let Ok(source) = crate::input::qcow2::Qcow2Source::new(data.to_vec(), std::path::Path::new("fuzz"))
-    else {
+    qcow2_file(data.to_vec())
+}
+
+fn qcow2_file(file: Vec<u8>) {
+    let Ok(source) = crate::input::qcow2::Qcow2Source::new(file, std::path::Path::new("fuzz")) else {
         return;
     };
     walk(&source, READ_CAP / 4);
@@ -93,10 +129,58 @@ pub fn convert_bytes(data: &[u8]) {
 /// Opens `data` as the block-mapped format `name` (`"vpc"`, `"vdi"`, `"vmdk"`, `"vhdx"`) and
 /// walks the disk as the pipeline does, reading a bounded number of chunks.
 pub fn disk_image(name: &str, data: &[u8]) {
-    let Some(Ok(source)) = crate::input::blockmap::open_native(name, Box::new(data.to_vec()), 1 << 30) else {
+    disk_image_file(name, data.to_vec())
+}
+
+fn disk_image_file(name: &str, file: Vec<u8>) {
+    let Some(Ok(source)) = crate::input::blockmap::open_native(name, Box::new(file), 1 << 30) else {
         return;
     };
     walk(source.as_ref(), 64 << 10);
+}
+
+/// The formats [`images`] chooses from with its first byte (modulo their number).
+pub const PACKED_FORMATS: [&str; 5] = ["qcow2", "vpc", "vdi", "vmdk", "vhdx"];
+
+/// The largest file [`unpack_image`] builds.
+const PACKED_MAX_LEN: usize = 16 << 20;
+
+/// Any block-mapped image format, from a compact description of a sparse file: the fuzzer then
+/// mutates the few KiB that matter of an 8 MiB VHDX instead of copying all of it per run.
+/// See [`unpack_image`] for the form; `fuzz/pack_image.py` writes seeds in it.
+pub fn images(data: &[u8]) {
+    let Some((format, file)) = unpack_image(data) else {
+        return;
+    };
+    match format {
+        "qcow2" => qcow2_file(file),
+        name => disk_image_file(name, file),
+    }
+}
+
+/// Builds the file an [`images`] input describes: one byte choosing the format in
+/// [`PACKED_FORMATS`], the file's length (u32 LE, at most 16 MiB), then pieces, each an offset
+/// (u32 LE), a length (u16 LE) and that many bytes, laid over zeros and cut at the file's end.
+/// A trailing partial piece is ignored.
+pub fn unpack_image(data: &[u8]) -> Option<(&'static str, Vec<u8>)> {
+    let (&selector, rest) = data.split_first()?;
+    let (len, mut rest) = rest.split_first_chunk::<4>()?;
+    let len = (u32::from_le_bytes(*len) as usize).min(PACKED_MAX_LEN);
+    let mut file = vec![0u8; len];
+    while let Some((head, tail)) = rest.split_first_chunk::<6>() {
+        let offset = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let piece_len = u16::from_le_bytes([head[4], head[5]]) as usize;
+        let Some(piece) = tail.get(..piece_len) else {
+            break;
+        };
+        if offset < len {
+            let n = piece_len.min(len - offset);
+            file[offset..offset + n].copy_from_slice(&piece[..n]);
+        }
+        rest = &tail[piece_len..];
+    }
+    let format = PACKED_FORMATS[usize::from(selector) % PACKED_FORMATS.len()];
+    Some((format, file))
 }
 
 /// Walks `source` as the pipeline does, reading up to 16 pieces of at most `max_read` bytes.

@@ -209,6 +209,77 @@ fn vhdx_reader_survives_mutated_images() {
     exercise("vhdx", seeds, 60, target::vhdx);
 }
 
+/// `image` in the compact sparse form of `fuzz_targets::images` (as `fuzz/pack_image.py`
+/// writes it): format selector, length, then the non-zero 512-byte runs as pieces.
+fn pack_image(selector: u8, image: &[u8]) -> Vec<u8> {
+    let mut out = vec![selector];
+    out.extend_from_slice(&(image.len() as u32).to_le_bytes());
+    for (i, sector) in image.chunks(512).enumerate() {
+        if sector.iter().any(|&b| b != 0) {
+            out.extend_from_slice(&((i * 512) as u32).to_le_bytes());
+            out.extend_from_slice(&(sector.len() as u16).to_le_bytes());
+            out.extend_from_slice(sector);
+        }
+    }
+    out
+}
+
+/// One image per format of `fuzz_targets::PACKED_FORMATS`, in that order.
+fn packed_originals() -> Vec<Vec<u8>> {
+    let qcow2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/qcow2/zstd-extl2.qcow2");
+    vec![
+        std::fs::read(qcow2).unwrap(),
+        format_fixture("vhd-dynamic.vhd"),
+        format_fixture("vdi-dynamic.vdi"),
+        format_fixture("vmdk-stream.vmdk"),
+        format_fixture("vhdx-dynamic.vhdx"),
+    ]
+}
+
+fn packed_seeds() -> Vec<Vec<u8>> {
+    let originals = packed_originals().into_iter().enumerate();
+    originals
+        .map(|(selector, image)| pack_image(selector as u8, &image))
+        .collect()
+}
+
+#[test]
+fn packed_images_unpack_to_the_image_they_describe() {
+    let cases = packed_seeds().into_iter().zip(packed_originals());
+    for ((packed, original), format) in cases.zip(target::PACKED_FORMATS) {
+        let (name, file) = target::unpack_image(&packed).unwrap();
+        assert_eq!(name, format);
+        assert!(file == original, "{format}: unpacked image differs");
+    }
+    // Pieces past the end are cut, a partial trailing piece is ignored, the length is capped.
+    let mut odd = vec![0, 10, 0, 0, 0];
+    odd.extend_from_slice(&[8, 0, 0, 0, 4, 0, 1, 2, 3, 4]);
+    odd.extend_from_slice(&[0, 0, 0, 0, 9, 0, 7]);
+    assert_eq!(
+        target::unpack_image(&odd).unwrap().1,
+        [0, 0, 0, 0, 0, 0, 0, 0, 1, 2]
+    );
+    let huge = [0, 0xff, 0xff, 0xff, 0xff];
+    assert_eq!(target::unpack_image(&huge).unwrap().1.len(), 16 << 20);
+    assert!(target::unpack_image(&[3, 1, 2]).is_none());
+}
+
+#[test]
+fn every_image_reader_survives_mutated_packed_images() {
+    exercise("images", packed_seeds(), 300, target::images);
+}
+
+#[test]
+fn archive_reader_survives_mutated_resealed_archives() {
+    let mut seeds = archive_seeds();
+    for seed in &mut seeds {
+        let before = seed.clone();
+        target::reseal(seed);
+        assert_eq!(*seed, before, "resealing an intact archive changes nothing");
+    }
+    exercise("archive_sealed", seeds, 1500, target::archive_sealed);
+}
+
 #[test]
 fn stream_decoders_survive_mutated_streams() {
     use std::io::Write;
