@@ -114,7 +114,7 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
             summary
         } else {
             let file = AtomicFile::create(output)?;
-            let (_, summary) = encode(opened, file.file(), options).map_err(|e| e.in_file(input))?;
+            let (_, summary) = encode(opened, file.appender(), options).map_err(|e| e.in_file(input))?;
             options.control.check()?;
             file.commit()?;
             summary

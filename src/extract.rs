@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -22,6 +23,7 @@ use crate::convert::with_pool;
 use crate::error::{Error, IoContext, Result};
 use crate::output::AtomicFile;
 use crate::read_at::{FileAt, ReadAt};
+use crate::sys;
 
 /// Stored chunks decoded per parallel window.
 const WINDOW: usize = 32;
@@ -125,33 +127,35 @@ pub fn with_payload<R: ReadAt, T>(
 
 /// Writes every stored block of the archive into `file` at its disk offset, leaving zero
 /// regions untouched (holes in a fresh file). The file must already be at least the virtual
-/// size long. Stops at the first chunk that fails its crc, before writing any of its bytes.
+/// size long. A chunk that fails its crc stops the work before any of its bytes is written.
+///
+/// Chunks go to the workers as one parallel loop with no barrier between groups (writes are
+/// positional, so their order does not matter), and each chunk's writeback to disk starts as
+/// soon as it is written, so the fsync before commit has little left to flush.
 pub fn write_disk<R: ReadAt>(reader: &ArchiveReader<R>, file: &File, control: &Control) -> Result<()> {
     let chunk_size = reader.geometry().chunk_size();
     let total = reader.virtual_size();
-    for window in reader.records().chunks(WINDOW) {
+    let records = reader.records();
+    let written = AtomicUsize::new(0);
+    records.par_iter().try_for_each(|record| -> Result<()> {
         control.check()?;
-        window.par_iter().try_for_each(|record| {
-            with_payload(reader, record, |payload| {
-                let base = record.chunk * chunk_size;
-                let mut taken = 0;
-                for (start, len) in payload_runs(record, reader.chunk_len(record)) {
-                    let at = base + start as u64;
-                    file.write_all_at(&payload[taken..taken + len], at)
-                        .map_err(|e| Error::io("writing the disk", e).at(at))?;
-                    taken += len;
-                }
-                Ok(())
-            })
+        let base = record.chunk * chunk_size;
+        with_payload(reader, record, |payload| {
+            let mut taken = 0;
+            for (start, len) in payload_runs(record, reader.chunk_len(record)) {
+                let at = base + start as u64;
+                file.write_all_at(&payload[taken..taken + len], at)
+                    .map_err(|e| Error::io("writing the disk", e).at(at))?;
+                taken += len;
+            }
+            Ok(())
         })?;
-        if let Some(last) = window.last() {
-            control.report(
-                ((last.chunk + 1) * chunk_size).min(total),
-                Some(total),
-                reader.disk_size(),
-            );
-        }
-    }
+        sys::start_writeback(file, base, reader.chunk_len(record) as u64);
+        let done = written.fetch_add(1, Ordering::Relaxed) + 1;
+        let share = (u128::from(total) * done as u128 / records.len() as u128) as u64;
+        control.report(share, Some(total), reader.disk_size());
+        Ok(())
+    })?;
     control.report(total, Some(total), reader.disk_size());
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! The few operating-system facilities imgpack needs beyond `std`: memory maps, sparse-file
-//! queries (SEEK_DATA), unnamed temporary files (O_TMPFILE) and linking them into place.
+//! queries (SEEK_DATA), unnamed temporary files (O_TMPFILE) and linking them into place, and
+//! starting writeback early (sync_file_range).
 //!
-//! This is the only module allowed `unsafe` (the crate root denies it elsewhere), and the only
-//! `unsafe` here is creating a memory map, justified where it happens. Everything else goes
-//! through rustix's safe wrappers.
+//! This is the only module allowed `unsafe` (the crate root denies it elsewhere): creating a
+//! memory map and calling sync_file_range, each justified where it happens. Everything else
+//! goes through rustix's safe wrappers.
 
 use std::fs::File;
 use std::io;
@@ -88,4 +89,20 @@ pub fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
 /// Flushes a directory's entries to disk, so a rename into it survives a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Asks the kernel to start writing `len` bytes of `file` at `offset` to disk now, without
+/// waiting (sync_file_range with SYNC_FILE_RANGE_WRITE), so that the fsync before an output is
+/// committed finds most of its data already written instead of flushing all of it at the end.
+///
+/// Only a hint: errors are ignored (a later fsync reports any real write error), and where the
+/// call is unsupported nothing happens.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range takes a descriptor and three integers and touches no memory of
+    // ours; `file` keeps the descriptor open for the duration of the call.
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
 }
