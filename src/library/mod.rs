@@ -31,24 +31,21 @@ pub mod id;
 pub mod lease;
 pub mod policy;
 pub mod record;
+mod register;
+mod source;
 pub mod sqlite;
 pub mod store;
 
-use std::fs::{File, Permissions};
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rustix::fs::{AtFlags, Mode as FileMode, OFlags};
 use serde::Serialize;
 
-use crate::control::{Control, Progress};
-use crate::convert::{convert, ConvertOptions, ConvertReport, DEFAULT_MAX_COMPRESSED_SIZE};
+use crate::control::Control;
+use crate::convert::DEFAULT_MAX_COMPRESSED_SIZE;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::extract::{open_archive, write_disk};
 use crate::output::AtomicFile;
@@ -56,10 +53,12 @@ use crate::sys::sync_dir;
 
 pub use lease::HostIdentity;
 pub use record::{Arch, ImageRecord, Mode, SourceType, Status};
+pub use source::check_source_name;
 pub use sqlite::SqliteStore;
 pub use store::{CatalogStore, Changes};
 
-use record::{catalog_error, timestamp_now, unix_now};
+use record::{catalog_error, unix_now};
+use source::{check_text, check_username, SourceInput};
 
 /// The operator account when none is configured.
 pub const DEFAULT_OPERATOR: &str = "brightbox";
@@ -67,13 +66,6 @@ pub const DEFAULT_OPERATOR: &str = "brightbox";
 pub const SETTING_OPERATOR: &str = "operator";
 /// Setting key: the compressed-size limit in bytes.
 pub const SETTING_MAX_COMPRESSED_SIZE: &str = "max_compressed_size";
-
-/// How often a registration writes its progress (`disk_size`) to the catalog.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
-/// How often a registration renews its lease.
-const RENEW_INTERVAL: Duration = Duration::from_secs(10);
-/// Attempts at drawing an unused image id.
-const ID_ATTEMPTS: usize = 32;
 
 /// How a library is opened.
 #[derive(Debug, Clone, Default)]
@@ -491,216 +483,6 @@ impl Library {
         )
     }
 
-    fn open_upload(&self, caller: &str, name: &str) -> Result<Upload> {
-        check_source_name(name)?;
-        let dir_path = self.incoming_dir(caller)?;
-        let dir = rustix::fs::open(
-            &dir_path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            FileMode::empty(),
-        )
-        .map_err(|e| Error::io("opening the incoming directory", e.into()).in_file(&dir_path))?;
-        let fd = rustix::fs::openat(
-            &dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            FileMode::empty(),
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::LOOP => Error::invalid_argument(format!(
-                "{name:?} in your incoming directory is a symbolic link; upload the file itself"
-            )),
-            rustix::io::Errno::NOENT => {
-                Error::invalid_argument(format!("there is no file {name:?} in your incoming directory"))
-            }
-            e => Error::io(format!("opening {name:?} in your incoming directory"), e.into()),
-        })?;
-        let file = File::from(fd);
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io(format!("reading {name:?}"), e))?;
-        if !meta.file_type().is_file() {
-            return Err(Error::invalid_argument(format!(
-                "{name:?} in your incoming directory is not a regular file"
-            )));
-        }
-        if meta.nlink() != 1 {
-            return Err(Error::invalid_argument(format!(
-                "{name:?} in your incoming directory has other hard links; upload a copy"
-            )));
-        }
-        Ok(Upload {
-            dir,
-            name: name.to_string(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-            file,
-        })
-    }
-
-    fn create(
-        &self,
-        caller: &str,
-        image: &NewImage,
-        source: SourceInput<'_>,
-        max_compressed_size: Option<u64>,
-        control: &Control,
-        on_created: &mut dyn FnMut(&ImageRecord),
-    ) -> Result<ImageRecord> {
-        let is_operator = caller == self.settings.operator;
-        let official = image.official.unwrap_or(is_operator);
-        if official && !is_operator {
-            return Err(catalog_error(format!(
-                "only the operator account ({}) can register official images",
-                self.settings.operator
-            )));
-        }
-        check_text("name", &image.name, 1, 255)?;
-        check_text("description", &image.description, 0, 1024)?;
-        if let Some(username) = &image.username {
-            check_username(username)?;
-        }
-        let mut record = ImageRecord {
-            id: String::new(),
-            owner: caller.to_string(),
-            source_type: source.source_type,
-            created_on: timestamp_now(),
-            status: Status::Creating,
-            name: image.name.clone(),
-            description: image.description.clone(),
-            arch: image.arch,
-            mode: image.mode,
-            public: image.public.unwrap_or(official),
-            official,
-            username: image.username.clone().filter(|u| !u.is_empty()),
-            source: source.name.clone(),
-            virtual_size: 0,
-            disk_size: 0,
-            compressed_size: 0,
-            format: None,
-            chunks: 0,
-            reason: None,
-        };
-        let lease = self.host.lease_for_self(unix_now());
-        let mut inserted = false;
-        for _ in 0..ID_ATTEMPTS {
-            record.id = id::new_image_id()?;
-            if self.store()?.insert(&record, &lease)? {
-                inserted = true;
-                break;
-            }
-        }
-        if !inserted {
-            return Err(catalog_error("could not find an unused image id"));
-        }
-        let id = record.id.clone();
-        let scratch = self.scratch_dir(&id);
-        let scratch_made = std::fs::create_dir(&scratch).context("creating the scratch directory", &scratch);
-        on_created(&record);
-
-        let limit = max_compressed_size.unwrap_or(self.settings.max_compressed_size);
-        let outcome = scratch_made.and_then(|()| self.produce(&id, source.file, limit, control));
-        let failure = match outcome {
-            Ok(report) => {
-                let changes = Changes {
-                    virtual_size: Some(report.virtual_size),
-                    disk_size: Some(report.disk_size),
-                    compressed_size: Some(report.compressed_size),
-                    format: Some(report.format.clone()),
-                    chunks: Some(report.chunks),
-                    ..Changes::default()
-                };
-                if self.store()?.compare_and_set(
-                    &id,
-                    &[Status::Creating],
-                    Some(Status::Available),
-                    &changes,
-                )? {
-                    let _ = std::fs::remove_dir_all(self.scratch_dir(&id));
-                    return self.store()?.get(&id)?.ok_or_else(|| not_found(&id));
-                }
-                // Another process judged this registration dead and failed it: its verdict
-                // stands, so the archive goes.
-                self.remove_outputs(&id);
-                let now = self.store()?.get(&id)?;
-                return Err(catalog_error(format!(
-                    "{id}: the catalog no longer expects this registration ({})",
-                    now.and_then(|r| r.reason)
-                        .unwrap_or_else(|| "no reason recorded".to_string())
-                )));
-            }
-            Err(e) => e,
-        };
-        self.remove_outputs(&id);
-        let reason = describe(&failure, &source.name);
-        let changes = Changes {
-            reason: Some(reason.clone()),
-            ..Changes::default()
-        };
-        self.store()?
-            .compare_and_set(&id, &[Status::Creating], Some(Status::Failed), &changes)?;
-        Err(Error::new(failure.kind(), format!("{id} failed: {reason}")))
-    }
-
-    /// Converts `input` (via the scratch directory) into `images/<id>.imgpack`, writing progress
-    /// into the catalog.
-    fn produce(&self, id: &str, input: &File, limit: u64, control: &Control) -> Result<ConvertReport> {
-        let scratch = self.scratch_dir(id);
-        let staged = scratch.join(format!("{id}.imgpack"));
-        let progress = Arc::new(CatalogProgress {
-            disk_size: AtomicU64::new(0),
-            forward: control.progress.clone(),
-        });
-        let options = ConvertOptions {
-            max_compressed_size: limit,
-            temp_dir: Some(scratch.clone()),
-            control: Control {
-                cancel: control.cancel.clone(),
-                progress: Some(Arc::clone(&progress) as Arc<dyn Progress>),
-            },
-            ..ConvertOptions::default()
-        };
-        // The engine opens inputs by path; this names the very file already opened (and
-        // checked), so a rename or symlink swapped in meanwhile cannot redirect it.
-        let input_path = PathBuf::from(format!("/proc/self/fd/{}", input.as_raw_fd()));
-        let (stop, stopped) = channel::<()>();
-        let report = std::thread::scope(|scope| {
-            let store = Arc::clone(&self.store);
-            let progress = Arc::clone(&progress);
-            scope.spawn(move || {
-                let mut written = 0;
-                let mut renewed = Instant::now();
-                loop {
-                    match stopped.recv_timeout(PROGRESS_INTERVAL) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    let disk_size = progress.disk_size.load(Ordering::Relaxed);
-                    if disk_size != written || renewed.elapsed() >= RENEW_INTERVAL {
-                        let expires = unix_now().saturating_add(lease::LEASE_SECONDS);
-                        if let Ok(mut store) = lock(&store) {
-                            if store.renew(id, Some(disk_size), expires).is_ok() {
-                                written = disk_size;
-                                renewed = Instant::now();
-                            }
-                        }
-                    }
-                }
-            });
-            let report = convert(&input_path, &staged, &options);
-            drop(stop);
-            report
-        })
-        .map_err(|e| strip_proc_path(e, &input_path))?;
-        let archive = self.archive_path(id);
-        std::fs::set_permissions(&staged, Permissions::from_mode(0o444))
-            .context("making the archive read-only", &staged)?;
-        std::fs::rename(&staged, &archive).context("moving the archive into images/", &archive)?;
-        let images = self.root.join("images");
-        sync_dir(&images).context("flushing the images directory", &images)?;
-        Ok(report)
-    }
-
     /// The images `caller` sees in `images list`: its own (but deleted ones) and others'
     /// public available ones (`show_all`: and their deprecated ones), official images first,
     /// then by name.
@@ -939,138 +721,6 @@ fn lock(store: &SharedStore) -> Result<MutexGuard<'_, Box<dyn CatalogStore>>> {
         .map_err(|_| catalog_error("the catalog connection was poisoned by a panic"))
 }
 
-/// The file being converted, and what the record says about it.
-struct SourceInput<'a> {
-    file: &'a File,
-    name: String,
-    source_type: SourceType,
-}
-
-/// An opened upload, with the directory it was found in, so the very same file is removed.
-struct Upload {
-    dir: OwnedFd,
-    name: String,
-    dev: u64,
-    ino: u64,
-    file: File,
-}
-
-impl Upload {
-    /// Removes the upload from `incoming/` if the name still refers to the file registered
-    /// (a new upload under the same name is left alone), and flushes the directory.
-    fn remove(&self) -> io::Result<()> {
-        match rustix::fs::statat(&self.dir, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) if stat.st_dev == self.dev && stat.st_ino == self.ino => {
-                rustix::fs::unlinkat(&self.dir, self.name.as_str(), AtFlags::empty())?;
-                rustix::fs::fsync(&self.dir)?;
-                Ok(())
-            }
-            Ok(_) => Ok(()),
-            Err(rustix::io::Errno::NOENT) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
-/// Keeps the latest `disk_size` for the catalog writer thread; passes progress on.
-struct CatalogProgress {
-    disk_size: AtomicU64,
-    forward: Option<Arc<dyn Progress>>,
-}
-
-impl Progress for CatalogProgress {
-    fn update(&self, done: u64, total: Option<u64>, disk_size: u64) {
-        self.disk_size.store(disk_size, Ordering::Relaxed);
-        if let Some(forward) = &self.forward {
-            forward.update(done, total, disk_size);
-        }
-    }
-}
-
-/// Refuses anything but one plain file name: no path, no `.`/`..`, nothing hidden in it.
-pub fn check_source_name(name: &str) -> Result<()> {
-    let refuse = |why: &str| {
-        Err(Error::invalid_argument(format!(
-            "source {name:?} {why}; give a file name in your incoming directory"
-        )))
-    };
-    if name.is_empty() {
-        return refuse("is empty");
-    }
-    if name == "." || name == ".." {
-        return refuse("is not a file name");
-    }
-    if name.contains('/') {
-        return refuse("is a path");
-    }
-    if name.len() > 255 || name.chars().any(char::is_control) {
-        return refuse("is not a valid file name");
-    }
-    Ok(())
-}
-
-fn check_text(field: &str, value: &str, min: usize, max: usize) -> Result<()> {
-    if value.chars().count() < min {
-        return Err(Error::invalid_argument(format!("the {field} must not be empty")));
-    }
-    if value.len() > max {
-        return Err(Error::invalid_argument(format!(
-            "the {field} is longer than {max} bytes"
-        )));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(Error::invalid_argument(format!(
-            "the {field} holds control characters"
-        )));
-    }
-    Ok(())
-}
-
-fn check_username(name: &str) -> Result<()> {
-    let ok = (1..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid_argument(format!(
-            "username {name:?} must be 1-32 letters, digits, '_', '-' or '.'"
-        )))
-    }
-}
-
-/// The engine names the input by its `/proc/self/fd` path; a reason must not.
-fn strip_proc_path(e: Error, proc_path: &Path) -> Error {
-    if e.path() == Some(proc_path) {
-        let mut plain = Error::new(e.kind(), e.message().to_string());
-        if let Some(offset) = e.offset() {
-            plain = plain.at(offset);
-        }
-        match std::error::Error::source(&e) {
-            Some(cause) => plain.with_source(io::Error::other(cause.to_string())),
-            None => plain,
-        }
-    } else {
-        e
-    }
-}
-
-/// A failure as one line for the record's `reason`: what, where and why.
-fn describe(e: &Error, source: &str) -> String {
-    let mut text = if e.path().is_none() {
-        format!("{source}: {e}")
-    } else {
-        e.to_string()
-    };
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        text.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    text
-}
-
 fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -1081,19 +731,4 @@ fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| entry.file_name().into_string().ok())
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn source_names_are_single_file_names() {
-        for good in ["slackware.img", "a", "..hidden", "disk .raw"] {
-            assert!(check_source_name(good).is_ok(), "{good}");
-        }
-        for bad in ["", ".", "..", "../x", "/etc/passwd", "a/b", "x\0y", "x\ny"] {
-            assert!(check_source_name(bad).is_err(), "{bad:?}");
-        }
-    }
 }

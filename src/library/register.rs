@@ -1,0 +1,239 @@
+//! A registration's steps: a `creating` record with a lease, the conversion into the scratch
+//! directory with progress written to the catalog, then `available` (or `failed` with a
+//! reason) by compare-and-swap, so a registration another process judged dead stays failed.
+
+use std::fs::{File, Permissions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::record::{catalog_error, timestamp_now, unix_now};
+use super::source::{check_text, check_username, SourceInput};
+use super::{id, lease, lock, not_found, Changes, ImageRecord, Library, NewImage, Status};
+use crate::control::{Control, Progress};
+use crate::convert::{convert, ConvertOptions, ConvertReport};
+use crate::error::{Error, IoContext, Result};
+use crate::sys::sync_dir;
+
+/// How often a registration writes its progress (`disk_size`) to the catalog.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a registration renews its lease.
+const RENEW_INTERVAL: Duration = Duration::from_secs(10);
+/// Attempts at drawing an unused image id.
+const ID_ATTEMPTS: usize = 32;
+
+impl Library {
+    pub(super) fn create(
+        &self,
+        caller: &str,
+        image: &NewImage,
+        source: SourceInput<'_>,
+        max_compressed_size: Option<u64>,
+        control: &Control,
+        on_created: &mut dyn FnMut(&ImageRecord),
+    ) -> Result<ImageRecord> {
+        let is_operator = caller == self.settings.operator;
+        let official = image.official.unwrap_or(is_operator);
+        if official && !is_operator {
+            return Err(catalog_error(format!(
+                "only the operator account ({}) can register official images",
+                self.settings.operator
+            )));
+        }
+        check_text("name", &image.name, 1, 255)?;
+        check_text("description", &image.description, 0, 1024)?;
+        if let Some(username) = &image.username {
+            check_username(username)?;
+        }
+        let mut record = ImageRecord {
+            id: String::new(),
+            owner: caller.to_string(),
+            source_type: source.source_type,
+            created_on: timestamp_now(),
+            status: Status::Creating,
+            name: image.name.clone(),
+            description: image.description.clone(),
+            arch: image.arch,
+            mode: image.mode,
+            public: image.public.unwrap_or(official),
+            official,
+            username: image.username.clone().filter(|u| !u.is_empty()),
+            source: source.name.clone(),
+            virtual_size: 0,
+            disk_size: 0,
+            compressed_size: 0,
+            format: None,
+            chunks: 0,
+            reason: None,
+        };
+        let lease = self.host.lease_for_self(unix_now());
+        let mut inserted = false;
+        for _ in 0..ID_ATTEMPTS {
+            record.id = id::new_image_id()?;
+            if self.store()?.insert(&record, &lease)? {
+                inserted = true;
+                break;
+            }
+        }
+        if !inserted {
+            return Err(catalog_error("could not find an unused image id"));
+        }
+        let id = record.id.clone();
+        let scratch = self.scratch_dir(&id);
+        let scratch_made = std::fs::create_dir(&scratch).context("creating the scratch directory", &scratch);
+        on_created(&record);
+
+        let limit = max_compressed_size.unwrap_or(self.settings.max_compressed_size);
+        let outcome = scratch_made.and_then(|()| self.produce(&id, source.file, limit, control));
+        let failure = match outcome {
+            Ok(report) => {
+                let changes = Changes {
+                    virtual_size: Some(report.virtual_size),
+                    disk_size: Some(report.disk_size),
+                    compressed_size: Some(report.compressed_size),
+                    format: Some(report.format.clone()),
+                    chunks: Some(report.chunks),
+                    ..Changes::default()
+                };
+                if self.store()?.compare_and_set(
+                    &id,
+                    &[Status::Creating],
+                    Some(Status::Available),
+                    &changes,
+                )? {
+                    let _ = std::fs::remove_dir_all(self.scratch_dir(&id));
+                    return self.store()?.get(&id)?.ok_or_else(|| not_found(&id));
+                }
+                // Another process judged this registration dead and failed it: its verdict
+                // stands, so the archive goes.
+                self.remove_outputs(&id);
+                let now = self.store()?.get(&id)?;
+                return Err(catalog_error(format!(
+                    "{id}: the catalog no longer expects this registration ({})",
+                    now.and_then(|r| r.reason)
+                        .unwrap_or_else(|| "no reason recorded".to_string())
+                )));
+            }
+            Err(e) => e,
+        };
+        self.remove_outputs(&id);
+        let reason = describe(&failure, &source.name);
+        let changes = Changes {
+            reason: Some(reason.clone()),
+            ..Changes::default()
+        };
+        self.store()?
+            .compare_and_set(&id, &[Status::Creating], Some(Status::Failed), &changes)?;
+        Err(Error::new(failure.kind(), format!("{id} failed: {reason}")))
+    }
+
+    /// Converts `input` (via the scratch directory) into `images/<id>.imgpack`, writing progress
+    /// into the catalog.
+    fn produce(&self, id: &str, input: &File, limit: u64, control: &Control) -> Result<ConvertReport> {
+        let scratch = self.scratch_dir(id);
+        let staged = scratch.join(format!("{id}.imgpack"));
+        let progress = Arc::new(CatalogProgress {
+            disk_size: AtomicU64::new(0),
+            forward: control.progress.clone(),
+        });
+        let options = ConvertOptions {
+            max_compressed_size: limit,
+            temp_dir: Some(scratch.clone()),
+            control: Control {
+                cancel: control.cancel.clone(),
+                progress: Some(Arc::clone(&progress) as Arc<dyn Progress>),
+            },
+            ..ConvertOptions::default()
+        };
+        // The engine opens inputs by path; this names the very file already opened (and
+        // checked), so a rename or symlink swapped in meanwhile cannot redirect it.
+        let input_path = PathBuf::from(format!("/proc/self/fd/{}", input.as_raw_fd()));
+        let (stop, stopped) = channel::<()>();
+        let report = std::thread::scope(|scope| {
+            let store = Arc::clone(&self.store);
+            let progress = Arc::clone(&progress);
+            scope.spawn(move || {
+                let mut written = 0;
+                let mut renewed = Instant::now();
+                loop {
+                    match stopped.recv_timeout(PROGRESS_INTERVAL) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let disk_size = progress.disk_size.load(Ordering::Relaxed);
+                    if disk_size != written || renewed.elapsed() >= RENEW_INTERVAL {
+                        let expires = unix_now().saturating_add(lease::LEASE_SECONDS);
+                        if let Ok(mut store) = lock(&store) {
+                            if store.renew(id, Some(disk_size), expires).is_ok() {
+                                written = disk_size;
+                                renewed = Instant::now();
+                            }
+                        }
+                    }
+                }
+            });
+            let report = convert(&input_path, &staged, &options);
+            drop(stop);
+            report
+        })
+        .map_err(|e| strip_proc_path(e, &input_path))?;
+        let archive = self.archive_path(id);
+        std::fs::set_permissions(&staged, Permissions::from_mode(0o444))
+            .context("making the archive read-only", &staged)?;
+        std::fs::rename(&staged, &archive).context("moving the archive into images/", &archive)?;
+        let images = self.root.join("images");
+        sync_dir(&images).context("flushing the images directory", &images)?;
+        Ok(report)
+    }
+}
+
+/// Keeps the latest `disk_size` for the catalog writer thread; passes progress on.
+struct CatalogProgress {
+    disk_size: AtomicU64,
+    forward: Option<Arc<dyn Progress>>,
+}
+
+impl Progress for CatalogProgress {
+    fn update(&self, done: u64, total: Option<u64>, disk_size: u64) {
+        self.disk_size.store(disk_size, Ordering::Relaxed);
+        if let Some(forward) = &self.forward {
+            forward.update(done, total, disk_size);
+        }
+    }
+}
+
+/// The engine names the input by its `/proc/self/fd` path; a reason must not.
+fn strip_proc_path(e: Error, proc_path: &Path) -> Error {
+    if e.path() == Some(proc_path) {
+        let mut plain = Error::new(e.kind(), e.message().to_string());
+        if let Some(offset) = e.offset() {
+            plain = plain.at(offset);
+        }
+        match std::error::Error::source(&e) {
+            Some(cause) => plain.with_source(io::Error::other(cause.to_string())),
+            None => plain,
+        }
+    } else {
+        e
+    }
+}
+
+/// A failure as one line for the record's `reason`: what, where and why.
+fn describe(e: &Error, source: &str) -> String {
+    let mut text = if e.path().is_none() {
+        format!("{source}: {e}")
+    } else {
+        e.to_string()
+    };
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}

@@ -1,0 +1,163 @@
+//! Where a registration's bytes come from: an upload in `incoming/<account>/`, opened so that
+//! no path trick (symbolic links, hard links, `..`, a swapped file) can make the library read
+//! or remove another file, and the checks on the names and texts a caller supplies.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+
+use rustix::fs::{AtFlags, Mode as FileMode, OFlags};
+
+use super::{Library, SourceType};
+use crate::error::{Error, Result};
+
+/// The file being converted, and what the record says about it.
+pub(super) struct SourceInput<'a> {
+    pub(super) file: &'a File,
+    pub(super) name: String,
+    pub(super) source_type: SourceType,
+}
+
+/// An opened upload, with the directory it was found in, so the very same file is removed.
+pub(super) struct Upload {
+    pub(super) dir: OwnedFd,
+    pub(super) name: String,
+    pub(super) dev: u64,
+    pub(super) ino: u64,
+    pub(super) file: File,
+}
+
+impl Upload {
+    /// Removes the upload from `incoming/` if the name still refers to the file registered
+    /// (a new upload under the same name is left alone), and flushes the directory.
+    pub(super) fn remove(&self) -> io::Result<()> {
+        match rustix::fs::statat(&self.dir, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if stat.st_dev == self.dev && stat.st_ino == self.ino => {
+                rustix::fs::unlinkat(&self.dir, self.name.as_str(), AtFlags::empty())?;
+                rustix::fs::fsync(&self.dir)?;
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Library {
+    pub(super) fn open_upload(&self, caller: &str, name: &str) -> Result<Upload> {
+        check_source_name(name)?;
+        let dir_path = self.incoming_dir(caller)?;
+        let dir = rustix::fs::open(
+            &dir_path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            FileMode::empty(),
+        )
+        .map_err(|e| Error::io("opening the incoming directory", e.into()).in_file(&dir_path))?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            FileMode::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::LOOP => Error::invalid_argument(format!(
+                "{name:?} in your incoming directory is a symbolic link; upload the file itself"
+            )),
+            rustix::io::Errno::NOENT => {
+                Error::invalid_argument(format!("there is no file {name:?} in your incoming directory"))
+            }
+            e => Error::io(format!("opening {name:?} in your incoming directory"), e.into()),
+        })?;
+        let file = File::from(fd);
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {name:?}"), e))?;
+        if !meta.file_type().is_file() {
+            return Err(Error::invalid_argument(format!(
+                "{name:?} in your incoming directory is not a regular file"
+            )));
+        }
+        if meta.nlink() != 1 {
+            return Err(Error::invalid_argument(format!(
+                "{name:?} in your incoming directory has other hard links; upload a copy"
+            )));
+        }
+        Ok(Upload {
+            dir,
+            name: name.to_string(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            file,
+        })
+    }
+}
+
+/// Refuses anything but one plain file name: no path, no `.`/`..`, nothing hidden in it.
+pub fn check_source_name(name: &str) -> Result<()> {
+    let refuse = |why: &str| {
+        Err(Error::invalid_argument(format!(
+            "source {name:?} {why}; give a file name in your incoming directory"
+        )))
+    };
+    if name.is_empty() {
+        return refuse("is empty");
+    }
+    if name == "." || name == ".." {
+        return refuse("is not a file name");
+    }
+    if name.contains('/') {
+        return refuse("is a path");
+    }
+    if name.len() > 255 || name.chars().any(char::is_control) {
+        return refuse("is not a valid file name");
+    }
+    Ok(())
+}
+
+pub(super) fn check_text(field: &str, value: &str, min: usize, max: usize) -> Result<()> {
+    if value.chars().count() < min {
+        return Err(Error::invalid_argument(format!("the {field} must not be empty")));
+    }
+    if value.len() > max {
+        return Err(Error::invalid_argument(format!(
+            "the {field} is longer than {max} bytes"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid_argument(format!(
+            "the {field} holds control characters"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn check_username(name: &str) -> Result<()> {
+    let ok = (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(format!(
+            "username {name:?} must be 1-32 letters, digits, '_', '-' or '.'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_names_are_single_file_names() {
+        for good in ["slackware.img", "a", "..hidden", "disk .raw"] {
+            assert!(check_source_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "../x", "/etc/passwd", "a/b", "x\0y", "x\ny"] {
+            assert!(check_source_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
