@@ -46,6 +46,8 @@ impl Upload {
 }
 
 impl Library {
+    /// Opens `name` in `caller`'s incoming directory: a regular file with no other hard link,
+    /// never through a symbolic link, together with that directory.
     pub(super) fn open_upload(&self, caller: &str, name: &str) -> Result<Upload> {
         check_source_name(name)?;
         let dir_path = self.incoming_dir(caller)?;
