@@ -9,7 +9,7 @@ imgpack=${IMGPACK:-${CARGO_TARGET_DIR:-$root/target}/release/imgpack}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-mkdir -p corpus/{qcow2,vhd,vdi,vmdk,vhdx,archive,streams,images}
+mkdir -p corpus/{qcow2,vhd,vdi,vmdk,vhdx,archive,archive_sealed,streams,images}
 cp $root/testdata/qcow2/*.qcow2 corpus/qcow2/
 gunzip -c $root/testdata/formats/vmdk-sparse.vmdk.gz >corpus/vmdk/sparse.vmdk
 gunzip -c $root/testdata/formats/vmdk-stream.vmdk.gz >corpus/vmdk/stream.vmdk
@@ -41,6 +41,7 @@ head -c 200000 /dev/zero >"$tmp/z.raw"
 "$imgpack" convert -q --chunk-size 64K "$tmp/z.raw" -o corpus/archive/z.imgpack
 (head -c 5000 /dev/zero; head -c 70000 $root/README.md; head -c 50000 /dev/zero) >"$tmp/t.raw"
 "$imgpack" convert -q --chunk-size 64K "$tmp/t.raw" -o corpus/archive/t.imgpack
+cp corpus/archive/*.imgpack corpus/archive_sealed/
 
 # streams: raw and qcow2 payloads in each compression, plus nested ones
 for f in "$tmp/t.raw" $root/testdata/qcow2/v2-512.qcow2; do
