@@ -140,9 +140,10 @@ pub fn write_disk<R: ReadAt>(reader: &ArchiveReader<R>, file: &File, control: &C
     records.par_iter().try_for_each(|record| -> Result<()> {
         control.check()?;
         let base = record.chunk * chunk_size;
+        let chunk_len = reader.chunk_len(record);
         with_payload(reader, record, |payload| {
             let mut taken = 0;
-            for (start, len) in payload_runs(record, reader.chunk_len(record)) {
+            for (start, len) in payload_runs(record, chunk_len) {
                 let at = base + start as u64;
                 file.write_all_at(&payload[taken..taken + len], at)
                     .map_err(|e| Error::io("writing the disk", e).at(at))?;
@@ -150,7 +151,7 @@ pub fn write_disk<R: ReadAt>(reader: &ArchiveReader<R>, file: &File, control: &C
             }
             Ok(())
         })?;
-        sys::start_writeback(file, base, reader.chunk_len(record) as u64);
+        sys::start_writeback(file, base, chunk_len as u64);
         let done = written.fetch_add(1, Ordering::Relaxed) + 1;
         let share = (u128::from(total) * done as u128 / records.len() as u128) as u64;
         control.report(share, Some(total), reader.disk_size());

@@ -7,18 +7,9 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::process::Command;
 
-use common::{random, Layout, Rng};
+use common::{names_in, random, Layout, Rng};
 use imgpack::input::{Body, Opened};
 use imgpack::{ConvertOptions, ErrorKind};
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into())
-        .collect();
-    v.sort();
-    v
-}
 
 fn incompressible(path: &Path, len: usize) {
     let mut rng = Rng::new(21);

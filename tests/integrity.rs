@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{random, texty, Layout, Rng};
+use common::{names_in, random, texty, Layout, Rng};
 use imgpack::extract::open_archive;
 use imgpack::{convert, extract, verify, Control, ConvertOptions, ErrorKind, ExtractOptions};
 
@@ -32,15 +32,6 @@ fn flip(path: &Path, offset: u64) {
     let mut bytes = std::fs::read(path).unwrap();
     bytes[offset as usize] ^= 0x40;
     std::fs::write(path, bytes).unwrap();
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
