@@ -115,13 +115,7 @@ impl Opened {
 /// Opens `path` (or standard input for `-`), detecting its format from content.
 pub fn open(path: &Path, options: &OpenOptions) -> Result<Opened> {
     if path == Path::new("-") {
-        let mut stdin = std::io::stdin();
-        let mut head = vec![0u8; HEAD_LEN];
-        let n = read_full(&mut stdin, &mut head).map_err(|e| Error::io("reading standard input", e))?;
-        head.truncate(n);
-        let format = detect(&head, None).map_err(|e| e.in_file(path))?;
-        let reader: Box<dyn Read + Send> = Box::new(Cursor::new(head).chain(stdin));
-        return open_stream(format, reader, path, options);
+        return open_reader(Box::new(std::io::stdin()), path, options);
     }
     let file = File::open(path).context("opening the input", path)?;
     let meta = file.metadata().context("reading the input's metadata", path)?;
@@ -159,6 +153,19 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Opened> {
         }),
         other => open_stream(other, Box::new(file), path, options),
     }
+}
+
+/// Opens an image that arrives as a byte stream (standard input, an HTTP body, an object-store
+/// download), with the same detection and layer peeling as [`open`] on a file: raw payloads
+/// stream through, random-access formats are spilled to an unnamed temporary file in
+/// `options.spill_dir` (bounded by the virtual-size limit). `name` labels errors.
+pub fn open_reader(mut reader: Box<dyn Read + Send>, name: &Path, options: &OpenOptions) -> Result<Opened> {
+    let mut head = vec![0u8; HEAD_LEN];
+    let n = read_full(&mut reader, &mut head).map_err(|e| Error::io("reading the input", e).in_file(name))?;
+    head.truncate(n);
+    let format = detect(&head, None).map_err(|e| e.in_file(name))?;
+    let reader: Box<dyn Read + Send> = Box::new(Cursor::new(head).chain(reader));
+    open_stream(format, reader, name, options)
 }
 
 /// Detects the format of a random-access file from its head and tail.
