@@ -7,7 +7,7 @@
 //! # Ok::<(), imgpack::Error>(())
 //! ```
 
-use std::io::{BufWriter, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -17,8 +17,8 @@ use crate::archive::format::Geometry;
 use crate::archive::writer::{ArchiveSummary, ArchiveWriter};
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, Result};
-use crate::input::{self, Body, Opened, ReadMode};
-use crate::output::AtomicFile;
+use crate::input::{self, Body, Input, Opened, ReadMode};
+use crate::sink::{ArchiveSink, FileSink, WriterSink};
 use crate::pipeline::{encode_source, encode_stream, EncodeSettings};
 use crate::units::format_size;
 
@@ -93,35 +93,62 @@ pub struct ConvertReport {
 /// Converts the image at `input` (a path, or `-` for standard input) into an archive at
 /// `output` (a path, or `-` for standard output). A file output appears only when complete.
 pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<ConvertReport> {
+    let input = Input::path(input);
+    if output == Path::new("-") {
+        convert_to(input, WriterSink::stdout(), options)
+    } else {
+        convert_to(input, FileSink::create(output)?, options)
+    }
+}
+
+/// Converts an image that arrives as a byte stream (an HTTP body, an object-store download)
+/// into an archive written to `sink`, with the same detection and layer peeling as
+/// [`convert`] on a file. Reports and errors call the input `stream`; use [`convert_to`] with
+/// [`Input::reader`] to name it.
+///
+/// ```no_run
+/// use imgpack::{convert_reader, ConvertOptions, WriterSink};
+/// let body = std::fs::File::open("disk.qcow2.xz")?; // any `Read + Send`
+/// let sink = WriterSink::new(Vec::new(), "memory");
+/// let report = convert_reader(body, sink, &ConvertOptions::default())?;
+/// println!("{}: {} bytes of data", report.format, report.disk_size);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn convert_reader(
+    reader: impl Read + Send + 'static,
+    sink: impl ArchiveSink,
+    options: &ConvertOptions,
+) -> Result<ConvertReport> {
+    convert_to(Input::reader(reader, "stream"), sink, options)
+}
+
+/// Converts `input` into an archive written to `sink`, and finishes the sink only when the
+/// archive is complete: on any error (a refused input, a limit, cancellation) the sink is
+/// dropped unfinished. Spill files go to `options.temp_dir`, else the sink's
+/// [`spill_dir`](ArchiveSink::spill_dir), else the system's temporary directory.
+pub fn convert_to<S: ArchiveSink>(input: Input, sink: S, options: &ConvertOptions) -> Result<ConvertReport> {
     with_pool(options.threads, || {
         let start = Instant::now();
-        let spill_dir = options.temp_dir.clone().unwrap_or_else(|| parent_dir(output));
-        let opened = input::open(
-            input,
-            &input::OpenOptions {
-                read_mode: options.read_mode,
-                max_virtual_size: options.max_virtual_size,
-                spill_dir,
-                control: options.control.clone(),
-            },
-        )?;
+        let input_name = input.name().to_path_buf();
+        let output_name = sink.name();
+        let spill_dir = options
+            .temp_dir
+            .clone()
+            .or_else(|| sink.spill_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let opened = input.open(&input::OpenOptions {
+            read_mode: options.read_mode,
+            max_virtual_size: options.max_virtual_size,
+            spill_dir,
+            control: options.control.clone(),
+        })?;
         let format = opened.format_name();
-        let summary = if output == Path::new("-") {
-            let stdout = BufWriter::with_capacity(1 << 20, std::io::stdout());
-            let (mut out, summary) = encode(opened, stdout, options)?;
-            out.flush()
-                .map_err(|e| Error::io("writing to standard output", e))?;
-            summary
-        } else {
-            let file = AtomicFile::create(output)?;
-            let (_, summary) = encode(opened, file.appender(), options).map_err(|e| e.in_file(input))?;
-            options.control.check()?;
-            file.commit()?;
-            summary
-        };
+        let (sink, summary) = encode(opened, sink, options).map_err(|e| e.in_file(&input_name))?;
+        options.control.check()?;
+        sink.finish()?;
         Ok(ConvertReport {
-            input: input.display().to_string(),
-            output: output.display().to_string(),
+            input: input_name.display().to_string(),
+            output: output_name,
             format,
             virtual_size: summary.virtual_size,
             disk_size: summary.disk_size,
@@ -188,13 +215,5 @@ pub fn with_pool<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> 
             .build()
             .map_err(|e| Error::new(ErrorKind::Io, "cannot start worker threads").with_source(e))?
             .install(f),
-    }
-}
-
-/// The directory a path lives in (`.` for a bare file name).
-pub fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
     }
 }

@@ -160,12 +160,35 @@ impl std::error::Error for Error {
     }
 }
 
+/// An imgpack error that travelled inside an `io::Error` (a decoder's or a sink's `Write`
+/// must return `io::Error`) comes back out as itself, kind, file and offset intact.
 impl From<io::Error> for Error {
     fn from(source: io::Error) -> Self {
+        if source.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            if let Some(Ok(inner)) = source.into_inner().map(|inner| inner.downcast::<Error>()) {
+                return *inner;
+            }
+            return Error::new(ErrorKind::Io, "I/O error");
+        }
         if source.kind() == io::ErrorKind::Interrupted {
             return Error::interrupted().with_source(source);
         }
         Error::io("I/O error", source)
+    }
+}
+
+/// Carries an imgpack error through an interface that speaks `io::Error` (a `Read` or `Write`
+/// implementation); [`From<io::Error>`](#impl-From<Error>-for-Error) takes it back out whole.
+impl From<Error> for io::Error {
+    fn from(error: Error) -> Self {
+        // Never `io::ErrorKind::Interrupted`: `write_all` and `read_exact` retry those, so a
+        // cancelled operation would spin instead of stopping.
+        let kind = match error.kind() {
+            ErrorKind::Io | ErrorKind::Interrupted => io::ErrorKind::Other,
+            ErrorKind::InvalidArgument => io::ErrorKind::InvalidInput,
+            _ => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, error)
     }
 }
 
@@ -184,6 +207,22 @@ impl<T> IoContext<T> for std::result::Result<T, io::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_survives_a_trip_through_io_error() {
+        let original = Error::corrupt(512, "bad grain table").in_file(Path::new("up.vmdk"));
+        let carried: io::Error = original.into();
+        assert_eq!(carried.kind(), io::ErrorKind::InvalidData);
+        let back = Error::from(carried);
+        assert_eq!(back.kind(), ErrorKind::Corrupt);
+        assert_eq!(back.offset(), Some(512));
+        assert_eq!(back.path(), Some(Path::new("up.vmdk")));
+        let cancelled: io::Error = Error::interrupted().into();
+        assert_ne!(cancelled.kind(), io::ErrorKind::Interrupted, "write_all would retry it");
+        assert_eq!(Error::from(cancelled).kind(), ErrorKind::Interrupted);
+        let plain = Error::from(io::Error::other("disk on fire"));
+        assert_eq!(plain.kind(), ErrorKind::Io);
+    }
 
     #[test]
     fn display_names_file_offset_and_message() {

@@ -34,6 +34,7 @@ pub mod library;
 pub mod output;
 pub mod pipeline;
 pub mod read_at;
+pub mod sink;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod units;
@@ -41,8 +42,10 @@ pub mod verify;
 pub mod zero;
 
 pub use control::{Control, Progress};
-pub use convert::{convert, ConvertOptions, ConvertReport};
+pub use convert::{convert, convert_reader, convert_to, ConvertOptions, ConvertReport};
 pub use error::{Error, ErrorKind, Result};
 pub use extract::{extract, ExtractOptions, ExtractReport};
 pub use info::{info, ImageInfo};
+pub use input::Input;
+pub use sink::{ArchiveSink, FileSink, WriterSink};
 pub use verify::{verify, VerifyReport};

@@ -6,7 +6,6 @@
 //! has no O_TMPFILE, a named temporary file (tempfile) is used instead, removed on drop.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -28,10 +27,7 @@ impl AtomicFile {
     /// Starts a new output destined for `target`, in `target`'s directory (so the final rename
     /// never crosses file systems).
     pub fn create(target: &Path) -> Result<Self> {
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_dir(target);
         if target.is_dir() {
             return Err(Error::invalid_argument("the output path is a directory").in_file(target));
         }
@@ -59,15 +55,9 @@ impl AtomicFile {
         }
     }
 
-    /// A writer appending to the file from its start, which starts writeback to disk every
-    /// [`WRITEBACK_STEP`] bytes (see [`sys::start_writeback`]), so that [`AtomicFile::commit`]'s
-    /// fsync has little left to flush.
-    pub fn appender(&self) -> Appender<'_> {
-        Appender {
-            file: self.file(),
-            position: 0,
-            flushed: 0,
-        }
+    /// The directory the file will appear in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Where the file will appear.
@@ -101,29 +91,11 @@ impl AtomicFile {
     }
 }
 
-/// How many bytes an [`Appender`] writes before it starts their writeback.
-pub const WRITEBACK_STEP: u64 = 8 << 20;
-
-/// Sequential writes into an [`AtomicFile`], from [`AtomicFile::appender`].
-pub struct Appender<'a> {
-    file: &'a File,
-    position: u64,
-    flushed: u64,
-}
-
-impl Write for Appender<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.position += n as u64;
-        if self.position - self.flushed >= WRITEBACK_STEP {
-            sys::start_writeback(self.file, self.flushed, self.position - self.flushed);
-            self.flushed = self.position;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+/// The directory a path lives in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -140,6 +112,7 @@ fn unique() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn nothing_appears_until_commit_and_nothing_lingers_after_drop() {
@@ -156,21 +129,5 @@ mod tests {
         out.commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"whole");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn an_appender_writes_everything_in_order_across_writeback_steps() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("out.bin");
-        let out = AtomicFile::create(&target).unwrap();
-        let expected: Vec<u8> = (0..WRITEBACK_STEP as usize * 2 + 12345)
-            .map(|i| (i % 251) as u8)
-            .collect();
-        let mut appender = out.appender();
-        for piece in expected.chunks(1_000_003) {
-            appender.write_all(piece).unwrap();
-        }
-        out.commit().unwrap();
-        assert!(std::fs::read(&target).unwrap() == expected);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod blockmap;
 pub mod detect;
+mod origin;
 pub mod qcow2;
 pub mod raw;
 pub mod stream;
@@ -23,6 +24,7 @@ use crate::control::Control;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::read_at::{FileAt, ReadAt};
 use detect::{detect, Format, HEAD_LEN, TAIL_LEN};
+pub use origin::Input;
 
 /// A virtual disk that can be read at any offset from several threads at once.
 ///
@@ -118,11 +120,19 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Opened> {
         return open_reader(Box::new(std::io::stdin()), path, options);
     }
     let file = File::open(path).context("opening the input", path)?;
+    open_file(file, path, options)
+}
+
+/// Opens an already opened file (read from offset 0 whatever its position), detecting its
+/// format from content; `name` labels errors. Holding the file rather than a path means a
+/// rename or a symbolic link swapped in meanwhile cannot redirect the read.
+pub fn open_file(file: File, path: &Path, options: &OpenOptions) -> Result<Opened> {
     let meta = file.metadata().context("reading the input's metadata", path)?;
     if !meta.is_file() {
         return Err(Error::invalid_argument("the input is not a regular file").in_file(path));
     }
-    let at = FileAt::new(file).context("reading the input", path)?;
+    let at = FileAt::new(file.try_clone().context("opening the input", path)?)
+        .context("reading the input", path)?;
     let format = detect_file(&at).map_err(|e| e.in_file(path))?;
     if let Format::Other(name) = format {
         if let Some(source) = blockmap::open_native(name, Box::new(at), options.max_virtual_size) {
@@ -134,7 +144,8 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Opened> {
             });
         }
     }
-    let file = File::open(path).context("opening the input", path)?;
+    let mut file = file;
+    std::io::Seek::rewind(&mut file).context("reading the input", path)?;
     match format {
         Format::Raw => Ok(Opened {
             layers: Vec::new(),

@@ -3,10 +3,8 @@
 //! reason) by compare-and-swap, so a registration another process judged dead stays failed.
 
 use std::fs::{File, Permissions};
-use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
@@ -16,7 +14,9 @@ use super::record::{catalog_error, timestamp_now, unix_now};
 use super::source::{check_text, check_username, SourceInput};
 use super::{id, lease, lock, not_found, Changes, ImageRecord, Library, NewImage, Status};
 use crate::control::{Control, Progress};
-use crate::convert::{convert, ConvertOptions, ConvertReport};
+use crate::convert::{convert_to, ConvertOptions, ConvertReport};
+use crate::input::Input;
+use crate::sink::FileSink;
 use crate::error::{Error, IoContext, Result};
 use crate::sys::sync_dir;
 
@@ -89,7 +89,7 @@ impl Library {
         on_created(&record);
 
         let limit = max_compressed_size.unwrap_or(self.settings.max_compressed_size);
-        let outcome = scratch_made.and_then(|()| self.produce(&id, source.file, limit, control));
+        let outcome = scratch_made.and_then(|()| self.produce(&id, source.file, &source.name, limit, control));
         let failure = match outcome {
             Ok(report) => {
                 let changes = Changes {
@@ -134,7 +134,7 @@ impl Library {
 
     /// Converts `input` (via the scratch directory) into `images/<id>.imgpack`, writing progress
     /// into the catalog.
-    fn produce(&self, id: &str, input: &File, limit: u64, control: &Control) -> Result<ConvertReport> {
+    fn produce(&self, id: &str, input: &File, name: &str, limit: u64, control: &Control) -> Result<ConvertReport> {
         let scratch = self.scratch_dir(id);
         let staged = scratch.join(format!("{id}.imgpack"));
         let progress = Arc::new(CatalogProgress {
@@ -150,9 +150,12 @@ impl Library {
             },
             ..ConvertOptions::default()
         };
-        // The engine opens inputs by path; this names the very file already opened (and
-        // checked), so a rename or symlink swapped in meanwhile cannot redirect it.
-        let input_path = PathBuf::from(format!("/proc/self/fd/{}", input.as_raw_fd()));
+        // The very file already opened (and checked): a rename or symbolic link swapped in
+        // meanwhile cannot redirect the read. Errors name the upload as the user knows it.
+        let input = Input::file(
+            input.try_clone().context("opening the upload", Path::new(name))?,
+            name,
+        );
         let (stop, stopped) = channel::<()>();
         let report = std::thread::scope(|scope| {
             let store = Arc::clone(&self.store);
@@ -177,11 +180,10 @@ impl Library {
                     }
                 }
             });
-            let report = convert(&input_path, &staged, &options);
+            let report = FileSink::create(&staged).and_then(|sink| convert_to(input, sink, &options));
             drop(stop);
             report
-        })
-        .map_err(|e| strip_proc_path(e, &input_path))?;
+        })?;
         let archive = self.archive_path(id);
         std::fs::set_permissions(&staged, Permissions::from_mode(0o444))
             .context("making the archive read-only", &staged)?;
@@ -204,22 +206,6 @@ impl Progress for CatalogProgress {
         if let Some(forward) = &self.forward {
             forward.update(done, total, disk_size);
         }
-    }
-}
-
-/// The engine names the input by its `/proc/self/fd` path; a reason must not.
-fn strip_proc_path(e: Error, proc_path: &Path) -> Error {
-    if e.path() == Some(proc_path) {
-        let mut plain = Error::new(e.kind(), e.message().to_string());
-        if let Some(offset) = e.offset() {
-            plain = plain.at(offset);
-        }
-        match std::error::Error::source(&e) {
-            Some(cause) => plain.with_source(io::Error::other(cause.to_string())),
-            None => plain,
-        }
-    } else {
-        e
     }
 }
 
