@@ -4,7 +4,6 @@
 //! (positional writes), so zero regions stay holes. To a stream, windows of chunks are decoded
 //! in parallel and written in order with the zeros between them.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -15,14 +14,14 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::archive::chunk::{expand_payload, ChunkDecoder};
-use crate::archive::format::{payload_runs, ChunkRecord};
+use crate::archive::chunk::expand_payload;
+use crate::archive::format::payload_runs;
 use crate::archive::reader::ArchiveReader;
 use crate::control::Control;
 use crate::convert::with_pool;
 use crate::error::{Error, IoContext, Result};
 use crate::output::AtomicFile;
-use crate::read_at::{FileAt, ReadAt};
+use crate::read_at::ReadAt;
 use crate::sys;
 
 /// Stored chunks decoded per parallel window.
@@ -60,19 +59,12 @@ pub struct ExtractReport {
     pub seconds: f64,
 }
 
-/// Opens and validates the archive at `path`.
-pub fn open_archive(path: &Path) -> Result<ArchiveReader<FileAt>> {
-    let file = File::open(path).context("opening the archive", path)?;
-    let file = FileAt::new(file).context("reading the archive", path)?;
-    ArchiveReader::open(file).map_err(|e| e.in_file(path))
-}
-
 /// Writes the disk in `archive` to `output` (a path, or `-` for standard output). A file
 /// output is sparse and appears only when complete and every chunk passed its crc.
 pub fn extract(archive: &Path, output: &Path, options: &ExtractOptions) -> Result<ExtractReport> {
     with_pool(options.threads, || {
         let start = Instant::now();
-        let reader = open_archive(archive)?;
+        let reader = ArchiveReader::open_path(archive)?;
         if output == Path::new("-") {
             let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             stream_disk(&reader, &mut out, &options.control).map_err(|e| e.in_file(archive))?;
@@ -101,30 +93,6 @@ pub fn extract(archive: &Path, output: &Path, options: &ExtractOptions) -> Resul
     })
 }
 
-/// A worker's decoder with its reused frame and payload buffers.
-type DecoderSlot = Option<(ChunkDecoder, Vec<u8>, Vec<u8>)>;
-
-thread_local! {
-    static DECODER: RefCell<DecoderSlot> = const { RefCell::new(None) };
-}
-
-/// Runs `f` with `record`'s decoded, crc-checked payload, on this thread's reused buffers.
-pub fn with_payload<R: ReadAt, T>(
-    reader: &ArchiveReader<R>,
-    record: &ChunkRecord,
-    f: impl FnOnce(&[u8]) -> Result<T>,
-) -> Result<T> {
-    DECODER.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some((ChunkDecoder::new()?, Vec::new(), Vec::new()));
-        }
-        let (decoder, frame, payload) = slot.as_mut().expect("initialised above");
-        reader.read_payload(record, decoder, frame, payload)?;
-        f(payload)
-    })
-}
-
 /// Writes every stored block of the archive into `file` at its disk offset, leaving zero
 /// regions untouched (holes in a fresh file). The file must already be at least the virtual
 /// size long. A chunk that fails its crc stops the work before any of its bytes is written.
@@ -141,7 +109,7 @@ pub fn write_disk<R: ReadAt>(reader: &ArchiveReader<R>, file: &File, control: &C
         control.check()?;
         let base = record.chunk * chunk_size;
         let chunk_len = reader.chunk_len(record);
-        with_payload(reader, record, |payload| {
+        reader.with_payload(record, |payload| {
             let mut taken = 0;
             for (start, len) in payload_runs(record, chunk_len) {
                 let at = base + start as u64;
@@ -175,7 +143,7 @@ pub fn stream_disk<R: ReadAt>(
         let decoded: Vec<Vec<u8>> = window
             .par_iter()
             .map(|record| {
-                with_payload(reader, record, |payload| {
+                reader.with_payload(record, |payload| {
                     let mut bytes = vec![0u8; reader.chunk_len(record)];
                     expand_payload(record, payload, &mut bytes);
                     Ok(bytes)

@@ -7,7 +7,6 @@
 use std::io::{Cursor, Read};
 
 use crate::archive::reader::ArchiveReader;
-use crate::extract::with_payload;
 use crate::input::detect::{detect, HEAD_LEN};
 
 /// The largest read a target makes through a parser, so a claimed 64 TiB disk stays cheap.
@@ -27,7 +26,7 @@ pub fn archive(data: &[u8]) {
         return;
     };
     for record in reader.records().iter().take(64) {
-        let _ = with_payload(&reader, record, |_| Ok(()));
+        let _ = reader.with_payload(record, |_| Ok(()));
     }
     let size = reader.virtual_size();
     let mut buf = vec![0u8; (size.min(READ_CAP as u64)) as usize];

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::extract::open_archive;
+use crate::archive::reader::ArchiveReader;
 use crate::input::detect::Format;
 use crate::input::{self, Body, DiskSource, OpenOptions};
 use crate::pipeline::DataChunks;
@@ -69,7 +69,7 @@ pub fn info(path: &Path, options: &OpenOptions) -> Result<ImageInfo> {
     };
     info.format = format.name().to_string();
     if format == Format::Imgpack {
-        let reader = open_archive(path)?;
+        let reader = ArchiveReader::open_path(path)?;
         info.virtual_size = Some(reader.virtual_size());
         info.disk_size = Some(reader.disk_size());
         info.compressed_size = Some(reader.compressed_size());

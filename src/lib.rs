@@ -30,6 +30,7 @@ pub mod extract;
 pub mod fuzz_targets;
 pub mod info;
 pub mod input;
+#[cfg(feature = "library")]
 pub mod library;
 pub mod output;
 pub mod pipeline;

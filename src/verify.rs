@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::control::Control;
 use crate::convert::with_pool;
-use crate::extract::{open_archive, with_payload};
+use crate::archive::reader::ArchiveReader;
 use crate::Result;
 
 /// A chunk that failed to decode or failed its crc.
@@ -52,7 +52,7 @@ pub struct VerifyReport {
 pub fn verify(path: &Path, threads: Option<usize>, control: &Control) -> Result<VerifyReport> {
     with_pool(threads, || {
         let start = Instant::now();
-        let reader = open_archive(path)?;
+        let reader = ArchiveReader::open_path(path)?;
         let mut bad_chunks = Vec::new();
         let total = reader.virtual_size();
         let chunk_size = reader.geometry().chunk_size();
@@ -61,7 +61,7 @@ pub fn verify(path: &Path, threads: Option<usize>, control: &Control) -> Result<
             let results: Vec<Option<BadChunk>> = window
                 .par_iter()
                 .map(|record| {
-                    with_payload(&reader, record, |_| Ok(())).err().map(|e| BadChunk {
+                    reader.with_payload(record, |_| Ok(())).err().map(|e| BadChunk {
                         chunk: record.chunk,
                         stored_offset: record.stored_offset,
                         error: e.to_string(),

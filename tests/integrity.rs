@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{names_in, random, texty, Layout, Rng};
-use imgpack::extract::open_archive;
+use imgpack::archive::reader::ArchiveReader;
 use imgpack::{convert, extract, verify, Control, ConvertOptions, ErrorKind, ExtractOptions};
 
 fn sample(dir: &Path) -> (PathBuf, PathBuf, Layout) {
@@ -38,7 +38,7 @@ fn flip(path: &Path, offset: u64) {
 fn verify_reports_every_damaged_chunk_and_extract_refuses_them() {
     let dir = tempfile::tempdir().unwrap();
     let (_, archive, _) = sample(dir.path());
-    let records = open_archive(&archive).unwrap().records().to_vec();
+    let records = ArchiveReader::open_path(&archive).unwrap().records().to_vec();
     assert!(records.len() >= 3);
     for r in &records {
         for at in [
@@ -77,7 +77,7 @@ fn every_byte_of_header_index_and_footer_is_protected() {
     let dir = tempfile::tempdir().unwrap();
     let (_, archive, _) = sample(dir.path());
     let len = std::fs::metadata(&archive).unwrap().len();
-    let reader = open_archive(&archive).unwrap();
+    let reader = ArchiveReader::open_path(&archive).unwrap();
     let index_start = reader
         .records()
         .last()
@@ -104,7 +104,7 @@ fn truncated_archives_are_refused_at_every_length() {
     for cut in (0..bytes.len()).step_by(997).chain(bytes.len() - 60..bytes.len()) {
         std::fs::write(&damaged, &bytes[..cut]).unwrap();
         assert!(
-            open_archive(&damaged).is_err(),
+            ArchiveReader::open_path(&damaged).is_err(),
             "archive cut to {cut} bytes accepted"
         );
     }

@@ -5,10 +5,14 @@
 //! have been damaged or tampered with in storage: every offset and length is checked against
 //! the file and against its neighbours before use, so later code can trust the index.
 
+use std::cell::RefCell;
+use std::fs::File;
+use std::path::Path;
+
 use super::chunk::{expand_payload, ChunkDecoder};
 use super::format::{payload_runs, ChunkRecord, Footer, Geometry, Header, FOOTER_LEN, HEADER_LEN};
-use crate::error::{Error, ErrorKind, Result};
-use crate::read_at::ReadAt;
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::read_at::{FileAt, ReadAt};
 
 /// The largest index this reader loads (512 MiB): enough for millions of stored chunks; a
 /// footer claiming more is refused instead of allocating what it asks.
@@ -20,6 +24,22 @@ pub struct ArchiveReader<R: ReadAt> {
     geometry: Geometry,
     footer: Footer,
     records: Vec<ChunkRecord>,
+}
+
+/// A worker's decoder with its reused frame and payload buffers.
+type DecoderSlot = Option<(ChunkDecoder, Vec<u8>, Vec<u8>)>;
+
+thread_local! {
+    static DECODER: RefCell<DecoderSlot> = const { RefCell::new(None) };
+}
+
+impl ArchiveReader<FileAt> {
+    /// Opens and validates the archive file at `path`; errors name the file.
+    pub fn open_path(path: &Path) -> Result<Self> {
+        let file = File::open(path).context("opening the archive", path)?;
+        let file = FileAt::new(file).context("reading the archive", path)?;
+        ArchiveReader::open(file).map_err(|e| e.in_file(path))
+    }
 }
 
 impl<R: ReadAt> ArchiveReader<R> {
@@ -143,6 +163,20 @@ impl<R: ReadAt> ArchiveReader<R> {
             .read_exact_at(frame, record.stored_offset)
             .map_err(|e| Error::io(format!("reading chunk {}", record.chunk), e).at(record.stored_offset))?;
         decoder.decode_payload(record, frame, self.chunk_len(record), payload)
+    }
+
+    /// Runs `f` with `record`'s decoded, crc-checked payload, on this thread's reused decoder
+    /// and buffers (one per worker thread, so parallel loops allocate nothing per chunk).
+    pub fn with_payload<T>(&self, record: &ChunkRecord, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+        DECODER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some((ChunkDecoder::new()?, Vec::new(), Vec::new()));
+            }
+            let (decoder, frame, payload) = slot.as_mut().expect("initialised above");
+            self.read_payload(record, decoder, frame, payload)?;
+            f(payload)
+        })
     }
 
     /// Fills `buf` with the virtual disk's bytes from `offset`, decoding only the chunks it

@@ -47,7 +47,8 @@ use serde::Serialize;
 use crate::control::Control;
 use crate::convert::DEFAULT_MAX_COMPRESSED_SIZE;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::extract::{open_archive, write_disk};
+use crate::archive::reader::ArchiveReader;
+use crate::extract::write_disk;
 use crate::output::AtomicFile;
 use crate::sys::sync_dir;
 
@@ -673,7 +674,7 @@ impl Library {
             );
         }
         let archive_path = self.archive_path(id);
-        let reader = match open_archive(&archive_path) {
+        let reader = match ArchiveReader::open_path(&archive_path) {
             Ok(reader) => reader,
             // Destroyed since it was read: say so rather than name a missing file.
             Err(_) if !self.status_of(id)?.is_some_and(policy::usable_status) => {
