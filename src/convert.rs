@@ -18,8 +18,8 @@ use crate::archive::writer::{ArchiveSummary, ArchiveWriter};
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::{self, Body, Input, Opened, ReadMode};
-use crate::sink::{ArchiveSink, FileSink, WriterSink};
 use crate::pipeline::{encode_source, encode_stream, EncodeSettings};
+use crate::sink::{ArchiveSink, FileSink, WriterSink};
 use crate::units::format_size;
 
 /// The default compressed-size limit: 50 GiB.

@@ -218,7 +218,11 @@ mod tests {
         assert_eq!(back.offset(), Some(512));
         assert_eq!(back.path(), Some(Path::new("up.vmdk")));
         let cancelled: io::Error = Error::interrupted().into();
-        assert_ne!(cancelled.kind(), io::ErrorKind::Interrupted, "write_all would retry it");
+        assert_ne!(
+            cancelled.kind(),
+            io::ErrorKind::Interrupted,
+            "write_all would retry it"
+        );
         assert_eq!(Error::from(cancelled).kind(), ErrorKind::Interrupted);
         let plain = Error::from(io::Error::other("disk on fire"));
         assert_eq!(plain.kind(), ErrorKind::Io);

@@ -7,9 +7,9 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::archive::reader::ArchiveReader;
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::archive::reader::ArchiveReader;
 use crate::input::detect::Format;
 use crate::input::{self, Body, DiskSource, OpenOptions};
 use crate::pipeline::DataChunks;

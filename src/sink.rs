@@ -67,7 +67,8 @@ impl FileSink {
 
 impl Write for FileSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = (&*self.file.file()).write(buf)?;
+        let mut file = self.file.file();
+        let n = file.write(buf)?;
         self.position += n as u64;
         if self.position - self.flushed >= WRITEBACK_STEP {
             sys::start_writeback(self.file.file(), self.flushed, self.position - self.flushed);

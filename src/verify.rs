@@ -6,9 +6,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::archive::reader::ArchiveReader;
 use crate::control::Control;
 use crate::convert::with_pool;
-use crate::archive::reader::ArchiveReader;
 use crate::Result;
 
 /// A chunk that failed to decode or failed its crc.

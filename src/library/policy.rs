@@ -19,7 +19,8 @@
 //! | `failed`     | `deleted`                            |
 //! | `deleted`    | (none)                               |
 
-use super::record::{ImageRecord, Status};
+use super::record::{catalog_error, ImageRecord, Status};
+use crate::error::Result;
 
 /// Whether the catalog may move an image from `from` to `to`.
 pub fn transition_allowed(from: Status, to: Status) -> bool {
@@ -71,6 +72,41 @@ pub fn visible(record: &ImageRecord, caller: &str) -> bool {
 /// Whether servers can be built from an image in `status`.
 pub fn usable_status(status: Status) -> bool {
     matches!(status, Status::Available | Status::Deprecated)
+}
+
+/// The deprecation rule, for an update of an image now in `current`: the statuses the
+/// compare-and-swap expects and the status it sets (`None`: unchanged). Without a change of
+/// deprecation any live status will do; deprecating takes an `available` image to
+/// `deprecated` and reinstating takes it back, and asking for the status it already has is a
+/// no-op rather than an error (another process may have just done the same).
+pub fn update_transition(
+    id: &str,
+    current: Status,
+    deprecate: Option<bool>,
+) -> Result<(Vec<Status>, Option<Status>)> {
+    let Some(deprecate) = deprecate else {
+        let live = vec![
+            Status::Creating,
+            Status::Available,
+            Status::Deprecated,
+            Status::Failed,
+        ];
+        return Ok((live, None));
+    };
+    let (from, target) = if deprecate {
+        (Status::Available, Status::Deprecated)
+    } else {
+        (Status::Deprecated, Status::Available)
+    };
+    if current == target {
+        Ok((vec![target], None))
+    } else if current == from {
+        Ok((vec![from], Some(target)))
+    } else {
+        Err(catalog_error(format!(
+            "{id} is {current}; only available images can be deprecated and only deprecated ones reinstated"
+        )))
+    }
 }
 
 #[cfg(test)]

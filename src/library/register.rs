@@ -15,9 +15,9 @@ use super::source::{check_text, check_username, SourceInput};
 use super::{id, lease, lock, not_found, Changes, ImageRecord, Library, NewImage, Status};
 use crate::control::{Control, Progress};
 use crate::convert::{convert_to, ConvertOptions, ConvertReport};
+use crate::error::{Error, IoContext, Result};
 use crate::input::Input;
 use crate::sink::FileSink;
-use crate::error::{Error, IoContext, Result};
 use crate::sys::sync_dir;
 
 /// How often a registration writes its progress (`disk_size`) to the catalog.
@@ -89,7 +89,8 @@ impl Library {
         on_created(&record);
 
         let limit = max_compressed_size.unwrap_or(self.settings.max_compressed_size);
-        let outcome = scratch_made.and_then(|()| self.produce(&id, source.file, &source.name, limit, control));
+        let outcome =
+            scratch_made.and_then(|()| self.produce(&id, source.file, &source.name, limit, control));
         let failure = match outcome {
             Ok(report) => {
                 let changes = Changes {
@@ -134,7 +135,14 @@ impl Library {
 
     /// Converts `input` (via the scratch directory) into `images/<id>.imgpack`, writing progress
     /// into the catalog.
-    fn produce(&self, id: &str, input: &File, name: &str, limit: u64, control: &Control) -> Result<ConvertReport> {
+    fn produce(
+        &self,
+        id: &str,
+        input: &File,
+        name: &str,
+        limit: u64,
+        control: &Control,
+    ) -> Result<ConvertReport> {
         let scratch = self.scratch_dir(id);
         let staged = scratch.join(format!("{id}.imgpack"));
         let progress = Arc::new(CatalogProgress {
