@@ -17,6 +17,9 @@ use crate::control::{Control, Progress};
 use crate::convert::{convert, ConvertOptions};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 
+/// How many files are converted at once by default.
+pub const DEFAULT_JOBS: usize = 2;
+
 /// Options for [`run`].
 #[derive(Debug, Clone)]
 pub struct BatchOptions {
@@ -35,7 +38,7 @@ pub struct BatchOptions {
 impl Default for BatchOptions {
     fn default() -> Self {
         BatchOptions {
-            jobs: 2,
+            jobs: DEFAULT_JOBS,
             continue_on_error: false,
             convert: ConvertOptions::default(),
             progress: None,
@@ -186,7 +189,7 @@ pub fn plan_outputs(inputs: &[PathBuf], out_dir: &Path) -> Vec<(PathBuf, Option<
 pub fn run(inputs: &[PathBuf], out_dir: &Path, options: &BatchOptions) -> Result<BatchReport> {
     let start = Instant::now();
     if options.jobs == 0 {
-        return Err(Error::invalid_argument("--jobs must be at least 1"));
+        return Err(Error::invalid_argument("the number of files converted at once (jobs) must be at least 1"));
     }
     let files = expand_inputs(inputs)?;
     std::fs::create_dir_all(out_dir).context("creating the output directory", out_dir)?;

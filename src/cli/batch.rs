@@ -24,7 +24,7 @@ pub(crate) struct BatchArgs {
     #[arg(long)]
     out_dir: PathBuf,
     /// Files converted at the same time (they share one pool of worker threads).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = imgpack::batch::DEFAULT_JOBS)]
     jobs: usize,
     /// Keep converting the other files after one fails.
     #[arg(long)]

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use imgpack::input::{OpenOptions, ReadMode};
 use imgpack::units::{format_size, parse_size};
+use imgpack::convert::{DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_MAX_COMPRESSED_SIZE, DEFAULT_MAX_VIRTUAL_SIZE};
 use imgpack::{Control, ConvertOptions, Error, ExtractOptions, Progress, Result};
 
 /// imgpack: convert disk images into compact, chunked, zstd-compressed sparse archives.
@@ -73,17 +74,17 @@ struct ConvertArgs {
 #[derive(Debug, Args)]
 pub(crate) struct EncodeArgs {
     /// zstd compression level (1-19).
-    #[arg(long, default_value_t = imgpack::convert::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, default_value_t = DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
     /// Chunk size, a power of two from 64K to 64M.
-    #[arg(long, default_value = "1M", value_parser = size_arg)]
-    chunk_size: u64,
+    #[arg(long, default_value_t = SizeArg(DEFAULT_CHUNK_SIZE))]
+    chunk_size: SizeArg,
     /// Refuse (while writing) an archive larger than this.
-    #[arg(long, default_value = "50G", value_parser = size_arg)]
-    max_compressed_size: u64,
+    #[arg(long, default_value_t = SizeArg(DEFAULT_MAX_COMPRESSED_SIZE))]
+    max_compressed_size: SizeArg,
     /// Refuse images whose virtual disk is larger than this.
-    #[arg(long, default_value = "64T", value_parser = size_arg)]
-    max_virtual_size: u64,
+    #[arg(long, default_value_t = SizeArg(DEFAULT_MAX_VIRTUAL_SIZE))]
+    max_virtual_size: SizeArg,
     /// How raw inputs are read: auto, mmap or pread.
     #[arg(long, default_value = "auto", value_parser = read_mode_arg)]
     read_mode: ReadMode,
@@ -97,10 +98,10 @@ impl EncodeArgs {
     pub(crate) fn options(&self, threads: Option<usize>, control: Control) -> ConvertOptions {
         ConvertOptions {
             level: self.level,
-            chunk_size: self.chunk_size,
+            chunk_size: self.chunk_size.0,
             threads,
-            max_compressed_size: self.max_compressed_size,
-            max_virtual_size: self.max_virtual_size,
+            max_compressed_size: self.max_compressed_size.0,
+            max_virtual_size: self.max_virtual_size.0,
             read_mode: self.read_mode,
             temp_dir: self.temp_dir.clone(),
             control,
@@ -124,8 +125,8 @@ struct InfoArgs {
     /// The image or archive.
     file: PathBuf,
     /// Report images with a larger virtual disk as refused.
-    #[arg(long, default_value = "64T", value_parser = size_arg)]
-    max_virtual_size: u64,
+    #[arg(long, default_value_t = SizeArg(DEFAULT_MAX_VIRTUAL_SIZE))]
+    max_virtual_size: SizeArg,
     #[command(flatten)]
     common: Common,
 }
@@ -140,6 +141,29 @@ struct VerifyArgs {
 
 fn size_arg(text: &str) -> std::result::Result<u64, String> {
     parse_size(text).map_err(|e| e.to_string())
+}
+
+/// A size with a default: parsed like every SIZE, and shown in `--help` with the largest
+/// binary suffix that divides it exactly (`1M`, `50G`), so defaults come from the library's
+/// constants rather than being written again here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SizeArg(pub(crate) u64);
+
+impl std::str::FromStr for SizeArg {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        size_arg(text).map(SizeArg)
+    }
+}
+
+impl std::fmt::Display for SizeArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let suffixes = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        match suffixes.iter().find(|(shift, _)| self.0 != 0 && self.0 % (1u64 << shift) == 0) {
+            Some((shift, suffix)) => write!(f, "{}{suffix}", self.0 >> shift),
+            None => write!(f, "{}", self.0),
+        }
+    }
 }
 
 fn read_mode_arg(text: &str) -> std::result::Result<ReadMode, String> {
@@ -220,7 +244,7 @@ fn extract(args: ExtractArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
 
 fn info(args: InfoArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
     let options = OpenOptions {
-        max_virtual_size: args.max_virtual_size,
+        max_virtual_size: args.max_virtual_size.0,
         control: Control {
             cancel: Some(cancel),
             progress: None,
@@ -394,4 +418,24 @@ impl Progress for BarProgress {
 /// Whether the cancel flag was raised (for the exit code).
 pub fn cancelled(cancel: &AtomicBool) -> bool {
     cancel.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SizeArg;
+
+    #[test]
+    fn size_defaults_show_the_largest_exact_suffix_and_parse_back() {
+        for (bytes, shown) in [
+            (1u64 << 20, "1M"),
+            (50 << 30, "50G"),
+            (64 << 40, "64T"),
+            (1536, "1536"),
+            (3 << 10, "3K"),
+            (0, "0"),
+        ] {
+            assert_eq!(SizeArg(bytes).to_string(), shown);
+            assert_eq!(shown.parse::<SizeArg>(), Ok(SizeArg(bytes)));
+        }
+    }
 }
