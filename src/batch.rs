@@ -189,7 +189,9 @@ pub fn plan_outputs(inputs: &[PathBuf], out_dir: &Path) -> Vec<(PathBuf, Option<
 pub fn run(inputs: &[PathBuf], out_dir: &Path, options: &BatchOptions) -> Result<BatchReport> {
     let start = Instant::now();
     if options.jobs == 0 {
-        return Err(Error::invalid_argument("the number of files converted at once (jobs) must be at least 1"));
+        return Err(Error::invalid_argument(
+            "the number of files converted at once (jobs) must be at least 1",
+        ));
     }
     let files = expand_inputs(inputs)?;
     std::fs::create_dir_all(out_dir).context("creating the output directory", out_dir)?;

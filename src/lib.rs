@@ -49,4 +49,4 @@ pub use extract::{extract, ExtractOptions, ExtractReport};
 pub use info::{info, ImageInfo};
 pub use input::Input;
 pub use sink::{ArchiveSink, FileSink, WriterSink};
-pub use verify::{verify, VerifyReport};
+pub use verify::{verify, VerifyOptions, VerifyReport};

@@ -47,10 +47,20 @@ pub struct VerifyReport {
     pub seconds: f64,
 }
 
+/// Options for [`verify`].
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Worker threads; `None` uses the shared pool (one thread per core). Default `None`.
+    pub threads: Option<usize>,
+    /// Cancellation and progress. Default: neither.
+    pub control: Control,
+}
+
 /// Checks the archive at `path`. Header, footer or index damage is an `Err`; damaged chunks
 /// are listed in the report, whose `ok` is then false.
-pub fn verify(path: &Path, threads: Option<usize>, control: &Control) -> Result<VerifyReport> {
-    with_pool(threads, || {
+pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport> {
+    let control = &options.control;
+    with_pool(options.threads, || {
         let start = Instant::now();
         let reader = ArchiveReader::open_path(path)?;
         let mut bad_chunks = Vec::new();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{names_in, random, texty, Layout, Rng};
 use imgpack::archive::reader::ArchiveReader;
-use imgpack::{convert, extract, verify, Control, ConvertOptions, ErrorKind, ExtractOptions};
+use imgpack::{convert, extract, verify, Control, ConvertOptions, ErrorKind, ExtractOptions, VerifyOptions};
 
 fn sample(dir: &Path) -> (PathBuf, PathBuf, Layout) {
     let mut rng = Rng::new(3);
@@ -49,7 +49,7 @@ fn verify_reports_every_damaged_chunk_and_extract_refuses_them() {
             let damaged = dir.path().join("damaged.imgpack");
             std::fs::copy(&archive, &damaged).unwrap();
             flip(&damaged, at);
-            let report = verify(&damaged, None, &Control::default()).unwrap();
+            let report = verify(&damaged, &VerifyOptions::default()).unwrap();
             assert!(!report.ok, "flip at {at} in chunk {} not caught", r.chunk);
             assert_eq!(report.bad_chunks.len(), 1);
             assert_eq!(report.bad_chunks[0].chunk, r.chunk);
@@ -67,7 +67,7 @@ fn verify_reports_every_damaged_chunk_and_extract_refuses_them() {
     std::fs::copy(&archive, &damaged).unwrap();
     flip(&damaged, records[0].stored_offset + 3);
     flip(&damaged, records[2].stored_offset + 3);
-    let report = verify(&damaged, None, &Control::default()).unwrap();
+    let report = verify(&damaged, &VerifyOptions::default()).unwrap();
     let bad: Vec<u64> = report.bad_chunks.iter().map(|b| b.chunk).collect();
     assert_eq!(bad, vec![records[0].chunk, records[2].chunk]);
 }
@@ -89,7 +89,7 @@ fn every_byte_of_header_index_and_footer_is_protected() {
         std::fs::copy(&archive, &damaged).unwrap();
         flip(&damaged, at);
         assert!(
-            verify(&damaged, None, &Control::default()).is_err(),
+            verify(&damaged, &VerifyOptions::default()).is_err(),
             "flip at {at} of {len} accepted"
         );
     }

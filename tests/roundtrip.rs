@@ -10,7 +10,7 @@ use imgpack::archive::reader::ArchiveReader;
 use imgpack::convert::encode;
 use imgpack::extract::stream_disk;
 use imgpack::input::{Body, Opened, ReadMode};
-use imgpack::{convert, extract, verify, Control, ConvertOptions, ExtractOptions};
+use imgpack::{convert, extract, verify, Control, ConvertOptions, ExtractOptions, VerifyOptions};
 
 /// One way of reading the input.
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +80,14 @@ fn check_file_round_trip(layout: &Layout, dir: &Path, p: Path_) {
         allocated(&back),
         layout.disk_size()
     );
-    let v = verify(&archive, Some(p.threads), &Control::default()).unwrap();
+    let v = verify(
+        &archive,
+        &VerifyOptions {
+            threads: Some(p.threads),
+            ..VerifyOptions::default()
+        },
+    )
+    .unwrap();
     assert!(v.ok, "{what}: verify failed");
 }
 

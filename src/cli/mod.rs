@@ -15,9 +15,11 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use imgpack::convert::{
+    DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_MAX_COMPRESSED_SIZE, DEFAULT_MAX_VIRTUAL_SIZE,
+};
 use imgpack::input::{OpenOptions, ReadMode};
 use imgpack::units::{format_size, parse_size};
-use imgpack::convert::{DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_MAX_COMPRESSED_SIZE, DEFAULT_MAX_VIRTUAL_SIZE};
 use imgpack::{Control, ConvertOptions, Error, ExtractOptions, Progress, Result};
 
 /// imgpack: convert disk images into compact, chunked, zstd-compressed sparse archives.
@@ -159,7 +161,10 @@ impl std::str::FromStr for SizeArg {
 impl std::fmt::Display for SizeArg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let suffixes = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
-        match suffixes.iter().find(|(shift, _)| self.0 != 0 && self.0 % (1u64 << shift) == 0) {
+        match suffixes
+            .iter()
+            .find(|(shift, _)| self.0 != 0 && self.0 % (1u64 << shift) == 0)
+        {
             Some((shift, suffix)) => write!(f, "{}{suffix}", self.0 >> shift),
             None => write!(f, "{}", self.0),
         }
@@ -284,7 +289,11 @@ fn info(args: InfoArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
 
 fn verify(args: VerifyArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
     let bar = ProgressReport::new(&args.common);
-    let report = imgpack::verify(&args.archive, args.common.threads, &bar.control(cancel));
+    let options = imgpack::VerifyOptions {
+        threads: args.common.threads,
+        control: bar.control(cancel),
+    };
+    let report = imgpack::verify(&args.archive, &options);
     bar.finish();
     let report = match report {
         Ok(report) => report,
