@@ -44,7 +44,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The top-level module a file belongs to: `src/input/qcow2/header.rs` -> `input`.
 fn module_of(src: &Path, file: &Path) -> String {
     let relative = file.strip_prefix(src).unwrap();
-    let first = relative.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = relative
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -115,7 +120,10 @@ fn no_module_imports_from_a_layer_above_its_own() {
             }
         }
     }
-    assert!(checked > 50, "only {checked} module references found: is the scan broken?");
+    assert!(
+        checked > 50,
+        "only {checked} module references found: is the scan broken?"
+    );
     assert!(
         violations.is_empty(),
         "imports that run up or across a layer:\n{}",
@@ -125,9 +133,15 @@ fn no_module_imports_from_a_layer_above_its_own() {
 
 #[test]
 fn the_scan_finds_grouped_and_inline_paths() {
-    assert_eq!(modules_named("use crate::{convert, input::detect};", "crate::"), ["convert", "input"]);
     assert_eq!(
-        modules_named("let x = crate::info::measure(crate::zero::is_zero(b));", "crate::"),
+        modules_named("use crate::{convert, input::detect};", "crate::"),
+        ["convert", "input"]
+    );
+    assert_eq!(
+        modules_named(
+            "let x = crate::info::measure(crate::zero::is_zero(b));",
+            "crate::"
+        ),
         ["info", "zero"]
     );
     assert!(modules_named("use super::Format;", "crate::").is_empty());
