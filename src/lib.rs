@@ -1,20 +1,65 @@
 //! imgpack: disk images in, compact random-access archives out, and back.
 //!
-//! imgpack reads raw disk images (and, as they land, qcow2 and compressed streams), finds
-//! their zero blocks in parallel, and writes a chunked, zstd-compressed, sparse archive with
-//! crc32 integrity ([`archive`]), enforcing a compressed-size limit as it writes. It treats
-//! every input as hostile: malformed images give an [`Error`] naming what and where, never a
-//! panic, and outputs appear complete or not at all.
+//! imgpack reads disk images (raw, qcow2, VMDK, VHD, VHDX, VDI, Parallels, optionally inside
+//! gzip, xz or zstd), detects their format from content only, finds their zero blocks in
+//! parallel and writes a chunked, zstd-compressed, sparse `.imgpack` archive with crc32
+//! integrity ([`archive`]), enforcing a compressed-size limit as it writes. Every input is
+//! hostile: a malformed image gives an [`Error`] naming what, where (file and byte offset) and
+//! why, never a panic, and outputs appear complete or not at all.
 //!
-//! The command-line tool is a thin shell over these calls:
+//! # The operations
+//!
+//! | call | what | options | report |
+//! |------|------|---------|--------|
+//! | [`convert()`], [`convert_to`], [`convert_reader`] | an image into an archive | [`ConvertOptions`] | [`ConvertReport`] |
+//! | [`extract()`] | an archive back to the raw disk | [`ExtractOptions`] | [`ExtractReport`] |
+//! | [`info()`] | what a file is, and why `convert` would refuse it | [`input::OpenOptions`] | [`ImageInfo`] |
+//! | [`verify()`] | every chunk of an archive decoded and checked | [`VerifyOptions`] | [`VerifyReport`] |
+//! | [`batch::run`] | many files, sharing one pool of workers | [`batch::BatchOptions`] | [`batch::BatchReport`] |
+//!
+//! Options implement `Default` with the defaults documented on each field; each has a
+//! [`Control`] for cancellation and progress. Above the engine, [`library`] (feature
+//! `library`) is the image library: catalog, registration, visibility and lifecycle.
 //!
 //! ```no_run
 //! use imgpack::{convert, extract, ConvertOptions, ExtractOptions};
-//! let report = convert("disk.raw".as_ref(), "disk.imgpack".as_ref(), &ConvertOptions::default())?;
-//! assert!(report.compressed_size <= report.virtual_size + 4096);
+//! let report = convert("disk.qcow2".as_ref(), "disk.imgpack".as_ref(), &ConvertOptions::default())?;
+//! println!("{}: {} of {} bytes hold data", report.format, report.disk_size, report.virtual_size);
 //! extract("disk.imgpack".as_ref(), "copy.raw".as_ref(), &ExtractOptions::default())?;
 //! # Ok::<(), imgpack::Error>(())
 //! ```
+//!
+//! # From a stream into a sink
+//!
+//! A registrar rarely has a path: an upload arrives as an HTTP body or an object-store
+//! download, and the archive goes back to a store. [`Input`] names where an image comes from
+//! (a path, a file already opened, or any `Read + Send`), and [`ArchiveSink`] where the
+//! archive goes ([`FileSink`]: a file that appears only when complete; [`WriterSink`]: any
+//! byte stream; or the caller's own, such as a multipart upload). A random-access format
+//! that arrives as a stream is spilled to an unnamed temporary file, bounded by the
+//! virtual-size limit, and read natively. On any error the sink is dropped without
+//! [`ArchiveSink::finish`], so nothing partial is published.
+//!
+//! ```no_run
+//! use imgpack::{convert_to, ConvertOptions, FileSink, Input};
+//! let body = std::net::TcpStream::connect("127.0.0.1:8080")?; // any Read + Send
+//! let sink = FileSink::create("upload.imgpack".as_ref())?;
+//! let report = convert_to(Input::reader(body, "upload-17"), sink, &ConvertOptions::default())?;
+//! assert_eq!(report.input, "upload-17");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Errors
+//!
+//! [`Error::kind`] says what sort of failure it was ([`ErrorKind::Corrupt`],
+//! [`ErrorKind::Unsupported`], [`ErrorKind::LimitExceeded`], [`ErrorKind::Interrupted`], ...);
+//! [`Error::path`] and [`Error::offset`] say where. An `Error` carried through an
+//! `io::Error` (from a `Read` or `Write` of yours) comes back out whole with `Error::from`.
+//!
+//! # Features
+//!
+//! `cli` (the `imgpack` binary: clap, indicatif, ctrlc) and `library` (the catalog on bundled
+//! SQLite) are on by default; `default-features = false` gives the engine alone.
 
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
