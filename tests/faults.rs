@@ -56,7 +56,7 @@ fn a_full_file_system_gives_a_clear_error_and_leaves_nothing() {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !mounted {
-        println!("skipped: cannot mount a small tmpfs here (needs root)");
+        common::skip("cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN)");
         return;
     }
     let input = dir.path().join("in.raw");

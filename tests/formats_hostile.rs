@@ -3,10 +3,13 @@
 //! tables, mutated at random, and edited to name other files. Each must give an error of the
 //! right kind quickly, never a panic, never wrong bytes and never a read of another file.
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{damage, Rng};
 use imgpack::input::blockmap::open_native;
 use imgpack::input::DiskSource;
 use imgpack::read_at::ReadAt;
@@ -263,24 +266,17 @@ fn poked_headers_never_panic_or_hang() {
 #[test]
 fn random_mutations_never_panic_or_hang() {
     each_fixture(|file, name, bytes| {
-        let mut state = 0x2545_f491_4f6c_dd1du64 ^ bytes.len() as u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = Rng::new(bytes.len() as u64);
         for _ in 0..100 {
             let mut mutated = Variant::new(&bytes);
-            for _ in 0..1 + next() % 4 {
-                // Mostly the structures: the first 1 MiB and the last 1.5 KiB.
-                let at = if next() % 4 == 0 {
-                    bytes.len() - 1 - (next() % 1536) as usize
+            // Mostly the structures: the first 1 MiB and the last 1.5 KiB.
+            mutated.patches = damage(&mut rng, |rng| {
+                if rng.below(4) == 0 {
+                    bytes.len() - 1 - rng.below(1536) as usize
                 } else {
-                    (next() % bytes.len().min(1 << 20) as u64) as usize
-                };
-                mutated.patches.push((at, next() as u8));
-            }
+                    rng.below(bytes.len().min(1 << 20) as u64) as usize
+                }
+            });
             let start = Instant::now();
             let _ = probe(name, Box::new(mutated), true);
             assert!(start.elapsed() < Duration::from_secs(5), "{file}: slow mutation");

@@ -4,58 +4,11 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{texty, Layout, Rng};
+use common::{mutations, names_in, texty, Layout, Rng};
 use imgpack::fuzz_targets as target;
-
-/// Mutations of `seed`: bit flips, truncations, poked 64/32-bit values (big and little
-/// endian: huge, zero, misaligned, all-ones), and random tails.
-fn mutations(seed: &[u8], rng: &mut Rng, count: usize) -> Vec<Vec<u8>> {
-    let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
-        let mut m = seed.to_vec();
-        match rng.below(5) {
-            0 if !m.is_empty() => {
-                for _ in 0..1 + rng.below(4) {
-                    let i = rng.below(m.len() as u64) as usize;
-                    m[i] ^= 1 << rng.below(8);
-                }
-            }
-            1 => m.truncate(rng.below(m.len() as u64 + 1) as usize),
-            2 | 3 if m.len() >= 8 => {
-                let values = [
-                    u64::MAX,
-                    0,
-                    1,
-                    1 << 63,
-                    0x7fff_ffff_ffff_ffff,
-                    513,
-                    1 << 40,
-                    rng.next(),
-                ];
-                let v = values[rng.below(values.len() as u64) as usize];
-                let i = rng.below(m.len() as u64 - 7) as usize;
-                let bytes = if rng.below(2) == 0 {
-                    v.to_le_bytes()
-                } else {
-                    v.to_be_bytes()
-                };
-                let width = if rng.below(2) == 0 { 8 } else { 4 };
-                m[i..i + width].copy_from_slice(&bytes[8 - width..]);
-            }
-            _ => {
-                let extra = rng.below(64) as usize;
-                for _ in 0..extra {
-                    m.push(rng.next() as u8);
-                }
-            }
-        }
-        out.push(m);
-    }
-    out
-}
 
 fn archive_seeds() -> Vec<Vec<u8>> {
     let mut rng = Rng::new(5);
@@ -84,15 +37,41 @@ fn archive_seeds() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `tests/regressions/`, which must exist: a missing directory would silently stop every
+/// crash input from being checked.
+fn regressions_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regressions");
+    assert!(
+        dir.join("README.md").is_file(),
+        "{} is missing: it holds the inputs fuzzing found crashes with (see fuzz/README.md)",
+        dir.display()
+    );
+    dir
+}
+
+/// The fuzz targets, by the names of their cargo-fuzz binaries in `fuzz/fuzz_targets/`.
+fn fuzz_target_names() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/fuzz_targets");
+    let names: Vec<String> = names_in(&dir)
+        .into_iter()
+        .filter_map(|name| name.strip_suffix(".rs").map(str::to_string))
+        .collect();
+    assert!(!names.is_empty(), "no fuzz targets in {}", dir.display());
+    names
+}
+
+/// Every input kept in `tests/regressions/TARGET/` (none yet for a target that never crashed).
 fn regression_inputs(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/regressions")
-        .join(target);
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let dir = regressions_dir().join(target);
+    if !dir.exists() {
         return Vec::new();
-    };
-    entries
-        .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+    }
+    names_in(&dir)
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
         .collect()
 }
 
@@ -100,25 +79,52 @@ fn regression_inputs(target: &str) -> Vec<Vec<u8>> {
 fn exercise(name: &str, seeds: Vec<Vec<u8>>, per_seed: usize, run: impl Fn(&[u8])) {
     let start = Instant::now();
     let mut rng = Rng::new(name.len() as u64);
+    // Regressions are filed under the cargo-fuzz target's name, so the two must agree.
+    assert!(
+        fuzz_target_names().iter().any(|t| t == name),
+        "{name}: no such fuzz target"
+    );
+    let run_one = |input: &[u8]| {
+        let one = Instant::now();
+        run(input);
+        assert!(
+            one.elapsed() < Duration::from_secs(5),
+            "{name}: one input took {:?}",
+            one.elapsed()
+        );
+    };
     let mut count = 0;
     for input in regression_inputs(name) {
-        run(&input);
+        run_one(&input);
         count += 1;
     }
     for seed in &seeds {
-        run(seed);
+        run_one(seed);
         for m in mutations(seed, &mut rng, per_seed) {
-            let one = Instant::now();
-            run(&m);
-            assert!(
-                one.elapsed() < Duration::from_secs(5),
-                "{name}: one input took {:?}",
-                one.elapsed()
-            );
+            run_one(&m);
             count += 1;
         }
     }
     println!("{name}: {count} inputs in {:?}", start.elapsed());
+}
+
+#[test]
+fn regressions_are_filed_under_fuzz_targets() {
+    let targets = fuzz_target_names();
+    let dir = regressions_dir();
+    for name in names_in(&dir) {
+        if name == "README.md" {
+            continue;
+        }
+        assert!(
+            targets.contains(&name) && dir.join(&name).is_dir(),
+            "tests/regressions/{name}: not a directory named after a fuzz target ({targets:?})"
+        );
+        for input in names_in(&dir.join(&name)) {
+            let path = dir.join(&name).join(&input);
+            assert!(path.is_file(), "{}: not a regular file", path.display());
+        }
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `imgpack images ...` driven through the built binary: the seeds' walkthrough, JSON output,
 //! eight processes registering and updating at once, and a registration killed with SIGKILL.
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -51,15 +53,9 @@ fn upload(library: &Path, account: &str, name: &str, size: u64, seed: u64) -> Pa
     let path = dir.join(name);
     let file = fs::File::create(&path).unwrap();
     file.set_len(size).unwrap();
-    let mut state = 0x2545_F491_4F6C_DD1Du64 ^ seed.wrapping_mul(0x9E37_79B9);
-    let bytes: Vec<u8> = (0..256 << 10)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect();
+    let mut rng = common::Rng::new(seed);
+    let mut bytes = vec![0u8; 256 << 10];
+    rng.fill(&mut bytes);
     std::os::unix::fs::FileExt::write_all_at(&file, &bytes, 1 << 20).unwrap();
     path
 }

@@ -1,8 +1,11 @@
 //! The image library through its calls: the seeds' walkthrough, the visibility matrix, the
 //! transition rules, failures that keep the upload, source-name security and crash recovery.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use imgpack::library::store::Lease;
 use imgpack::library::{
@@ -19,16 +22,10 @@ const OPERATOR: &str = "brightbox";
 fn write_disk(path: &Path, size: u64, data: usize, seed: u8) {
     let file = fs::File::create(path).unwrap();
     file.set_len(size).unwrap();
-    // xorshift: data that does not compress, so archive sizes are close to data sizes.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
-    let bytes: Vec<u8> = (0..data)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8 | 1
-        })
-        .collect();
+    // Random data does not compress, so archive sizes are close to data sizes; `| 1` makes
+    // every byte non-zero, so `disk_size` is exactly the data's 4 KiB blocks.
+    let mut rng = common::Rng::new(u64::from(seed));
+    let bytes: Vec<u8> = (0..data).map(|_| rng.byte() | 1).collect();
     std::os::unix::fs::FileExt::write_all_at(&file, &bytes, 1 << 20).unwrap();
 }
 
@@ -48,6 +45,16 @@ fn register(library: &Library, account: &str, name: &str, source: &str) -> imgpa
         &RegisterRequest::new(NewImage::new(name, Arch::X86_64), source),
         &mut |_| {},
     )
+}
+
+/// Asserts `result` is an error of `kind` whose message contains `says`; returns the message.
+#[track_caller]
+fn refused<T: std::fmt::Debug>(result: imgpack::Result<T>, kind: ErrorKind, says: &str) -> String {
+    let error = result.expect_err("succeeded where it must be refused");
+    let message = error.to_string();
+    assert_eq!(error.kind(), kind, "{message}");
+    assert!(message.contains(says), "{message:?} does not say {says:?}");
+    message
 }
 
 fn ids(images: &[ImageRecord]) -> Vec<&str> {
@@ -166,7 +173,7 @@ fn seeds_walkthrough() {
         16 << 20,
         &Control::default(),
     );
-    assert!(gone.is_err());
+    refused(gone, ErrorKind::Catalog, "can only be built");
 }
 
 /// Fills a catalog with one image per status and public flag, owned by OWNER.
@@ -298,7 +305,11 @@ fn visibility_matrix() {
             };
             let update = library.update(caller, &record.id, &rename);
             if owner {
-                assert_eq!(update.is_ok(), record.status != Status::Deleted, "update: {case}");
+                if record.status == Status::Deleted {
+                    refused(update, ErrorKind::Catalog, "is deleted");
+                } else {
+                    assert_eq!(update.unwrap().name, "renamed", "update: {case}");
+                }
             } else {
                 let message = update.unwrap_err().to_string();
                 if want_show {
@@ -328,13 +339,17 @@ fn visibility_matrix() {
             record.status,
             Status::Available | Status::Deprecated | Status::Failed
         );
-        assert_eq!(
-            result.is_ok(),
-            allowed,
-            "destroy {} ({})",
-            record.id,
-            record.status
-        );
+        let case = format!("destroy {} ({})", record.id, record.status);
+        match result {
+            Ok(destroyed) => {
+                assert!(allowed, "{case}");
+                assert_eq!(destroyed.status, Status::Deleted, "{case}");
+            }
+            Err(error) => {
+                assert!(!allowed, "{case}: {error}");
+                assert_eq!(error.kind(), ErrorKind::Catalog, "{case}: {error}");
+            }
+        }
     }
     assert!(library
         .list(OWNER, true)
@@ -355,14 +370,29 @@ fn transitions_outside_the_table_are_refused() {
     // creating, failed: neither deprecated nor reinstated; creating not destroyed.
     for status in [Status::Creating, Status::Failed] {
         let id = find(status);
-        assert!(library.update(OWNER, &id, &deprecate(true)).is_err(), "{status}");
-        assert!(library.update(OWNER, &id, &deprecate(false)).is_err(), "{status}");
+        for flag in [true, false] {
+            let message = refused(
+                library.update(OWNER, &id, &deprecate(flag)),
+                ErrorKind::Catalog,
+                "only available images can be deprecated",
+            );
+            assert!(message.contains(&format!("is {status}")), "{message}");
+        }
     }
-    assert!(library.destroy(OWNER, &find(Status::Creating)).is_err());
+    refused(
+        library.destroy(OWNER, &find(Status::Creating)),
+        ErrorKind::Catalog,
+        "cannot be destroyed now",
+    );
     // deleted: nothing at all.
     let deleted = find(Status::Deleted);
-    assert!(library.update(OWNER, &deleted, &deprecate(false)).is_err());
-    assert!(library.destroy(OWNER, &deleted).is_err());
+    let is_deleted = format!("{deleted} is deleted");
+    refused(
+        library.update(OWNER, &deleted, &deprecate(false)),
+        ErrorKind::Catalog,
+        &is_deleted,
+    );
+    refused(library.destroy(OWNER, &deleted), ErrorKind::Catalog, &is_deleted);
     // available <-> deprecated, both ways, and asking for the current state changes nothing.
     let id = find(Status::Available);
     assert_eq!(
@@ -382,8 +412,43 @@ fn transitions_outside_the_table_are_refused() {
         Status::Available
     );
     assert_eq!(library.destroy(OWNER, &id).unwrap().status, Status::Deleted);
-    assert!(library.destroy(OWNER, &id).is_err());
-    assert!(library.update(OWNER, &id, &ImageUpdate::default()).is_err());
+    let is_deleted = format!("{id} is deleted");
+    refused(library.destroy(OWNER, &id), ErrorKind::Catalog, &is_deleted);
+}
+
+#[test]
+fn a_deleted_image_refuses_updates_that_would_otherwise_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (library, records) = matrix_library(dir.path());
+    // Each of these succeeds on the available image, so only the deleted-image guard can
+    // refuse them (an empty update would be refused as "nothing to update" anyway).
+    let updates = [
+        ImageUpdate {
+            name: Some("renamed".into()),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            public: Some(true),
+            username: Some("ubuntu".into()),
+            ..ImageUpdate::default()
+        },
+        ImageUpdate {
+            mode: Some(Mode::Compatibility),
+            ..ImageUpdate::default()
+        },
+    ];
+    let available = records.iter().find(|r| r.status == Status::Available).unwrap();
+    let deleted = records.iter().find(|r| r.status == Status::Deleted).unwrap();
+    for update in &updates {
+        library.update(OWNER, &available.id, update).unwrap();
+        let message = refused(
+            library.update(OWNER, &deleted.id, update),
+            ErrorKind::Catalog,
+            "is deleted",
+        );
+        assert_eq!(message, format!("{} is deleted", deleted.id), "{update:?}");
+    }
+    assert_eq!(library.show(OWNER, &deleted.id).unwrap(), *deleted, "unchanged");
 }
 
 #[test]
@@ -414,7 +479,11 @@ fn compressed_size_limit_fails_the_registration_and_keeps_the_upload() {
     assert_eq!(library.list(OWNER, false).unwrap()[0].display_status(), "failed");
     // The library-wide setting applies too (operator only), and the same upload then registers.
     let mut operator_view = open(dir.path());
-    assert!(operator_view.set_settings(OWNER, None, Some(1024)).is_err());
+    refused(
+        operator_view.set_settings(OWNER, None, Some(1024)),
+        ErrorKind::Catalog,
+        "operator",
+    );
     operator_view.set_settings(OPERATOR, None, Some(1024)).unwrap();
     let limited = open(dir.path());
     assert_eq!(limited.settings().max_compressed_size, 1024);
@@ -498,8 +567,16 @@ fn sources_must_be_plain_files_in_the_callers_incoming_directory() {
         .join("theirs.img")
         .exists());
     // Accounts that could name a path are refused too.
-    assert!(library.list("../acc-x", false).is_err());
-    assert!(library.incoming_dir("acc-../x").is_err());
+    refused(
+        library.list("../acc-x", false),
+        ErrorKind::InvalidArgument,
+        "account",
+    );
+    refused(
+        library.incoming_dir("acc-../x"),
+        ErrorKind::InvalidArgument,
+        "account",
+    );
 }
 
 #[test]
@@ -509,17 +586,22 @@ fn only_the_operator_makes_official_images() {
     upload(&library, OWNER, "a.img", 1 << 20);
     let mut image = NewImage::new("Mine", Arch::X86_64);
     image.official = Some(true);
-    let refused = library
-        .register(OWNER, &RegisterRequest::new(image, "a.img"), &mut |_| {})
-        .unwrap_err();
-    assert_eq!(refused.kind(), ErrorKind::Catalog);
+    refused(
+        library.register(OWNER, &RegisterRequest::new(image, "a.img"), &mut |_| {}),
+        ErrorKind::Catalog,
+        "only the operator",
+    );
     let mine = register(&library, OWNER, "Mine", "a.img").unwrap();
     assert!(!mine.official && !mine.public);
     let official = ImageUpdate {
         official: Some(true),
         ..ImageUpdate::default()
     };
-    assert!(library.update(OWNER, &mine.id, &official).is_err());
+    refused(
+        library.update(OWNER, &mine.id, &official),
+        ErrorKind::Catalog,
+        "only the operator account can mark images official",
+    );
 
     upload(&library, OPERATOR, "ubuntu.img", 1 << 20);
     let ubuntu = register(&library, OPERATOR, "Ubuntu Lucid 10.04 server", "ubuntu.img").unwrap();
@@ -536,7 +618,11 @@ fn only_the_operator_makes_official_images() {
         },
     )
     .unwrap();
-    assert!(custom.list(OPERATOR, false).is_err());
+    refused(
+        custom.list(OPERATOR, false),
+        ErrorKind::InvalidArgument,
+        "account",
+    );
     assert!(custom.list("ops", false).is_ok());
 }
 
@@ -602,7 +688,7 @@ fn stale_registrations_are_failed_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let here = HostIdentity::current();
     if here.boot_id.is_empty() {
-        println!("skipped: /proc/sys/kernel/random/boot_id not readable");
+        common::skip("/proc/sys/kernel/random/boot_id not readable");
         return;
     }
     drop(open(dir.path()));
@@ -688,7 +774,10 @@ fn stale_registrations_are_failed_on_open() {
     assert!(library.recover().unwrap().is_empty(), "recovery happens once");
 }
 
-/// Holds the conversion in its first progress report and reads the catalog meanwhile.
+/// Holds the conversion in its first progress report with data until the catalog shows a
+/// non-zero `disk_size` (the registration's writer thread publishes it every 250 ms), and keeps
+/// the record it saw. Gives up after a deadline, leaving `seen` empty, so the test fails
+/// instead of hanging.
 struct WatchCatalog {
     root: PathBuf,
     seen: std::sync::Mutex<Option<ImageRecord>>,
@@ -700,10 +789,16 @@ impl imgpack::Progress for WatchCatalog {
         if seen.is_some() || disk_size == 0 {
             return;
         }
-        // Longer than the catalog writer's interval, so the new disk_size reaches the catalog.
-        std::thread::sleep(std::time::Duration::from_millis(800));
+        let deadline = Instant::now() + Duration::from_secs(20);
         let mut store = SqliteStore::open(&self.root.join("catalog.db")).unwrap();
-        *seen = store.list().unwrap().into_iter().next();
+        while Instant::now() < deadline {
+            let record = store.list().unwrap().into_iter().next();
+            if record.as_ref().is_some_and(|r| r.disk_size > 0) {
+                *seen = record;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -719,7 +814,12 @@ fn disk_size_grows_in_the_catalog_while_creating() {
     let mut request = RegisterRequest::new(NewImage::new("Watched", Arch::X86_64), "watched.img");
     request.control.progress = Some(watch.clone());
     let done = library.register(OWNER, &request, &mut |_| {}).unwrap();
-    let seen = watch.seen.lock().unwrap().clone().expect("progress was reported");
+    let seen = watch
+        .seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("disk_size reached the catalog while the image was creating");
     assert_eq!(seen.id, done.id);
     assert_eq!(seen.status, Status::Creating);
     assert_eq!(seen.disk_size, 512 << 10);
@@ -755,5 +855,9 @@ fn snapshots_record_a_server_disk_and_leave_it_alone() {
         disk: dir.path().join("nope.raw"),
         ..request
     };
-    assert!(library.snapshot(OWNER, &missing, &mut |_| {}).is_err());
+    refused(
+        library.snapshot(OWNER, &missing, &mut |_| {}),
+        ErrorKind::Io,
+        "nope.raw",
+    );
 }

@@ -4,12 +4,14 @@
 //! read correctly), quickly and in bounded memory, never a panic. Built from the committed
 //! fixtures, so no qemu tool is needed.
 
+mod common;
 #[path = "qcow2_common/mod.rs"]
 mod qcow2;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{damage, Rng};
 use imgpack::input::qcow2::Qcow2Source;
 use imgpack::input::DiskSource;
 use imgpack::ErrorKind;
@@ -498,13 +500,7 @@ fn truncation_at_every_boundary_errs_or_reads() {
 
 #[test]
 fn random_damage_never_panics_nor_hangs() {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     for name in [
         "snapshot-4k.qcow2",
         "zstd-extl2.qcow2",
@@ -515,20 +511,18 @@ fn random_damage_never_panics_nor_hangs() {
         let l1 = be64(&base, 40) as usize;
         for _ in 0..400 {
             let mut bytes = base.clone();
-            for _ in 0..1 + next() % 4 {
-                // Mostly the header and the first tables, sometimes anywhere.
-                let at = match next() % 4 {
-                    0 => (next() % 128) as usize,
-                    1 => l1 + (next() % 64) as usize,
-                    2 => (next() % 0x5000) as usize,
-                    _ => (next() as usize) % bytes.len(),
+            // Mostly the header and the first tables, sometimes anywhere.
+            let patches = damage(&mut rng, |rng| {
+                let at = match rng.below(4) {
+                    0 => rng.below(128) as usize,
+                    1 => l1 + rng.below(64) as usize,
+                    2 => rng.below(0x5000) as usize,
+                    _ => rng.below(base.len() as u64) as usize,
                 };
-                let at = at.min(bytes.len() - 1);
-                bytes[at] = match next() % 3 {
-                    0 => 0xff,
-                    1 => 0,
-                    _ => next() as u8,
-                };
+                at.min(base.len() - 1)
+            });
+            for (at, value) in patches {
+                bytes[at] = value;
             }
             let _ = attempt(bytes);
         }

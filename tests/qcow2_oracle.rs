@@ -1,7 +1,9 @@
 //! Oracle tests: images made by qemu-img and qemu-io with every option imgpack must read; for
 //! each, `convert` then `extract` must give exactly the bytes of `qemu-img convert -O raw`.
-//! Skipped (with a message) where qemu-img or qemu-io is absent.
+//! Skipped (with a message) where qemu-img or qemu-io is absent, failed instead under
+//! `IMGPACK_REQUIRE_ORACLES=1` (see `tests/common/oracle.rs`).
 
+mod common;
 #[path = "qcow2_common/mod.rs"]
 mod qcow2;
 
@@ -13,17 +15,7 @@ use imgpack::input::qcow2::Qcow2Source;
 use imgpack::input::DiskSource;
 
 fn have_qemu() -> bool {
-    for tool in ["qemu-img", "qemu-io"] {
-        let found = Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            println!("skipped: {tool} not found");
-            return false;
-        }
-    }
-    true
+    common::have_all(&["qemu-img", "qemu-io"])
 }
 
 fn run(program: &str, args: &[&str]) {
@@ -167,16 +159,13 @@ fn compressed_clusters_zlib_and_zstd() {
     // Varied, partly compressible data so compressed clusters have different sizes.
     let raw = tmp.path().join("source.raw");
     let mut data = vec![0u8; 4 << 20];
-    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut rng = common::Rng::new(0x1234_5678_9abc_def0);
     for (i, byte) in data.iter_mut().enumerate() {
         if (i / 40_000) % 3 == 1 {
             continue; // zero stretches
         }
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
         *byte = if (i / 100_000) % 2 == 0 {
-            (state % 16) as u8
+            rng.below(16) as u8
         } else {
             (i % 251) as u8
         };

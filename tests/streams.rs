@@ -3,27 +3,17 @@
 //! byte; damaged, truncated, too-deep and bomb inputs must be refused with the right kind and
 //! leave neither an output nor a temporary file behind.
 
+mod common;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::have;
 use imgpack::{convert, extract, ConvertOptions, ErrorKind, ExtractOptions};
 use tempfile::TempDir;
-
-fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        println!("skipped: {tool} not found");
-    }
-    found
-}
 
 /// Runs `tool args` with `input` on stdin (if any), returning stdout; panics on failure.
 fn run(tool: &str, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
@@ -60,12 +50,9 @@ fn disk() -> Vec<u8> {
         line += 1;
     }
     data.resize(3 << 20, 0);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = common::Rng::new(0x9e37_79b9_7f4a_7c15);
     while data.len() < 4 << 20 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        data.extend_from_slice(&state.to_le_bytes());
+        data.extend_from_slice(&rng.next().to_le_bytes());
     }
     while data.len() < (5 << 20) + 12345 {
         data.extend_from_slice(b"\x55\xaa\x00\x01imgpack");

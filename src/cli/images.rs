@@ -74,7 +74,7 @@ struct MetadataArgs {
     #[arg(short = 'u', long)]
     username: Option<String>,
     /// virtio or compatibility.
-    #[arg(short = 'm', long, default_value = "virtio", value_parser = mode_arg)]
+    #[arg(short = 'm', long, default_value_t = Mode::default(), value_parser = mode_arg)]
     mode: Mode,
     /// Whether other accounts can see and use it [default: false; true for official images].
     #[arg(short = 'p', long, value_parser = bool_arg)]
@@ -105,7 +105,7 @@ struct SnapshotArgs {
     #[arg(long)]
     disk: PathBuf,
     /// i686 or x86_64.
-    #[arg(short = 'a', long, default_value = "x86_64", value_parser = arch_arg)]
+    #[arg(short = 'a', long, default_value_t = Arch::X86_64, value_parser = arch_arg)]
     arch: Arch,
     #[command(flatten)]
     metadata: MetadataArgs,

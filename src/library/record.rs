@@ -1,16 +1,34 @@
 //! The image record and its enumerations: [`ImageRecord`], [`Status`], [`Mode`], [`Arch`] and
-//! [`SourceType`], with the names used in the catalog, on the command line and in `--json`.
+//! [`SourceType`].
+//!
+//! Each enumeration's names (`creating`, `x86_64`, ...) are written once, as its variants'
+//! lowercased identifiers: `strum` derives `as_str`/`Display` from them, and `FromStr` (the
+//! catalog's stored strings, the command line) and serde (`--json`) both go through those.
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use strum::{IntoStaticStr, VariantArray};
+use time::format_description::well_known::Rfc3339;
 
 use crate::error::{Error, ErrorKind, Result};
 
 /// Where an image is in its life. See [`policy`](super::policy) for the allowed transitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    IntoStaticStr,
+    VariantArray,
+    Serialize,
+    Deserialize,
+)]
+#[strum(serialize_all = "lowercase")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Status {
     /// Being converted; cannot be built from yet. `disk_size` grows as data is found.
     Creating,
@@ -33,43 +51,48 @@ impl Status {
         Status::Failed,
         Status::Deleted,
     ];
-
-    /// The catalog's name for the status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Creating => "creating",
-            Status::Available => "available",
-            Status::Deprecated => "deprecated",
-            Status::Failed => "failed",
-            Status::Deleted => "deleted",
-        }
-    }
 }
 
 /// The architecture of the servers an image builds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    IntoStaticStr,
+    VariantArray,
+    Serialize,
+    Deserialize,
+)]
+#[strum(serialize_all = "lowercase")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Arch {
     /// 32-bit x86.
-    #[serde(rename = "i686")]
     I686,
     /// 64-bit x86.
-    #[serde(rename = "x86_64")]
     X86_64,
 }
 
-impl Arch {
-    /// The catalog's name for the architecture.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::I686 => "i686",
-            Arch::X86_64 => "x86_64",
-        }
-    }
-}
-
 /// The devices servers built from an image get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    strum::Display,
+    IntoStaticStr,
+    VariantArray,
+    Serialize,
+    Deserialize,
+)]
+#[strum(serialize_all = "lowercase")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Mode {
     /// Paravirtual virtio devices (the default): fast, needs guest support.
     #[default]
@@ -78,19 +101,22 @@ pub enum Mode {
     Compatibility,
 }
 
-impl Mode {
-    /// The catalog's name for the mode.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Virtio => "virtio",
-            Mode::Compatibility => "compatibility",
-        }
-    }
-}
-
 /// How an image came into the library.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    IntoStaticStr,
+    VariantArray,
+    Serialize,
+    Deserialize,
+)]
+#[strum(serialize_all = "lowercase")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum SourceType {
     /// Uploaded into `incoming/` and registered.
     Upload,
@@ -98,21 +124,33 @@ pub enum SourceType {
     Snapshot,
 }
 
-impl SourceType {
-    /// The catalog's name for the source type.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceType::Upload => "upload",
-            SourceType::Snapshot => "snapshot",
-        }
-    }
+/// The enumeration `T` whose name is `text`; the error lists the names (`what` says what
+/// kind of value was expected).
+fn parse_name<T>(text: &str, what: &str) -> Result<T>
+where
+    T: VariantArray + Copy + Into<&'static str>,
+{
+    let name = |value: &T| -> &'static str { (*value).into() };
+    T::VARIANTS
+        .iter()
+        .find(|value| name(value) == text)
+        .copied()
+        .ok_or_else(|| {
+            let names: Vec<&str> = T::VARIANTS.iter().map(name).collect();
+            Error::invalid_argument(format!(
+                "{text:?} is not a valid {what} (use {})",
+                names.join(" or ")
+            ))
+        })
 }
 
-macro_rules! text_enum {
-    ($ty:ty, $what:literal, [$($variant:expr),+]) => {
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
+/// `as_str`, `FromStr` and `TryFrom<String>` (serde's way in) for an enumeration of names.
+macro_rules! named {
+    ($ty:ty, $what:literal) => {
+        impl $ty {
+            #[doc = concat!("The catalog's name for the ", $what, ".")]
+            pub fn as_str(self) -> &'static str {
+                self.into()
             }
         }
 
@@ -120,38 +158,24 @@ macro_rules! text_enum {
             type Err = Error;
 
             fn from_str(text: &str) -> Result<Self> {
-                const ALL: &[$ty] = &[$($variant),+];
-                ALL.iter().copied().find(|v| v.as_str() == text).ok_or_else(|| {
-                    let names: Vec<&str> = ALL.iter().map(|v| v.as_str()).collect();
-                    Error::invalid_argument(format!(
-                        "{text:?} is not a valid {} (use {})",
-                        $what,
-                        names.join(" or ")
-                    ))
-                })
+                parse_name(text, $what)
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = Error;
+
+            fn try_from(text: String) -> Result<Self> {
+                text.parse()
             }
         }
     };
 }
 
-text_enum!(
-    Status,
-    "status",
-    [
-        Status::Creating,
-        Status::Available,
-        Status::Deprecated,
-        Status::Failed,
-        Status::Deleted
-    ]
-);
-text_enum!(Arch, "architecture", [Arch::I686, Arch::X86_64]);
-text_enum!(Mode, "mode", [Mode::Virtio, Mode::Compatibility]);
-text_enum!(
-    SourceType,
-    "source type",
-    [SourceType::Upload, SourceType::Snapshot]
-);
+named!(Status, "status");
+named!(Arch, "architecture");
+named!(Mode, "mode");
+named!(SourceType, "source type");
 
 /// One image in the library. Field names are the `--json` contract; sizes are in bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,26 +262,16 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).
+/// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339, UTC), clamped to the years
+/// 1970-9999 that format can write with four digits.
 pub fn format_timestamp(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let of_day = seconds.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
+    const LAST_SECOND_OF_9999: i64 = 253_402_300_799;
+    let seconds = seconds.clamp(0, LAST_SECOND_OF_9999);
+    // In range after the clamp, so `time` does not refuse it; the default only spares a panic.
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|moment| moment.format(&Rfc3339).ok())
+        .unwrap_or_default()
 }
 
 /// A catalog-level refusal (unknown id, not permitted, bad transition).
@@ -275,19 +289,58 @@ mod tests {
         assert_eq!(format_timestamp(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(format_timestamp(1_305_800_000), "2011-05-19T10:13:20Z");
         assert_eq!(format_timestamp(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(format_timestamp(-1), "1970-01-01T00:00:00Z");
+        assert_eq!(format_timestamp(i64::MAX), "9999-12-31T23:59:59Z");
+    }
+
+    /// Every name as the catalog stores it and `--json` prints it: these strings are a contract
+    /// (existing catalogs hold them), so they are spelled out here, not derived.
+    fn check_names<T>(expected: &[(T, &str)])
+    where
+        T: Copy + PartialEq + std::fmt::Debug + std::fmt::Display + FromStr<Err = Error>,
+        T: Serialize + serde::de::DeserializeOwned + VariantArray + Into<&'static str>,
+    {
+        assert_eq!(expected.len(), T::VARIANTS.len(), "every variant is listed");
+        for &(value, name) in expected {
+            assert_eq!(Into::<&'static str>::into(value), name);
+            assert_eq!(value.to_string(), name);
+            assert_eq!(name.parse::<T>().unwrap(), value);
+            assert_eq!(serde_json::to_string(&value).unwrap(), format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<T>(&format!("\"{name}\"")).unwrap(), value);
+        }
     }
 
     #[test]
-    fn names_round_trip() {
-        for status in Status::ALL {
-            assert_eq!(status.as_str().parse::<Status>().unwrap(), status);
-            let json = serde_json::to_string(&status).unwrap();
-            assert_eq!(json, format!("\"{status}\""));
-        }
-        assert_eq!("x86_64".parse::<Arch>().unwrap(), Arch::X86_64);
-        assert_eq!(serde_json::to_string(&Arch::I686).unwrap(), "\"i686\"");
-        assert!("amd64".parse::<Arch>().is_err());
-        assert_eq!("compatibility".parse::<Mode>().unwrap(), Mode::Compatibility);
-        assert!("Virtio".parse::<Mode>().is_err());
+    fn names_are_the_catalogs() {
+        check_names(&[
+            (Status::Creating, "creating"),
+            (Status::Available, "available"),
+            (Status::Deprecated, "deprecated"),
+            (Status::Failed, "failed"),
+            (Status::Deleted, "deleted"),
+        ]);
+        check_names(&[(Arch::I686, "i686"), (Arch::X86_64, "x86_64")]);
+        check_names(&[(Mode::Virtio, "virtio"), (Mode::Compatibility, "compatibility")]);
+        check_names(&[(SourceType::Upload, "upload"), (SourceType::Snapshot, "snapshot")]);
+        assert_eq!(Status::ALL.as_slice(), Status::VARIANTS);
+        assert_eq!(Status::Failed.as_str(), "failed");
+        assert_eq!(Mode::default(), Mode::Virtio);
+    }
+
+    #[test]
+    fn other_names_are_refused_with_the_valid_ones() {
+        let error = "amd64".parse::<Arch>().unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            error.to_string(),
+            "\"amd64\" is not a valid architecture (use i686 or x86_64)"
+        );
+        assert!("Virtio".parse::<Mode>().is_err(), "names are case-sensitive");
+        let error = "gone".parse::<Status>().unwrap_err().to_string();
+        assert!(
+            error.contains("status (use creating or available or deprecated or failed or deleted)"),
+            "{error}"
+        );
+        assert!(serde_json::from_str::<SourceType>("\"Upload\"").is_err());
     }
 }

@@ -1,40 +1,19 @@
-//! Helpers shared by the integration tests: deterministic image layouts and file checks.
-#![allow(dead_code)]
+//! Helpers shared by the integration tests: deterministic image layouts and file checks,
+//! the generator and mutation harness ([`rng`]), and the oracle-tool checks that decide
+//! whether a test may skip ([`oracle`]). Each test binary compiles this module on its own
+//! (`mod common;`), so what one binary leaves unused is not dead code.
+#![allow(dead_code, unused_imports)]
+
+pub mod oracle;
+pub mod rng;
+
+pub use oracle::{have, have_all, skip};
+pub use rng::{damage, mutations, Rng};
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-
-/// A small deterministic generator (xorshift64*), so failures reproduce.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf.iter_mut() {
-            *b = self.next() as u8;
-        }
-    }
-}
 
 /// One region of data written into an otherwise sparse file.
 #[derive(Debug, Clone)]
@@ -145,7 +124,6 @@ pub fn layouts() -> Vec<Layout> {
     ]
 }
 
-/// Allocated bytes of a file (its blocks on disk).
 /// The names in `dir`, sorted.
 pub fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -156,6 +134,7 @@ pub fn names_in(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Allocated bytes of a file (its blocks on disk).
 pub fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512
 }
@@ -163,18 +142,4 @@ pub fn allocated(path: &Path) -> u64 {
 /// Writes `bytes` to a new file.
 pub fn write_file(path: &Path, bytes: &[u8]) {
     File::create(path).unwrap().write_all(bytes).unwrap();
-}
-
-/// Whether an external tool is on the PATH; prints a skip notice when it is not.
-pub fn have(tool: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        println!("skipped: {tool} not found");
-    }
-    found
 }
