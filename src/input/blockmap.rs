@@ -21,10 +21,10 @@ pub const UNMAPPED: u64 = u64::MAX;
 
 /// Whether [`open_native`] has a reader for the detected format `name`.
 pub fn is_native(name: &str) -> bool {
-    matches!(name, "vpc" | "vdi" | "vmdk" | "vhdx")
+    matches!(name, "vpc" | "vdi" | "vmdk" | "vhdx" | "parallels")
 }
 
-/// Opens `file` as the format detection named `name` (`"vpc"`, `"vdi"`, `"vmdk"`, `"vhdx"`), or
+/// Opens `file` as the format detection named `name` (`"vpc"`, `"vdi"`, `"vmdk"`, `"vhdx"`, `"parallels"`), or
 /// `None` for a name no native reader handles.
 pub fn open_native(
     name: &str,
@@ -36,6 +36,9 @@ pub fn open_native(
         "vdi" => super::vdi::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>),
         "vmdk" => super::vmdk::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>),
         "vhdx" => super::vhdx::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>),
+        "parallels" => {
+            super::parallels::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>)
+        }
         _ => return None,
     })
 }

@@ -104,25 +104,84 @@ fn head_formats(h: &[u8]) -> Vec<Format> {
     if at(0, &crate::archive::format::MAGIC) {
         found.push(Format::Imgpack);
     }
-    let others: [(usize, &[u8], &'static str); 11] = [
+    // The magic numbers of qemu's probe functions (block/*.c), each matched on its magic alone
+    // where qemu also checks a version or type: a file with the magic but another version is
+    // refused by name (or by its reader) rather than read as a raw disk.
+    let others: &[(usize, &[u8], &'static str)] = &[
         (0, b"KDMV", "vmdk"),
         (0, b"COWD", "vmdk"),
         (0, b"# Disk DescriptorFile", "vmdk"),
         (0, b"vhdxfile", "vhdx"),
         (0, b"conectix", "vpc"),
+        // vdi_probe: the signature 0xbeda107f (little-endian) at offset 64.
         (64, &[0x7f, 0x10, 0xda, 0xbe], "vdi"),
+        // qed_probe: the little-endian magic "QED\0".
         (0, b"QED\0", "qed"),
-        (0, b"WithoutFreeSpace", "parallels"),
+        // parallels_probe: either signature, then version 2 (checked by the reader).
+        (0, super::parallels::MAGIC_SECTORS, "parallels"),
+        (0, super::parallels::MAGIC_CLUSTERS, "parallels"),
+        // bochs_probe: the NUL-terminated magic, then type "Redolog", subtype "Growing" and
+        // version 1 or 2; every Bochs image is refused, so the magic alone decides.
+        (0, b"Bochs Virtual HD Image\0", "bochs"),
+        // cloop_probe: the V2.0 shell-script preamble; other versions start the same way.
+        (0, CLOOP_V2_MAGIC, "cloop"),
+        // The LUKS header (qemu's crypto/block-luks.c), of any version.
         (0, b"LUKS\xba\xbe", "luks"),
         (0, b"BZh", "bzip2"),
         (0, b"\x04\x22\x4d\x18", "lz4"),
     ];
-    for (offset, magic, name) in others {
+    for &(offset, magic, name) in others {
         if at(offset, magic) && !found.contains(&Format::Other(name)) {
             found.push(Format::Other(name));
         }
     }
+    if !found.contains(&Format::Other("cloop")) && is_other_cloop(h) {
+        found.push(Format::Other("cloop"));
+    }
+    if !found.contains(&Format::Other("vmdk")) && is_vmdk_descriptor(h) {
+        found.push(Format::Other("vmdk"));
+    }
     found
+}
+
+/// The first line of qemu's `cloop_probe` magic (cloop V2.0); the whole preamble follows.
+const CLOOP_V2_MAGIC: &[u8] =
+    b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n";
+
+/// A cloop image of another version than qemu's V2.0: the same shell-script preamble that
+/// loads the `cloop` module.
+fn is_other_cloop(h: &[u8]) -> bool {
+    h.starts_with(b"#!/bin/sh\n") && h.windows(b"modprobe cloop".len()).any(|w| w == b"modprobe cloop")
+}
+
+/// qemu's `vmdk_probe` rule for a text descriptor: after comment lines (`#`) and blank lines,
+/// the first line is `version=1`, `version=2` or `version=3` (ending in `\n` or `\r\n`).
+fn is_vmdk_descriptor(h: &[u8]) -> bool {
+    let mut rest = h;
+    loop {
+        match rest.first() {
+            Some(b'#') => match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => rest = &rest[end + 1..],
+                None => return false,
+            },
+            Some(b' ' | b'\r' | b'\n') => {
+                let blank = rest.iter().take_while(|&&b| b == b' ').count();
+                let after = &rest[blank..];
+                let after = after.strip_prefix(b"\r").unwrap_or(after);
+                match after.strip_prefix(b"\n") {
+                    Some(next) => rest = next,
+                    None => return false,
+                }
+            }
+            _ => {
+                return [b'1', b'2', b'3'].iter().any(|&v| {
+                    let line = [b'v', b'e', b'r', b's', b'i', b'o', b'n', b'=', v];
+                    rest.strip_prefix(&line[..])
+                        .is_some_and(|end| end.starts_with(b"\n") || end.starts_with(b"\r\n"))
+                })
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +217,54 @@ mod tests {
             detect(&with_head(b"QFI\xfb\0\0\0\x01"), None).unwrap(),
             Format::Other("qcow")
         );
+    }
+
+    #[test]
+    fn every_format_qemu_probes_is_named() {
+        let mut bochs = b"Bochs Virtual HD Image\0".to_vec();
+        bochs.resize(32, 0);
+        bochs.extend_from_slice(b"Redolog\0");
+        let cases: [(&[u8], &str); 12] = [
+            (b"QED\0", "qed"),
+            (b"WithoutFreeSpace\x02\0\0\0", "parallels"),
+            (b"WithouFreSpacExt\x02\0\0\0", "parallels"),
+            (&bochs, "bochs"),
+            (CLOOP_V2_MAGIC, "cloop"),
+            (b"#!/bin/sh\n#V4.0 Format\nmodprobe cloop file=$0", "cloop"),
+            (b"LUKS\xba\xbe\0\x01", "luks"),
+            (b"LUKS\xba\xbe\0\x02", "luks"),
+            (b"vhdxfile", "vhdx"),
+            (b"conectix", "vpc"),
+            (b"# comment\n   \r\nversion=1\r\nCID=1\n", "vmdk"),
+            (b"version=3\n", "vmdk"),
+        ];
+        for (magic, name) in cases {
+            assert_eq!(
+                detect(&with_head(magic), None).unwrap(),
+                Format::Other(name),
+                "{}",
+                String::from_utf8_lossy(magic)
+            );
+        }
+        let mut vdi = vec![0u8; 512];
+        vdi[64..68].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
+        assert_eq!(detect(&vdi, None).unwrap(), Format::Other("vdi"));
+        // dmg_open reads the `koly` trailer in the last 512 bytes.
+        let mut koly = vec![0u8; 512];
+        koly[..4].copy_from_slice(b"koly");
+        assert_eq!(detect(&[0u8; 512], Some(&koly)).unwrap(), Format::Other("dmg"));
+    }
+
+    #[test]
+    fn text_that_only_looks_like_a_descriptor_is_raw() {
+        for text in [
+            &b"version=4\n"[..],
+            b"version=1",
+            b"#!/bin/sh\necho hi\n",
+            b"  x\nversion=1\n",
+        ] {
+            assert_eq!(detect(&with_head(text), None).unwrap(), Format::Raw, "{text:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod blockmap;
 pub mod detect;
+pub mod parallels;
 pub mod qcow2;
 pub mod raw;
 pub mod stream;
