@@ -1,4 +1,4 @@
-//! Hostile VHD, VDI, VMDK and VHDX images: the committed fixtures (testdata/formats, made by
+//! Hostile VHD, VDI, VMDK, VHDX and Parallels images: the committed fixtures (testdata/formats, made by
 //! make.sh with qemu-img) truncated at every structure boundary, poked in their headers and
 //! tables, mutated at random, and edited to name other files. Each must give an error of the
 //! right kind quickly, never a panic, never wrong bytes and never a read of another file.
@@ -22,6 +22,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("vmdk-stream.vmdk", "vmdk"),
     ("vhdx-dynamic.vhdx", "vhdx"),
     ("vhdx-fixed.vhdx", "vhdx"),
+    ("parallels.hds", "parallels"),
 ];
 
 /// The virtual-size limit hostile variants are opened with: large enough for every fixture and
