@@ -9,7 +9,7 @@ imgpack=${IMGPACK:-${CARGO_TARGET_DIR:-$root/target}/release/imgpack}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-mkdir -p corpus/{qcow2,vhd,vdi,vmdk,vhdx,archive,archive_sealed,streams,images}
+mkdir -p corpus/{qcow2,vhd,vdi,vmdk,vhdx,parallels,archive,archive_sealed,streams,images}
 cp $root/testdata/qcow2/*.qcow2 corpus/qcow2/
 gunzip -c $root/testdata/formats/vmdk-sparse.vmdk.gz >corpus/vmdk/sparse.vmdk
 gunzip -c $root/testdata/formats/vmdk-stream.vmdk.gz >corpus/vmdk/stream.vmdk
@@ -23,7 +23,7 @@ d[524288:528384] = b"\x33" * 4096; sys.stdout.buffer.write(d)' >"$tmp/small.raw"
   for spec in vpc:vhd:subformat=dynamic vpc:fixed.vhd:subformat=fixed vdi:vdi:static=off \
     vdi:static.vdi:static=on vhdx:vhdx:block_size=1M,log_size=1M \
     vmdk:vmdk:subformat=monolithicSparse vmdk:stream.vmdk:subformat=streamOptimized \
-    qcow2:qcow2:cluster_size=4k; do
+    qcow2:qcow2:cluster_size=4k parallels:parallels:cluster_size=64k; do
     IFS=: read -r fmt name opt <<<"$spec"
     t=${name##*.}
     qemu-img convert -q -f raw -O "$fmt" -o "$opt" "$tmp/small.raw" "corpus/$t/small.$name"

@@ -126,7 +126,7 @@ pub fn convert_bytes(data: &[u8]) {
     }
 }
 
-/// Opens `data` as the block-mapped format `name` (`"vpc"`, `"vdi"`, `"vmdk"`, `"vhdx"`) and
+/// Opens `data` as the block-mapped format `name` (`"vpc"`, `"vdi"`, `"vmdk"`, `"vhdx"`, `"parallels"`) and
 /// walks the disk as the pipeline does, reading a bounded number of chunks.
 pub fn disk_image(name: &str, data: &[u8]) {
     disk_image_file(name, data.to_vec())
@@ -250,4 +250,9 @@ pub fn vmdk(data: &[u8]) {
 /// VHDX ([`disk_image`] as `vhdx`).
 pub fn vhdx(data: &[u8]) {
     disk_image("vhdx", data)
+}
+
+/// The Parallels reader (both signatures): header, BAT, reads.
+pub fn parallels(data: &[u8]) {
+    disk_image("parallels", data)
 }

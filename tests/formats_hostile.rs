@@ -684,7 +684,8 @@ fn a_huge_vmdk_directory_aliasing_one_empty_table_is_walked_quickly() {
 #[test]
 fn fuzz_entry_points_take_the_fixtures_and_their_cuts() {
     type Target = fn(&[u8]);
-    let targets: [(&str, Target); 4] = [
+    let targets: [(&str, Target); 5] = [
+        ("parallels", imgpack::fuzz_targets::parallels),
         ("vhd", imgpack::fuzz_targets::vhd),
         ("vdi", imgpack::fuzz_targets::vdi),
         ("vmdk", imgpack::fuzz_targets::vmdk),
@@ -694,7 +695,9 @@ fn fuzz_entry_points_take_the_fixtures_and_their_cuts() {
         let bytes = fixture(file);
         let target = targets
             .iter()
-            .find(|(prefix, _)| file.starts_with(&format!("{prefix}-")))
+            .find(|(prefix, _)| {
+                file.starts_with(&format!("{prefix}-")) || file.starts_with(&format!("{prefix}."))
+            })
             .unwrap()
             .1;
         for cut in [bytes.len(), bytes.len() / 2, 4096, 600, 0] {

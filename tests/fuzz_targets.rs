@@ -201,6 +201,21 @@ fn vmdk_reader_survives_mutated_images() {
 }
 
 #[test]
+fn parallels_reader_survives_mutated_images() {
+    // The same image with the old signature, whose BAT entries count sectors, not clusters.
+    let mut old_signature = format_fixture("parallels.hds");
+    old_signature[..16].copy_from_slice(b"WithoutFreeSpace");
+    let tracks = u32::from_le_bytes(old_signature[28..32].try_into().unwrap());
+    let entries = u32::from_le_bytes(old_signature[32..36].try_into().unwrap()) as usize;
+    for entry in old_signature[64..64 + 4 * entries].chunks_exact_mut(4) {
+        let cluster = u32::from_le_bytes(entry.try_into().unwrap());
+        entry.copy_from_slice(&(cluster * tracks).to_le_bytes());
+    }
+    let seeds = vec![format_fixture("parallels.hds"), old_signature];
+    exercise("parallels", seeds, 60, target::parallels);
+}
+
+#[test]
 fn vhdx_reader_survives_mutated_images() {
     let seeds = vec![
         format_fixture("vhdx-dynamic.vhdx"),
