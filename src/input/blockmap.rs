@@ -131,8 +131,10 @@ pub struct BlockTable {
 
 impl BlockTable {
     /// Checks that every mapped block's bytes inside the virtual disk lie inside the file;
-    /// `entry_offset(i)` gives the file offset of block `i`'s table entry for the error.
-    pub fn check_blocks(&self, entry_offset: impl Fn(usize) -> u64) -> Result<()> {
+    /// `table` names the table for the error (`"the VDI block map"`) and `entry_offset(i)`
+    /// gives the file offset of block `i`'s entry in it. Bytes of a block past the end of the
+    /// virtual disk may lie past the end of the file (qemu-img leaves such tails).
+    pub fn check_blocks(&self, table: &str, entry_offset: impl Fn(usize) -> u64) -> Result<()> {
         let file_size = self.file.size();
         for (index, &host) in self.blocks.iter().enumerate() {
             if host == UNMAPPED {
@@ -144,7 +146,7 @@ impl BlockTable {
                 return Err(Error::corrupt(
                     entry_offset(index),
                     format!(
-                        "block {index} is stored at offset {host}, past the end of the file ({file_size} bytes)"
+                        "{table}: block {index} is stored at offset {host}, past the end of the file ({file_size} bytes): the image is truncated"
                     ),
                 ));
             }
@@ -226,13 +228,14 @@ mod tests {
         assert_eq!(t.next_data(4).unwrap(), Some(8));
         assert_eq!(t.next_data(9).unwrap(), Some(9));
         assert_eq!(t.next_data(10).unwrap(), None);
-        t.check_blocks(|i| i as u64).unwrap();
+        t.check_blocks("the test table", |i| i as u64).unwrap();
     }
 
     #[test]
     fn a_block_past_the_end_is_corrupt() {
         let t = table(vec![6, UNMAPPED, UNMAPPED], b"abcdefgh".to_vec());
-        let err = t.check_blocks(|i| 100 + i as u64).unwrap_err();
+        let err = t.check_blocks("the test table", |i| 100 + i as u64).unwrap_err();
+        assert!(err.message().starts_with("the test table: block 0"), "{err}");
         assert_eq!(err.kind(), ErrorKind::Corrupt);
         assert_eq!(err.offset(), Some(100));
     }

@@ -162,7 +162,7 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
         blocks,
         details,
     };
-    table.check_blocks(|i| HEADER_LEN + i as u64 * 4)?;
+    table.check_blocks("the Parallels BAT", |i| HEADER_LEN + i as u64 * 4)?;
     Ok(table)
 }
 

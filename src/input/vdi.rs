@@ -129,6 +129,6 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
         blocks,
         details,
     };
-    table.check_blocks(|i| map_offset + i as u64 * 4)?;
+    table.check_blocks("the VDI block map", |i| map_offset + i as u64 * 4)?;
     Ok(table)
 }

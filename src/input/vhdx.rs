@@ -227,7 +227,9 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
         blocks,
         details,
     };
-    table.check_blocks(|b| bat_offset + (b as u64 + b as u64 / chunk_ratio) * 8)?;
+    table.check_blocks("the VHDX BAT", |b| {
+        bat_offset + (b as u64 + b as u64 / chunk_ratio) * 8
+    })?;
     Ok(table)
 }
 

@@ -157,12 +157,6 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<VmdkSource> 
             ),
         ));
     }
-    if le64(h, 64).saturating_mul(SECTOR) > file.size() {
-        return Err(Error::corrupt(
-            64,
-            "VMDK file is truncated before its first grain",
-        ));
-    }
     let table_span = grains_per_table * grain_size;
     let directory_entries = virtual_size.div_ceil(table_span);
     if directory_entries > MAX_DIRECTORY_ENTRIES {
@@ -207,6 +201,13 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<VmdkSource> 
         tables.push(table);
         seen.insert(sector, t);
         directory.push(t);
+    }
+    // After the tables, so that a file cut inside them is refused naming the table.
+    if le64(h, 64).saturating_mul(SECTOR) > file.size() {
+        return Err(Error::corrupt(
+            64,
+            "VMDK file is truncated before its first grain",
+        ));
     }
     let mut details = Map::new();
     let subformat = if compressed {
