@@ -193,7 +193,7 @@ fn open_stream(
         Format::Raw => Ok(Opened {
             layers: Vec::new(),
             inner: "raw",
-            body: Body::Stream(reader),
+            body: Body::Stream(Box::new(raw::PadToSector::new(reader))),
         }),
         Format::Imgpack => Err(Error::new(
             ErrorKind::InvalidArgument,

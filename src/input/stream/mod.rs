@@ -210,13 +210,16 @@ fn open_layers(
         match inner {
             Format::Raw => {
                 if let Some(size) = exact_size {
-                    crate::convert::check_virtual_size(size, options.max_virtual_size)
-                        .map_err(|e| e.in_file(path))?;
+                    crate::convert::check_virtual_size(
+                        super::raw::disk_size_of(size),
+                        options.max_virtual_size,
+                    )
+                    .map_err(|e| e.in_file(path))?;
                 }
                 return Ok(Opened {
                     layers,
                     inner: "raw",
-                    body: Body::Stream(stream),
+                    body: Body::Stream(Box::new(super::raw::PadToSector::new(stream))),
                 });
             }
             f if f.is_stream() => {
@@ -393,7 +396,7 @@ pub fn describe(path: &Path, format: Format, options: &OpenOptions, info: &mut I
             Ok(Format::Raw) => {
                 inner_name = "raw";
                 if layers.len() == 1 {
-                    info.virtual_size = exact_size;
+                    info.virtual_size = exact_size.map(super::raw::disk_size_of);
                 }
                 break;
             }
