@@ -96,22 +96,36 @@ pub fn info(path: &Path, options: &OpenOptions) -> Result<ImageInfo> {
                     {
                         info.refusal = Some(e.to_string());
                     }
-                    info.disk_size = Some(measure_disk_size(source.as_ref(), &options.control)?);
+                    // Damage found only while reading (a compressed grain that does not
+                    // inflate) is a refusal to explain too.
+                    match measure_disk_size(source.as_ref(), &options.control) {
+                        Ok(size) => info.disk_size = Some(size),
+                        Err(e) if is_refusal(&e) => info.refusal = Some(refusal_text(&e)),
+                        Err(e) => return Err(e.in_file(path)),
+                    }
                 }
                 Body::Stream(_) => {}
             }
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::Unsupported | ErrorKind::InvalidArgument | ErrorKind::LimitExceeded
-            ) =>
-        {
-            info.refusal = Some(e.message().to_string());
-        }
+        // A damaged or truncated image is what `refusal` is for; only a failure to read the
+        // file at all (or an interruption) is an error of `info` itself.
+        Err(e) if is_refusal(&e) => info.refusal = Some(refusal_text(&e)),
         Err(e) => return Err(e),
     }
     Ok(info)
+}
+
+/// Whether `e` says why an input is refused, rather than that it could not be read.
+fn is_refusal(e: &Error) -> bool {
+    !matches!(e.kind(), ErrorKind::Io | ErrorKind::Interrupted)
+}
+
+/// The reason `e` gives, with its offset but without the file name (`info` names the file).
+fn refusal_text(e: &Error) -> String {
+    match e.offset() {
+        Some(offset) => format!("at offset {offset} (0x{offset:x}): {}", e.message()),
+        None => e.message().to_string(),
+    }
 }
 
 /// Counts the bytes of non-zero 4 KiB blocks of a disk, skipping what it knows is zero.

@@ -705,3 +705,52 @@ fn fuzz_entry_points_take_the_fixtures_and_their_cuts() {
         }
     }
 }
+
+/// `info` on a damaged or truncated image succeeds and says why `convert` would refuse it in
+/// `refusal` (the README's promise), for damage found on open and damage found while reading.
+#[test]
+fn info_reports_damage_as_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = fixture("vmdk-stream.vmdk");
+    let first_grain = u64::from_le_bytes(stream[64..72].try_into().unwrap()) as usize * 512;
+    let mut cases: Vec<(&str, &str, Vec<u8>, &str)> = Vec::new();
+    let mut vhd = fixture("vhd-dynamic.vhd");
+    vhd[70] ^= 0xff; // inside the footer copy, covered by its checksum
+    cases.push(("vhd-checksum", "vpc", vhd, "checksum mismatch"));
+    let mut vhdx = fixture("vhdx-dynamic.vhdx");
+    for header in [64 << 10, 128 << 10] {
+        vhdx[header + 10] ^= 0xff;
+    }
+    cases.push(("vhdx-headers", "vhdx", vhdx, "neither VHDX header is valid"));
+    let mut vmdk = fixture("vmdk-sparse.vmdk");
+    put(&mut vmdk, 56, &(1u64 << 40).to_le_bytes());
+    cases.push(("vmdk-directory", "vmdk", vmdk, "grain directory"));
+    let mut grain = stream.clone();
+    for byte in &mut grain[first_grain + 12..first_grain + 40] {
+        *byte = 0x55; // the zlib stream of the first compressed grain
+    }
+    cases.push(("vmdk-grain", "vmdk", grain, "compressed grain"));
+    for (file, format) in [
+        ("vhd-dynamic.vhd", "vpc"),
+        ("vhdx-dynamic.vhdx", "vhdx"),
+        ("vdi-dynamic.vdi", "vdi"),
+    ] {
+        let mut cut = fixture(file);
+        cut.truncate(cut.len() / 3);
+        cases.push((file, format, cut, "past the end of the file"));
+    }
+    for (name, format, bytes, needle) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let described = imgpack::info(&path, &Default::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(described.format, format, "{name}");
+        let refusal = described.refusal.unwrap_or_else(|| panic!("{name}: no refusal"));
+        assert!(refusal.contains(needle), "{name}: {refusal}");
+        let err =
+            imgpack::convert(&path, &dir.path().join("out.imgpack"), &ConvertOptions::default()).unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::Corrupt | ErrorKind::Checksum),
+            "{name}: {err}"
+        );
+    }
+}
