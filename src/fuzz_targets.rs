@@ -217,7 +217,9 @@ pub fn streams(data: &[u8]) {
         return;
     }
     let options = OpenOptions {
-        max_virtual_size: 16 << 20,
+        limits: crate::input::InputLimits {
+            max_virtual_size: 16 << 20,
+        },
         ..OpenOptions::default()
     };
     let reader = Box::new(Cursor::new(data.to_vec()));

@@ -91,9 +91,10 @@ pub fn info(path: &Path, options: &OpenOptions) -> Result<ImageInfo> {
                 Body::Source(source) => {
                     info.virtual_size = Some(source.virtual_size());
                     info.details.extend(source.details());
-                    if let Err(e) =
-                        crate::convert::check_virtual_size(source.virtual_size(), options.max_virtual_size)
-                    {
+                    if let Err(e) = crate::input::limits::check_virtual_size(
+                        source.virtual_size(),
+                        options.limits.max_virtual_size,
+                    ) {
                         info.refusal = Some(e.to_string());
                     }
                     // Damage found only while reading (a compressed grain that does not

@@ -494,7 +494,9 @@ fn decompression_bombs_stop_at_the_limit() {
         let info = imgpack::info(
             &xz,
             &imgpack::input::OpenOptions {
-                max_virtual_size: 16 << 20,
+                limits: imgpack::input::InputLimits {
+                    max_virtual_size: 16 << 20,
+                },
                 ..Default::default()
             },
         )

@@ -65,7 +65,7 @@ pub fn check_inside(file_size: u64, offset: u64, len: u64, what: &str) -> Result
 }
 
 /// Refuses a virtual size above the limit, before any table sized by it is read.
-pub use crate::convert::check_virtual_size;
+pub use super::limits::check_virtual_size;
 
 /// Refuses a table of `bytes` bytes above [`MAX_TABLE_BYTES`].
 pub fn check_table_size(bytes: u64, offset: u64, what: &str) -> Result<()> {

@@ -7,6 +7,7 @@
 
 pub mod blockmap;
 pub mod detect;
+pub mod limits;
 pub mod parallels;
 pub mod qcow2;
 pub mod raw;
@@ -24,6 +25,7 @@ use crate::control::Control;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::read_at::{FileAt, ReadAt};
 use detect::{detect, Format, HEAD_LEN, TAIL_LEN};
+pub use limits::InputLimits;
 
 /// A virtual disk that can be read at any offset from several threads at once.
 ///
@@ -67,8 +69,8 @@ pub enum ReadMode {
 pub struct OpenOptions {
     /// How raw files are read.
     pub read_mode: ReadMode,
-    /// Largest virtual disk accepted.
-    pub max_virtual_size: u64,
+    /// What an input may claim (the virtual-size limit).
+    pub limits: InputLimits,
     /// Where a layered input that needs random access (qcow2 inside xz) is spilled.
     pub spill_dir: PathBuf,
     /// Cancellation (checked while spilling).
@@ -79,7 +81,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             read_mode: ReadMode::Auto,
-            max_virtual_size: crate::convert::DEFAULT_MAX_VIRTUAL_SIZE,
+            limits: InputLimits::default(),
             spill_dir: std::env::temp_dir(),
             control: Control::default(),
         }
@@ -126,7 +128,7 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Opened> {
     let at = FileAt::new(file).context("reading the input", path)?;
     let format = detect_file(&at).map_err(|e| e.in_file(path))?;
     if let Format::Other(name) = format {
-        if let Some(source) = blockmap::open_native(name, Box::new(at), options.max_virtual_size) {
+        if let Some(source) = blockmap::open_native(name, Box::new(at), options.limits.max_virtual_size) {
             let source = source.map_err(|e| e.in_file(path))?;
             return Ok(Opened {
                 layers: Vec::new(),
@@ -213,7 +215,7 @@ fn open_stream(
         Format::Other(name) if blockmap::is_native(name) => {
             let file = stream::spill(reader, options).map_err(|e| e.in_file(path))?;
             let at = FileAt::new(file).context("reading the spilled input", path)?;
-            let source = blockmap::open_native(name, Box::new(at), options.max_virtual_size)
+            let source = blockmap::open_native(name, Box::new(at), options.limits.max_virtual_size)
                 .expect("is_native said this format has a reader")
                 .map_err(|e| e.in_file(path))?;
             Ok(Opened {

@@ -351,7 +351,9 @@ pub fn fill_info(mut info: ImageInfo, file: FileAt, path: &Path, options: &OpenO
     info.virtual_size = Some(header.size);
     match Qcow2Source::new(file, path) {
         Ok(source) => {
-            if let Err(e) = crate::convert::check_virtual_size(header.size, options.max_virtual_size) {
+            if let Err(e) =
+                crate::input::limits::check_virtual_size(header.size, options.limits.max_virtual_size)
+            {
                 info.refusal = Some(e.to_string());
             } else {
                 // Damage in an L2 table or a compressed cluster shows only when read: that too

@@ -210,9 +210,9 @@ fn open_layers(
         match inner {
             Format::Raw => {
                 if let Some(size) = exact_size {
-                    crate::convert::check_virtual_size(
+                    crate::input::limits::check_virtual_size(
                         super::raw::disk_size_of(size),
-                        options.max_virtual_size,
+                        options.limits.max_virtual_size,
                     )
                     .map_err(|e| e.in_file(path))?;
                 }
@@ -239,7 +239,7 @@ fn open_layers(
                     return Err(too_deep(&layers, "qcow2").in_file(path));
                 }
                 if let Some(size) = qcow2_virtual_size(&head) {
-                    crate::convert::check_virtual_size(size, options.max_virtual_size)
+                    crate::input::limits::check_virtual_size(size, options.limits.max_virtual_size)
                         .map_err(|e| e.in_file(path))?;
                 }
                 let file = spill(stream, options).map_err(|e| e.in_file(path))?;
@@ -257,9 +257,10 @@ fn open_layers(
                 }
                 let file = spill(stream, options).map_err(|e| e.in_file(path))?;
                 let at = FileAt::new(file).context("reading the decoded image", path)?;
-                let source = super::blockmap::open_native(name, Box::new(at), options.max_virtual_size)
-                    .expect("is_native said this format has a reader")
-                    .map_err(|e| e.in_file(path))?;
+                let source =
+                    super::blockmap::open_native(name, Box::new(at), options.limits.max_virtual_size)
+                        .expect("is_native said this format has a reader")
+                        .map_err(|e| e.in_file(path))?;
                 return Ok(Opened {
                     layers,
                     inner: source.format(),
@@ -290,7 +291,7 @@ pub fn spill(mut reader: impl Read, options: &OpenOptions) -> Result<File> {
     let dir = &options.spill_dir;
     let mut file =
         tempfile::tempfile_in(dir).context("creating a temporary file for the decoded image", dir)?;
-    let limit = spill_limit(options.max_virtual_size);
+    let limit = spill_limit(options.limits.max_virtual_size);
     let mut buffer = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -306,7 +307,7 @@ pub fn spill(mut reader: impl Read, options: &OpenOptions) -> Result<File> {
                 format!(
                     "the decoded image exceeds {} ({limit} bytes), more than an image within the virtual-size limit of {} can take; stopped decoding there",
                     format_size(limit),
-                    format_size(options.max_virtual_size)
+                    format_size(options.limits.max_virtual_size)
                 ),
             ));
         }
@@ -429,7 +430,7 @@ pub fn describe(path: &Path, format: Format, options: &OpenOptions, info: &mut I
         }
     }
     if let Some(size) = info.virtual_size {
-        if let Err(e) = crate::convert::check_virtual_size(size, options.max_virtual_size) {
+        if let Err(e) = crate::input::limits::check_virtual_size(size, options.limits.max_virtual_size) {
             refusal.get_or_insert(e);
         }
     }
@@ -452,7 +453,7 @@ mod tests {
 
     fn options(dir: &Path, max_virtual_size: u64) -> OpenOptions {
         OpenOptions {
-            max_virtual_size,
+            limits: crate::input::InputLimits { max_virtual_size },
             spill_dir: dir.to_path_buf(),
             ..OpenOptions::default()
         }
