@@ -1,10 +1,10 @@
-//! What the block-mapped virtual-disk formats (VHD, VHDX, VDI, VMDK) share: bounded reads of
+//! What the block-mapped virtual-disk formats (VHD, VHDX, VDI, VMDK, Parallels) share: bounded reads of
 //! on-disk structures, little- and big-endian field access, and [`BlockTable`], a disk made of
 //! equal blocks each either stored whole at one place in the file or reading as zeros.
 //!
-//! VHD, VHDX and VDI parse their headers and tables into a [`BlockTable`] at open, checking
-//! every mapped block against the file's length there, so reads never need to check again.
-//! [`open_native`] routes a detected format name to its reader.
+//! VHD, VHDX, VDI and Parallels parse their headers and tables into a [`BlockTable`] at open,
+//! checking every mapped block against the file's length there, so reads never need to check
+//! again. Which reader opens which format is decided in [`super::route`], not here.
 
 use serde_json::{Map, Value};
 
@@ -18,30 +18,6 @@ pub const MAX_TABLE_BYTES: u64 = 256 << 20;
 
 /// Marks a block of a [`BlockTable`] that is not stored and reads as zeros.
 pub const UNMAPPED: u64 = u64::MAX;
-
-/// Whether [`open_native`] has a reader for the detected format `name`.
-pub fn is_native(name: &str) -> bool {
-    matches!(name, "vpc" | "vdi" | "vmdk" | "vhdx" | "parallels")
-}
-
-/// Opens `file` as the format detection named `name` (`"vpc"`, `"vdi"`, `"vmdk"`, `"vhdx"`, `"parallels"`), or
-/// `None` for a name no native reader handles.
-pub fn open_native(
-    name: &str,
-    file: Box<dyn ReadAt>,
-    max_virtual_size: u64,
-) -> Option<Result<Box<dyn DiskSource>>> {
-    Some(match name {
-        "vpc" => super::vhd::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>),
-        "vdi" => super::vdi::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>),
-        "vmdk" => super::vmdk::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>),
-        "vhdx" => super::vhdx::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>),
-        "parallels" => {
-            super::parallels::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>)
-        }
-        _ => return None,
-    })
-}
 
 /// Reads `len` bytes at `offset`, which must lie inside the file; `what` names the structure
 /// for the error. Callers bound `len` by a sane cap first: the file's length is not a cap.

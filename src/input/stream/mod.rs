@@ -29,7 +29,10 @@ use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::detect::{detect, Format, HEAD_LEN};
-use super::{read_full, Body, DiskSource, OpenOptions, Opened};
+use super::limits::check_virtual_size;
+use super::raw::{disk_size_of, PadToSector};
+use super::route::{open_image, route, Route};
+use super::{read_full, Body, OpenOptions, Opened};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::info::ImageInfo;
 use crate::read_at::{FileAt, ReadAt};
@@ -207,68 +210,59 @@ fn open_layers(
     loop {
         let (head, stream) = peek_head(decoded).map_err(|e| e.in_file(path))?;
         let inner = detect(&head, None).map_err(|e| e.in_file(path))?;
-        match inner {
-            Format::Raw => {
+        match route(inner) {
+            Route::Raw => {
                 if let Some(size) = exact_size {
-                    crate::input::limits::check_virtual_size(
-                        super::raw::disk_size_of(size),
-                        options.limits.max_virtual_size,
-                    )
-                    .map_err(|e| e.in_file(path))?;
+                    check_virtual_size(disk_size_of(size), options.limits.max_virtual_size)
+                        .map_err(|e| e.in_file(path))?;
                 }
                 return Ok(Opened {
                     layers,
                     inner: "raw",
-                    body: Body::Stream(Box::new(super::raw::PadToSector::new(stream))),
+                    body: Body::Stream(Box::new(PadToSector::new(stream))),
                 });
             }
-            f if f.is_stream() => {
+            Route::Layer => {
                 if layers.len() >= MAX_LAYERS {
-                    return Err(too_deep(&layers, f.name()).in_file(path));
+                    return Err(too_deep(&layers, inner.name()).in_file(path));
                 }
                 let outer = layers.last().copied().unwrap_or("outer");
-                layers.push(f.name());
+                layers.push(inner.name());
                 decoded = Box::new(InnerLayer {
-                    reader: decoder(f, stream, None, threads)?,
+                    reader: decoder(inner, stream, None, threads)?,
                     outer,
                 });
                 exact_size = None;
             }
-            Format::Qcow2 => {
+            Route::Image => {
+                // An image inside a stream (disk.qcow2.xz, an OVA's disk.vmdk.gz) needs random
+                // access: it is spilled, and counts as a layer.
                 if layers.len() >= MAX_LAYERS {
-                    return Err(too_deep(&layers, "qcow2").in_file(path));
+                    return Err(too_deep(&layers, inner.name()).in_file(path));
                 }
-                if let Some(size) = qcow2_virtual_size(&head) {
-                    crate::input::limits::check_virtual_size(size, options.limits.max_virtual_size)
-                        .map_err(|e| e.in_file(path))?;
-                }
-                let file = spill(stream, options).map_err(|e| e.in_file(path))?;
-                let source = open_spilled_qcow2(file, path, options)?;
-                return Ok(Opened {
-                    layers,
-                    inner: "qcow2",
-                    body: Body::Source(source),
-                });
-            }
-            Format::Other(name) if super::blockmap::is_native(name) => {
-                // VMDK, VHD, VHDX and VDI need random access like qcow2 (an OVA's disk.vmdk.gz).
-                if layers.len() >= MAX_LAYERS {
-                    return Err(too_deep(&layers, name).in_file(path));
+                if let Some(size) = declared_virtual_size(inner, &head) {
+                    check_virtual_size(size, options.limits.max_virtual_size).map_err(|e| e.in_file(path))?;
                 }
                 let file = spill(stream, options).map_err(|e| e.in_file(path))?;
                 let at = FileAt::new(file).context("reading the decoded image", path)?;
-                let source =
-                    super::blockmap::open_native(name, Box::new(at), options.limits.max_virtual_size)
-                        .expect("is_native said this format has a reader")
-                        .map_err(|e| e.in_file(path))?;
+                let source = open_image(inner, at, path, &options.limits)?;
                 return Ok(Opened {
                     layers,
-                    inner: source.format(),
+                    inner: inner.name(),
                     body: Body::Source(source),
                 });
             }
-            other => return Err(refuse_payload(other, &layers).in_file(path)),
+            Route::Archive | Route::Refused => return Err(refuse_payload(inner, &layers).in_file(path)),
         }
+    }
+}
+
+/// The virtual size an image's first bytes declare, where it is that simple (a qcow2 header),
+/// so that an image over the limit is refused before it is spilled.
+fn declared_virtual_size(format: Format, head: &[u8]) -> Option<u64> {
+    match format {
+        Format::Qcow2 => qcow2_virtual_size(head),
+        _ => None,
     }
 }
 
@@ -326,12 +320,6 @@ pub fn spill(mut reader: impl Read, options: &OpenOptions) -> Result<File> {
     file.seek(SeekFrom::Start(0))
         .context("writing the temporary file", dir)?;
     Ok(file)
-}
-
-/// Opens a qcow2 image that was spilled from a compressed stream into `file` (unnamed; `path`
-/// is the original input, for messages).
-pub fn open_spilled_qcow2(file: File, path: &Path, _options: &OpenOptions) -> Result<Box<dyn DiskSource>> {
-    Ok(Box::new(super::qcow2::Qcow2Source::from_file(file, path)?))
 }
 
 /// Fills `info` for a compressed file without decoding more than its first bytes.
@@ -393,44 +381,47 @@ pub fn describe(path: &Path, format: Format, options: &OpenOptions, info: &mut I
                 break;
             }
         };
-        match detect(&head, None) {
-            Ok(Format::Raw) => {
-                inner_name = "raw";
-                if layers.len() == 1 {
-                    info.virtual_size = exact_size.map(super::raw::disk_size_of);
-                }
-                break;
-            }
-            Ok(f) if f.is_stream() => {
-                if layers.len() >= MAX_LAYERS {
-                    refusal.get_or_insert(too_deep(&layers, f.name()));
-                    inner_name = f.name();
-                    break;
-                }
-                layers.push(f.name());
-                stream = decoder(f, rest, None, threads)?;
-            }
-            Ok(Format::Qcow2) => {
-                inner_name = "qcow2";
-                if layers.len() >= MAX_LAYERS {
-                    refusal.get_or_insert(too_deep(&layers, "qcow2"));
-                }
-                info.virtual_size = qcow2_virtual_size(&head);
-                break;
-            }
-            Ok(other) => {
-                inner_name = other.name();
-                refusal.get_or_insert(refuse_payload(other, &layers));
-                break;
-            }
+        let inner = match detect(&head, None) {
+            Ok(inner) => inner,
             Err(e) => {
                 refusal.get_or_insert(e);
+                break;
+            }
+        };
+        match route(inner) {
+            Route::Raw => {
+                inner_name = "raw";
+                if layers.len() == 1 {
+                    info.virtual_size = exact_size.map(disk_size_of);
+                }
+                break;
+            }
+            Route::Layer => {
+                if layers.len() >= MAX_LAYERS {
+                    refusal.get_or_insert(too_deep(&layers, inner.name()));
+                    inner_name = inner.name();
+                    break;
+                }
+                layers.push(inner.name());
+                stream = decoder(inner, rest, None, threads)?;
+            }
+            Route::Image => {
+                inner_name = inner.name();
+                if layers.len() >= MAX_LAYERS {
+                    refusal.get_or_insert(too_deep(&layers, inner.name()));
+                }
+                info.virtual_size = declared_virtual_size(inner, &head);
+                break;
+            }
+            Route::Archive | Route::Refused => {
+                inner_name = inner.name();
+                refusal.get_or_insert(refuse_payload(inner, &layers));
                 break;
             }
         }
     }
     if let Some(size) = info.virtual_size {
-        if let Err(e) = crate::input::limits::check_virtual_size(size, options.limits.max_virtual_size) {
+        if let Err(e) = check_virtual_size(size, options.limits.max_virtual_size) {
             refusal.get_or_insert(e);
         }
     }
