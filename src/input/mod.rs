@@ -7,6 +7,7 @@
 
 pub mod blockmap;
 pub mod detect;
+pub mod facts;
 pub mod limits;
 pub mod parallels;
 pub mod qcow2;

@@ -15,7 +15,7 @@
 //!   (`O_TMPFILE` in the spill directory: nothing is left behind on success, error, interrupt or
 //!   even SIGKILL) and read from there.
 //!
-//! [`describe`] tells `info` what a compressed file holds without decoding it: the layers (from
+//! [`facts`] tells `info` what a compressed file holds without decoding it: the layers (from
 //! the first decoded bytes only), and the uncompressed size where the format records it (the xz
 //! index, zstd frame headers); so it answers at once even on a decompression bomb.
 
@@ -29,12 +29,12 @@ use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::detect::{detect, Format, HEAD_LEN};
+use super::facts::Facts;
 use super::limits::check_virtual_size;
 use super::raw::{disk_size_of, PadToSector};
 use super::route::{open_image, route, Route};
 use super::{read_full, Body, OpenOptions, Opened};
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::info::ImageInfo;
 use crate::read_at::{FileAt, ReadAt};
 use crate::units::format_size;
 use crate::zero::is_zero;
@@ -322,11 +322,12 @@ pub fn spill(mut reader: impl Read, options: &OpenOptions) -> Result<File> {
     Ok(file)
 }
 
-/// Fills `info` for a compressed file without decoding more than its first bytes.
-pub fn describe(path: &Path, format: Format, options: &OpenOptions, info: &mut ImageInfo) -> Result<()> {
+/// The facts about a compressed file, found without decoding more than its first bytes.
+pub fn facts(path: &Path, format: Format, options: &OpenOptions) -> Result<Facts> {
     let file = File::open(path).context("opening the input", path)?;
     let at = FileAt::new(file.try_clone().context("opening the input", path)?)
         .context("reading the input", path)?;
+    let mut info = Facts::of(format.name());
     info.compressed_size = Some(at.size());
     let mut refusal: Option<Error> = None;
     let mut exact_size = None;
@@ -433,7 +434,7 @@ pub fn describe(path: &Path, format: Format, options: &OpenOptions, info: &mut I
     info.format = layers.join(">");
     info.details.extend(details);
     info.refusal = refusal.map(|e| e.to_string());
-    Ok(())
+    Ok(info)
 }
 
 #[cfg(test)]
