@@ -1,5 +1,5 @@
 //! What the block-mapped virtual-disk formats (VHD, VHDX, VDI, VMDK, Parallels) share: bounded reads of
-//! on-disk structures, little- and big-endian field access, and [`BlockTable`], a disk made of
+//! on-disk structures and [`BlockTable`], a disk made of
 //! equal blocks each either stored whole at one place in the file or reading as zeros.
 //!
 //! VHD, VHDX, VDI and Parallels parse their headers and tables into a [`BlockTable`] at open,
@@ -57,36 +57,6 @@ pub fn check_table_size(bytes: u64, offset: u64, what: &str) -> Result<()> {
         .at(offset));
     }
     Ok(())
-}
-
-/// Little-endian u16 at `at` of a buffer known to be long enough.
-pub fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-/// Little-endian u32 at `at`.
-pub fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// Little-endian u64 at `at`.
-pub fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// Big-endian u16 at `at`.
-pub fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-/// Big-endian u32 at `at`.
-pub fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// Big-endian u64 at `at`.
-pub fn be64(b: &[u8], at: usize) -> u64 {
-    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// A virtual disk of equal blocks, each stored contiguously in the file or reading as zeros.

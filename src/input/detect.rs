@@ -125,9 +125,7 @@ fn head_formats(h: &[u8]) -> Vec<Format> {
     let at = |offset: usize, magic: &[u8]| h.get(offset..offset + magic.len()) == Some(magic);
     let mut found = Vec::new();
     if at(0, b"QFI\xfb") {
-        let version = h
-            .get(4..8)
-            .map(|v| u32::from_be_bytes(v.try_into().expect("4 bytes")));
+        let version = h.get(4..8).map(|v| super::bytes::be32(v, 0));
         found.push(if version == Some(1) {
             Format::Qcow
         } else {

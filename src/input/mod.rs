@@ -6,6 +6,7 @@
 //! Formats are detected from content only ([`detect`](mod@detect)), never from file names.
 
 pub mod blockmap;
+pub mod bytes;
 pub mod detect;
 pub mod facts;
 pub mod limits;

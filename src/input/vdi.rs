@@ -23,7 +23,8 @@
 
 use serde_json::{json, Map};
 
-use super::blockmap::{check_table_size, check_virtual_size, le32, le64, read_bytes, BlockTable, UNMAPPED};
+use super::blockmap::{check_table_size, check_virtual_size, read_bytes, BlockTable, UNMAPPED};
+use super::bytes::{le32, le64};
 use crate::error::{Error, Result};
 use crate::read_at::ReadAt;
 

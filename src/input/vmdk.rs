@@ -36,7 +36,8 @@ use std::collections::HashMap;
 use flate2::{Decompress, FlushDecompress, Status};
 use serde_json::{json, Map, Value};
 
-use super::blockmap::{check_inside, check_table_size, check_virtual_size, le16, le32, le64, read_bytes};
+use super::blockmap::{check_inside, check_table_size, check_virtual_size, read_bytes};
+use super::bytes::{le16, le32, le64};
 use super::DiskSource;
 use crate::error::{Error, ErrorKind, Result};
 use crate::read_at::ReadAt;

@@ -30,6 +30,7 @@
 //! returns the [`Layout`] the reader works from, or the reason the image is refused.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::input::bytes::{be16, be32, be64};
 use crate::read_at::ReadAt;
 
 /// QCOW magic, `QFI\xfb`.
@@ -162,16 +163,6 @@ impl Layout {
             .find(|&&(s, e, _)| start < e && s < end)
             .map(|&(_, _, name)| name)
     }
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(word)
 }
 
 fn read_error(what: &str, offset: u64, e: std::io::Error) -> Error {
@@ -582,8 +573,8 @@ fn check_snapshots(header: &Header, file: &dyn ReadAt, cluster_size: u64) -> Res
             .map_err(|e| read_error("snapshot table", offset, e))?;
         let l1_offset = be64(&entry, 0);
         let l1_size = be32(&entry, 8);
-        let id_len = u64::from(u16::from_be_bytes([entry[12], entry[13]]));
-        let name_len = u64::from(u16::from_be_bytes([entry[14], entry[15]]));
+        let id_len = u64::from(be16(&entry, 12));
+        let name_len = u64::from(be16(&entry, 14));
         let extra = be32(&entry, 36);
         if extra > MAX_SNAPSHOT_EXTRA_DATA {
             return Err(Error::corrupt(

@@ -17,6 +17,7 @@
 
 use super::header::Layout;
 use crate::error::{Error, Result};
+use crate::input::bytes::be64;
 use crate::read_at::ReadAt;
 
 /// Bits 9..56 of an L1 or standard L2 entry: the host offset.
@@ -51,7 +52,7 @@ fn check_refcount_blocks(layout: &Layout, file: &dyn ReadAt) -> Result<()> {
     file.read_exact_at(&mut bytes, start)
         .map_err(|e| Error::io("reading the qcow2 refcount table", e).at(start))?;
     for (index, raw) in bytes.chunks_exact(8).enumerate() {
-        let block = u64::from_be_bytes(raw.try_into().expect("8-byte entry")) & REFCOUNT_BLOCK_MASK;
+        let block = be64(raw, 0) & REFCOUNT_BLOCK_MASK;
         if block != 0 && block.saturating_add(layout.cluster_size) > layout.file_size {
             let at = start + index as u64 * 8;
             return Err(truncated(at, &format!("refcount block {index}"), block, layout));
@@ -106,7 +107,7 @@ impl Tables {
             .map_err(|e| Error::io("reading the qcow2 L1 table", e).at(start))?;
         let mut l1 = Vec::with_capacity(count);
         for (index, raw) in bytes.chunks_exact(8).enumerate() {
-            let entry = u64::from_be_bytes(raw.try_into().expect("8-byte entry"));
+            let entry = be64(raw, 0);
             let l2 = entry & OFFSET_MASK;
             if l2 != 0 {
                 let at = start + index as u64 * 8;
@@ -183,11 +184,7 @@ impl Tables {
             .map_err(|e| Error::io("reading a qcow2 L2 table", e).at(at))?;
         bytes[n..].fill(0);
         words.clear();
-        words.extend(
-            bytes
-                .chunks_exact(8)
-                .map(|w| u64::from_be_bytes(w.try_into().expect("8-byte word"))),
-        );
+        words.extend(bytes.chunks_exact(8).map(|w| be64(w, 0)));
         Ok(())
     }
 
