@@ -265,6 +265,11 @@ pub fn vhdx(data: &[u8]) {
     disk_image(Format::Vhdx, data)
 }
 
+/// The VMDK text descriptor parser alone (no I/O): any text, valid UTF-8 or not.
+pub fn vmdk_descriptor(data: &[u8]) {
+    let _ = crate::input::vmdk::descriptor::parse_descriptor(&String::from_utf8_lossy(data));
+}
+
 /// The Parallels reader (both signatures): header, BAT, reads.
 pub fn parallels(data: &[u8]) {
     disk_image(Format::Parallels, data)

@@ -216,6 +216,22 @@ fn parallels_reader_survives_mutated_images() {
 }
 
 #[test]
+fn vmdk_descriptor_parser_survives_mutated_text() {
+    let mut seeds = Vec::new();
+    for name in ["vmdk-sparse.vmdk", "vmdk-stream.vmdk"] {
+        let image = format_fixture(name);
+        let at = u64::from_le_bytes(image[28..36].try_into().unwrap()) as usize * 512;
+        let len = u64::from_le_bytes(image[36..44].try_into().unwrap()) as usize * 512;
+        let text = &image[at..at + len];
+        let end = text.iter().position(|&b| b == 0).unwrap_or(len);
+        seeds.push(text[..end].to_vec());
+    }
+    let flat = String::from_utf8_lossy(&seeds[0]).replace("SPARSE", "FLAT");
+    seeds.push(flat.into_bytes());
+    exercise("vmdk_descriptor", seeds, 300, target::vmdk_descriptor);
+}
+
+#[test]
 fn vhdx_reader_survives_mutated_images() {
     let seeds = vec![
         format_fixture("vhdx-dynamic.vhdx"),
