@@ -127,7 +127,7 @@ pub fn convert_bytes(data: &[u8]) {
 }
 
 /// Opens `data` as the image format `format` (VHD, VDI, VMDK, VHDX, Parallels) with the reader
-/// [`route`](crate::input::route) gives it, and walks the disk as the pipeline does, reading a
+/// [`route()`](crate::input::route::route) gives it, and walks the disk as the pipeline does, reading a
 /// bounded number of chunks.
 pub fn disk_image(format: Format, data: &[u8]) {
     disk_image_file(format, data.to_vec())

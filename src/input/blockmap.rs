@@ -4,7 +4,7 @@
 //!
 //! VHD, VHDX, VDI and Parallels parse their headers and tables into a [`BlockTable`] at open,
 //! checking every mapped block against the file's length there, so reads never need to check
-//! again. Which reader opens which format is decided in [`super::route`], not here.
+//! again. Which reader opens which format is decided in [`super::route::route()`], not here.
 
 use serde_json::{Map, Value};
 
