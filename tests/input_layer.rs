@@ -30,7 +30,10 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 #[test]
 fn nothing_in_the_input_layer_uses_a_layer_above_it() {
     let mut files = Vec::new();
-    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/input"), &mut files);
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/input"),
+        &mut files,
+    );
     assert!(files.len() > 10, "src/input not found");
     let mut found = Vec::new();
     for file in files {
@@ -43,5 +46,9 @@ fn nothing_in_the_input_layer_uses_a_layer_above_it() {
             }
         }
     }
-    assert!(found.is_empty(), "imports running up a layer:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "imports running up a layer:\n{}",
+        found.join("\n")
+    );
 }
