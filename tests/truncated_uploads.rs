@@ -187,7 +187,7 @@ fn images_cut_inside_their_tables_are_refused_naming_the_table() {
             let cuts = [t.start + 1, t.start + 3, t.start + t.len / 2, end - 1];
             for cut in cuts.into_iter().filter(|&c| c > t.start && c < end) {
                 std::fs::write(&cut_image, &bytes[..cut as usize]).unwrap();
-                let what = format!("{format} {options} cut at {cut} inside the {}", t.needle);
+                let what = format!("{format} {options} cut at {cut} inside {}", t.needle);
                 let err = try_convert(&cut_image, dir.path())
                     .err()
                     .unwrap_or_else(|| panic!("{what}: converted"));
