@@ -9,10 +9,12 @@ imgpack=${IMGPACK:-${CARGO_TARGET_DIR:-$root/target}/release/imgpack}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-mkdir -p corpus/{qcow2,vhd,vdi,vmdk,vhdx,archive,archive_sealed,streams,images}
+mkdir -p corpus/{qcow2,vhd,vdi,vmdk,vmdk_descriptor,vhdx,parallels,archive,archive_sealed,streams,images}
 cp $root/testdata/qcow2/*.qcow2 corpus/qcow2/
 gunzip -c $root/testdata/formats/vmdk-sparse.vmdk.gz >corpus/vmdk/sparse.vmdk
 gunzip -c $root/testdata/formats/vmdk-stream.vmdk.gz >corpus/vmdk/stream.vmdk
+# vmdk_descriptor: the descriptor embedded in the sparse fixture (sector 1, up to its NUL).
+dd if=corpus/vmdk/sparse.vmdk bs=512 skip=1 count=20 status=none | tr -d '\000' >corpus/vmdk_descriptor/sparse.txt
 
 # vhd, vdi, vhdx: the testdata fixtures are 3-16 MiB, past libFuzzer's default 1 MiB -max_len
 # (a truncated VHDX does not even open). Small images instead.
@@ -23,7 +25,7 @@ d[524288:528384] = b"\x33" * 4096; sys.stdout.buffer.write(d)' >"$tmp/small.raw"
   for spec in vpc:vhd:subformat=dynamic vpc:fixed.vhd:subformat=fixed vdi:vdi:static=off \
     vdi:static.vdi:static=on vhdx:vhdx:block_size=1M,log_size=1M \
     vmdk:vmdk:subformat=monolithicSparse vmdk:stream.vmdk:subformat=streamOptimized \
-    qcow2:qcow2:cluster_size=4k; do
+    qcow2:qcow2:cluster_size=4k parallels:parallels:cluster_size=64k; do
     IFS=: read -r fmt name opt <<<"$spec"
     t=${name##*.}
     qemu-img convert -q -f raw -O "$fmt" -o "$opt" "$tmp/small.raw" "corpus/$t/small.$name"

@@ -17,15 +17,13 @@ use crate::archive::format::Geometry;
 use crate::archive::writer::{ArchiveSummary, ArchiveWriter};
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, Result};
-use crate::input::{self, Body, Input, Opened, ReadMode};
+pub use crate::input::limits::{check_virtual_size, DEFAULT_MAX_VIRTUAL_SIZE};
+use crate::input::{self, Body, Input, InputLimits, Opened, ReadMode};
 use crate::pipeline::{encode_source, encode_stream, EncodeSettings};
 use crate::sink::{ArchiveSink, FileSink, WriterSink};
-use crate::units::format_size;
 
 /// The default compressed-size limit: 50 GiB.
 pub const DEFAULT_MAX_COMPRESSED_SIZE: u64 = 50 << 30;
-/// The default virtual-size limit: 64 TiB.
-pub const DEFAULT_MAX_VIRTUAL_SIZE: u64 = 64 << 40;
 /// The default chunk size: 1 MiB (see the README's measurements).
 pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
 /// The default zstd level.
@@ -138,7 +136,9 @@ pub fn convert_to<S: ArchiveSink>(input: Input, sink: S, options: &ConvertOption
             .unwrap_or_else(std::env::temp_dir);
         let opened = input.open(&input::OpenOptions {
             read_mode: options.read_mode,
-            max_virtual_size: options.max_virtual_size,
+            limits: InputLimits {
+                max_virtual_size: options.max_virtual_size,
+            },
             spill_dir,
             control: options.control.clone(),
         })?;
@@ -188,21 +188,6 @@ pub fn encode<W: Write + Send>(
             writer.finish(virtual_size)
         }
     }
-}
-
-/// Refuses a virtual size above the limit.
-pub fn check_virtual_size(virtual_size: u64, limit: u64) -> Result<()> {
-    if virtual_size > limit {
-        return Err(Error::new(
-            ErrorKind::LimitExceeded,
-            format!(
-                "virtual size {} ({virtual_size} bytes) exceeds the limit of {} ({limit} bytes)",
-                format_size(virtual_size),
-                format_size(limit)
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Runs `f` on a dedicated pool of `threads` workers, or on the shared pool.

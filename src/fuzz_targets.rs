@@ -7,7 +7,7 @@
 use std::io::{Cursor, Read};
 
 use crate::archive::reader::ArchiveReader;
-use crate::input::detect::{detect, HEAD_LEN};
+use crate::input::detect::{detect, Format, HEAD_LEN};
 
 /// The largest read a target makes through a parser, so a claimed 64 TiB disk stays cheap.
 const READ_CAP: usize = 1 << 20;
@@ -125,21 +125,32 @@ pub fn convert_bytes(data: &[u8]) {
     }
 }
 
-/// Opens `data` as the block-mapped format `name` (`"vpc"`, `"vdi"`, `"vmdk"`, `"vhdx"`) and
-/// walks the disk as the pipeline does, reading a bounded number of chunks.
-pub fn disk_image(name: &str, data: &[u8]) {
-    disk_image_file(name, data.to_vec())
+/// Opens `data` as the image format `format` (VHD, VDI, VMDK, VHDX, Parallels) with the reader
+/// [`route()`](crate::input::route::route) gives it, and walks the disk as the pipeline does, reading a
+/// bounded number of chunks.
+pub fn disk_image(format: Format, data: &[u8]) {
+    disk_image_file(format, data.to_vec())
 }
 
-fn disk_image_file(name: &str, file: Vec<u8>) {
-    let Some(Ok(source)) = crate::input::blockmap::open_native(name, Box::new(file), 1 << 30) else {
+fn disk_image_file(format: Format, file: Vec<u8>) {
+    let limits = crate::input::InputLimits {
+        max_virtual_size: 1 << 30,
+    };
+    let Ok(source) = crate::input::route::open_image(format, file, std::path::Path::new("fuzz"), &limits)
+    else {
         return;
     };
     walk(source.as_ref(), 64 << 10);
 }
 
 /// The formats [`images`] chooses from with its first byte (modulo their number).
-pub const PACKED_FORMATS: [&str; 5] = ["qcow2", "vpc", "vdi", "vmdk", "vhdx"];
+pub const PACKED_FORMATS: [Format; 5] = [
+    Format::Qcow2,
+    Format::Vhd,
+    Format::Vdi,
+    Format::Vmdk,
+    Format::Vhdx,
+];
 
 /// The largest file [`unpack_image`] builds.
 const PACKED_MAX_LEN: usize = 16 << 20;
@@ -152,8 +163,8 @@ pub fn images(data: &[u8]) {
         return;
     };
     match format {
-        "qcow2" => qcow2_file(file),
-        name => disk_image_file(name, file),
+        Format::Qcow2 => qcow2_file(file),
+        other => disk_image_file(other, file),
     }
 }
 
@@ -161,7 +172,7 @@ pub fn images(data: &[u8]) {
 /// [`PACKED_FORMATS`], the file's length (u32 LE, at most 16 MiB), then pieces, each an offset
 /// (u32 LE), a length (u16 LE) and that many bytes, laid over zeros and cut at the file's end.
 /// A trailing partial piece is ignored.
-pub fn unpack_image(data: &[u8]) -> Option<(&'static str, Vec<u8>)> {
+pub fn unpack_image(data: &[u8]) -> Option<(Format, Vec<u8>)> {
     let (&selector, rest) = data.split_first()?;
     let (len, mut rest) = rest.split_first_chunk::<4>()?;
     let len = (u32::from_le_bytes(*len) as usize).min(PACKED_MAX_LEN);
@@ -216,7 +227,9 @@ pub fn streams(data: &[u8]) {
         return;
     }
     let options = OpenOptions {
-        max_virtual_size: 16 << 20,
+        limits: crate::input::InputLimits {
+            max_virtual_size: 16 << 20,
+        },
         ..OpenOptions::default()
     };
     let reader = Box::new(Cursor::new(data.to_vec()));
@@ -233,20 +246,30 @@ pub fn streams(data: &[u8]) {
 
 /// VHD ([`disk_image`] as `vpc`).
 pub fn vhd(data: &[u8]) {
-    disk_image("vpc", data)
+    disk_image(Format::Vhd, data)
 }
 
 /// VDI ([`disk_image`] as `vdi`).
 pub fn vdi(data: &[u8]) {
-    disk_image("vdi", data)
+    disk_image(Format::Vdi, data)
 }
 
 /// VMDK ([`disk_image`] as `vmdk`).
 pub fn vmdk(data: &[u8]) {
-    disk_image("vmdk", data)
+    disk_image(Format::Vmdk, data)
 }
 
 /// VHDX ([`disk_image`] as `vhdx`).
 pub fn vhdx(data: &[u8]) {
-    disk_image("vhdx", data)
+    disk_image(Format::Vhdx, data)
+}
+
+/// The VMDK text descriptor parser alone (no I/O): any text, valid UTF-8 or not.
+pub fn vmdk_descriptor(data: &[u8]) {
+    let _ = crate::input::vmdk::descriptor::parse_descriptor(&String::from_utf8_lossy(data));
+}
+
+/// The Parallels reader (both signatures): header, BAT, reads.
+pub fn parallels(data: &[u8]) {
+    disk_image(Format::Parallels, data)
 }

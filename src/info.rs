@@ -9,9 +9,10 @@ use serde::Serialize;
 
 use crate::archive::reader::ArchiveReader;
 use crate::control::Control;
-use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::input::detect::Format;
-use crate::input::{self, Body, DiskSource, OpenOptions};
+use crate::input::facts::{is_refusal, refusal_text};
+use crate::input::{self, DiskSource, OpenOptions};
 use crate::pipeline::DataChunks;
 use crate::read_at::FileAt;
 use crate::zero::is_zero;
@@ -77,39 +78,20 @@ pub fn info(path: &Path, options: &OpenOptions) -> Result<ImageInfo> {
         info.chunks = Some(reader.records().len() as u64);
         return Ok(info);
     }
-    if format.is_stream() {
-        input::stream::describe(path, format, options, &mut info)?;
-        return Ok(info);
-    }
-    if format == Format::Qcow2 {
-        return input::qcow2::fill_info(info, file, path, options);
-    }
-    match input::open(path, options) {
-        Ok(opened) => {
-            info.format = opened.format_name();
-            match opened.body {
-                Body::Source(source) => {
-                    info.virtual_size = Some(source.virtual_size());
-                    info.details.extend(source.details());
-                    if let Err(e) =
-                        crate::convert::check_virtual_size(source.virtual_size(), options.max_virtual_size)
-                    {
-                        info.refusal = Some(e.to_string());
-                    }
-                    info.disk_size = Some(measure_disk_size(source.as_ref(), &options.control)?);
-                }
-                Body::Stream(_) => {}
-            }
+    let facts = input::facts::inspect(path, format, file, options)?;
+    info.format = facts.format;
+    info.virtual_size = facts.virtual_size;
+    info.compressed_size = facts.compressed_size;
+    info.refusal = facts.refusal;
+    info.details.extend(facts.details);
+    if let Some(source) = facts.source {
+        // Damage found only while reading (an L2 table, a compressed cluster or grain) is a
+        // refusal to explain too, not a failure of `info`.
+        match measure_disk_size(source.as_ref(), &options.control) {
+            Ok(size) => info.disk_size = Some(size),
+            Err(e) if is_refusal(&e) => info.refusal = Some(refusal_text(&e)),
+            Err(e) => return Err(e.in_file(path)),
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::Unsupported | ErrorKind::InvalidArgument | ErrorKind::LimitExceeded
-            ) =>
-        {
-            info.refusal = Some(e.message().to_string());
-        }
-        Err(e) => return Err(e),
     }
     Ok(info)
 }

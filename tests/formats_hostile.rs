@@ -1,4 +1,4 @@
-//! Hostile VHD, VDI, VMDK and VHDX images: the committed fixtures (testdata/formats, made by
+//! Hostile VHD, VDI, VMDK, VHDX and Parallels images: the committed fixtures (testdata/formats, made by
 //! make.sh with qemu-img) truncated at every structure boundary, poked in their headers and
 //! tables, mutated at random, and edited to name other files. Each must give an error of the
 //! right kind quickly, never a panic, never wrong bytes and never a read of another file.
@@ -10,22 +10,36 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{damage, Rng};
-use imgpack::input::blockmap::open_native;
-use imgpack::input::DiskSource;
+use imgpack::input::detect::Format;
+use imgpack::input::route::open_image;
+use imgpack::input::{DiskSource, InputLimits};
 use imgpack::read_at::ReadAt;
 use imgpack::{ConvertOptions, ErrorKind};
 use sha2::{Digest, Sha256};
 
-const FIXTURES: &[(&str, &str)] = &[
-    ("vhd-dynamic.vhd", "vpc"),
-    ("vhd-fixed.vhd", "vpc"),
-    ("vdi-dynamic.vdi", "vdi"),
-    ("vdi-static.vdi", "vdi"),
-    ("vmdk-sparse.vmdk", "vmdk"),
-    ("vmdk-stream.vmdk", "vmdk"),
-    ("vhdx-dynamic.vhdx", "vhdx"),
-    ("vhdx-fixed.vhdx", "vhdx"),
+const FIXTURES: &[(&str, Format)] = &[
+    ("vhd-dynamic.vhd", Format::Vhd),
+    ("vhd-fixed.vhd", Format::Vhd),
+    ("vdi-dynamic.vdi", Format::Vdi),
+    ("vdi-static.vdi", Format::Vdi),
+    ("vmdk-sparse.vmdk", Format::Vmdk),
+    ("vmdk-stream.vmdk", Format::Vmdk),
+    ("vhdx-dynamic.vhdx", Format::Vhdx),
+    ("vhdx-fixed.vhdx", Format::Vhdx),
+    ("parallels.hds", Format::Parallels),
 ];
+
+/// Opens `file` as `format` with the reader the input layer routes it to, under `limit`.
+fn open_native<R: ReadAt + 'static>(
+    format: Format,
+    file: R,
+    limit: u64,
+) -> imgpack::Result<Box<dyn DiskSource>> {
+    let limits = InputLimits {
+        max_virtual_size: limit,
+    };
+    open_image(format, file, Path::new("image"), &limits)
+}
 
 /// The virtual-size limit hostile variants are opened with: large enough for every fixture and
 /// for pokes that grow the disk, small enough that walking a poked disk stays quick.
@@ -134,14 +148,14 @@ fn read_disk(source: &dyn DiskSource) -> imgpack::Result<Vec<u8>> {
 
 /// Opens and reads a possibly hostile image; small disks are read whole, large ones only
 /// where `next_data` leads, a few chunks deep. Returns the disk when read whole.
-fn try_image(name: &str, bytes: Vec<u8>) -> imgpack::Result<Option<Vec<u8>>> {
-    probe(name, Box::new(bytes), true)
+fn try_image(format: Format, bytes: Vec<u8>) -> imgpack::Result<Option<Vec<u8>>> {
+    probe(format, bytes, true)
 }
 
 /// Like [`try_image`]; with `whole` false, reads only a few chunks where `next_data` leads
 /// (enough to reach the decoders) so that sweeps over thousands of variants stay fast.
-fn probe(name: &str, bytes: Box<dyn ReadAt>, whole: bool) -> imgpack::Result<Option<Vec<u8>>> {
-    let source = open_native(name, bytes, LIMIT).expect("a native format")?;
+fn probe<R: ReadAt + 'static>(format: Format, bytes: R, whole: bool) -> imgpack::Result<Option<Vec<u8>>> {
+    let source = open_native(format, bytes, LIMIT)?;
     if whole && source.virtual_size() <= 64 << 20 {
         return read_disk(source.as_ref()).map(Some);
     }
@@ -170,16 +184,16 @@ fn walk_a_little(source: &dyn DiskSource, scratch: &mut Vec<u8>) -> imgpack::Res
 }
 
 /// Runs `f` on every fixture, one thread each.
-fn each_fixture(f: impl Fn(&str, &str, Arc<Vec<u8>>) + Sync) {
+fn each_fixture(f: impl Fn(&str, Format, Arc<Vec<u8>>) + Sync) {
     std::thread::scope(|scope| {
-        for (file, name) in FIXTURES {
+        for &(file, format) in FIXTURES {
             let f = &f;
-            scope.spawn(move || f(file, name, Arc::new(fixture(file))));
+            scope.spawn(move || f(file, format, Arc::new(fixture(file))));
         }
     });
 }
 
-fn assert_refused(name: &str, bytes: Vec<u8>, kind: ErrorKind, needle: &str) {
+fn assert_refused(name: Format, bytes: Vec<u8>, kind: ErrorKind, needle: &str) {
     let err = match try_image(name, bytes) {
         Err(e) => e,
         Ok(_) => panic!("{name}: accepted, expected {kind:?} ({needle})"),
@@ -194,13 +208,13 @@ fn put(bytes: &mut [u8], at: usize, value: &[u8]) {
 
 #[test]
 fn fixtures_read_as_recorded() {
-    for (file, name) in FIXTURES {
+    for &(file, format) in FIXTURES {
         let bytes = fixture(file);
         let head = &bytes[..512];
         let tail = &bytes[bytes.len() - 512..];
         let detected = imgpack::input::detect::detect(head, Some(tail)).unwrap();
-        assert_eq!(detected.name(), *name, "{file}");
-        let disk = try_image(name, bytes).unwrap().unwrap();
+        assert_eq!(detected, format, "{file}");
+        let disk = try_image(format, bytes).unwrap().unwrap();
         assert_eq!(hex(&Sha256::digest(&disk)), expected_sha256(file), "{file}");
     }
 }
@@ -212,9 +226,7 @@ fn hex(bytes: &[u8]) -> String {
 #[test]
 fn truncations_give_an_error_or_the_same_disk() {
     each_fixture(|file, name, bytes| {
-        let whole = probe(name, Box::new(Variant::new(&bytes)), true)
-            .unwrap()
-            .unwrap();
+        let whole = probe(name, Variant::new(&bytes), true).unwrap().unwrap();
         let mut cuts: Vec<usize> = (0..8 * 1024).step_by(512).collect();
         cuts.extend(
             (0..bytes.len().min(1 << 20))
@@ -230,7 +242,7 @@ fn truncations_give_an_error_or_the_same_disk() {
                 len: cut,
                 ..Variant::new(&bytes)
             };
-            if let Ok(Some(disk)) = probe(name, Box::new(variant), true) {
+            if let Ok(Some(disk)) = probe(name, variant, true) {
                 assert!(
                     disk == whole,
                     "{file} cut at {cut}: read different bytes without an error"
@@ -249,7 +261,7 @@ fn poked_headers_never_panic_or_hang() {
     each_fixture(|file, name, bytes| {
         let mut spots: Vec<usize> = (0..512).step_by(2).collect();
         spots.extend((bytes.len() - 1536..bytes.len()).step_by(8));
-        if name == "vhdx" {
+        if name == Format::Vhdx {
             spots.extend((64 << 10)..(64 << 10) + 80);
             spots.extend((192 << 10)..(192 << 10) + 80);
         }
@@ -257,7 +269,7 @@ fn poked_headers_never_panic_or_hang() {
             let mut poked = Variant::new(&bytes);
             poked.patches.push((at, if bytes[at] == 0xff { 0 } else { 0xff }));
             let start = Instant::now();
-            let _ = probe(name, Box::new(poked), false);
+            let _ = probe(name, poked, false);
             assert!(start.elapsed() < Duration::from_secs(5), "{file} byte {at}: slow");
         }
     });
@@ -278,7 +290,7 @@ fn random_mutations_never_panic_or_hang() {
                 }
             });
             let start = Instant::now();
-            let _ = probe(name, Box::new(mutated), true);
+            let _ = probe(name, mutated, true);
             assert!(start.elapsed() < Duration::from_secs(5), "{file}: slow mutation");
         }
     });
@@ -286,11 +298,8 @@ fn random_mutations_never_panic_or_hang() {
 
 #[test]
 fn images_above_the_virtual_size_limit_are_refused() {
-    for (file, name) in FIXTURES {
-        let err = open_native(name, Box::new(fixture(file)), 1 << 20)
-            .unwrap()
-            .err()
-            .unwrap();
+    for &(file, format) in FIXTURES {
+        let err = open_native(format, fixture(file), 1 << 20).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{file}: {err}");
     }
 }
@@ -320,16 +329,21 @@ fn sparse_extent_line(bytes: &[u8]) -> String {
 fn vmdk_descriptors_naming_other_files_are_refused() {
     let line = sparse_extent_line(&fixture("vmdk-sparse.vmdk"));
     let flat = vmdk_descriptor_edit(&line, "RW 6147 FLAT \"/etc/passwd\" 0");
-    assert_refused("vmdk", flat, ErrorKind::Unsupported, "/etc/passwd");
+    assert_refused(Format::Vmdk, flat, ErrorKind::Unsupported, "/etc/passwd");
     let two = vmdk_descriptor_edit(&line, &format!("{line}\nRW 6147 SPARSE \"/etc/shadow\""));
-    assert_refused("vmdk", two, ErrorKind::Unsupported, "extents");
+    assert_refused(Format::Vmdk, two, ErrorKind::Unsupported, "extents");
     let parent = vmdk_descriptor_edit(
         "parentCID=ffffffff",
         "parentCID=ffffffff\nparentFileNameHint=\"/etc/hosts\"",
     );
-    assert_refused("vmdk", parent, ErrorKind::Unsupported, "parent");
+    assert_refused(Format::Vmdk, parent, ErrorKind::Unsupported, "parent");
     let split = vmdk_descriptor_edit("monolithicSparse", "twoGbMaxExtentSparse");
-    assert_refused("vmdk", split, ErrorKind::Unsupported, "twoGbMaxExtentSparse");
+    assert_refused(
+        Format::Vmdk,
+        split,
+        ErrorKind::Unsupported,
+        "twoGbMaxExtentSparse",
+    );
 }
 
 #[test]
@@ -367,11 +381,11 @@ fn vmdk_header_damage_is_refused() {
     for (at, value, kind, needle) in cases {
         let mut bytes = base.clone();
         put(&mut bytes, at, value);
-        assert_refused("vmdk", bytes, kind, needle);
+        assert_refused(Format::Vmdk, bytes, kind, needle);
     }
     let mut version = base.clone();
     put(&mut version, 4, &7u32.to_le_bytes());
-    assert_refused("vmdk", version, ErrorKind::Unsupported, "version");
+    assert_refused(Format::Vmdk, version, ErrorKind::Unsupported, "version");
 }
 
 #[test]
@@ -381,9 +395,9 @@ fn vmdk_grain_tables_pointing_outside_the_file_are_refused() {
     let gt = u32::from_le_bytes(bytes[gd..gd + 4].try_into().unwrap()) as usize * 512;
     let mut grain_entry = bytes.clone();
     put(&mut grain_entry, gt, &0x7fff_ffffu32.to_le_bytes());
-    assert_refused("vmdk", grain_entry, ErrorKind::Corrupt, "outside the file");
+    assert_refused(Format::Vmdk, grain_entry, ErrorKind::Corrupt, "outside the file");
     put(&mut bytes, gd, &0x7fff_ffffu32.to_le_bytes());
-    assert_refused("vmdk", bytes, ErrorKind::Corrupt, "outside the file");
+    assert_refused(Format::Vmdk, bytes, ErrorKind::Corrupt, "outside the file");
 }
 
 #[test]
@@ -393,10 +407,10 @@ fn damaged_stream_optimized_grains_are_refused() {
     let first = u64::from_le_bytes(base[64..72].try_into().unwrap()) as usize * 512;
     let mut size = base.clone();
     put(&mut size, first + 8, &u32::MAX.to_le_bytes());
-    assert_refused("vmdk", size, ErrorKind::Corrupt, "compressed grain");
+    assert_refused(Format::Vmdk, size, ErrorKind::Corrupt, "compressed grain");
     let mut data = base.clone();
     data[first + 12..first + 40].fill(0x5a);
-    assert_refused("vmdk", data, ErrorKind::Corrupt, "grain");
+    assert_refused(Format::Vmdk, data, ErrorKind::Corrupt, "grain");
     // The header at the start may defer to the footer for the grain directory.
     // qemu-img writes no footer, so build one as VMware does: footer marker, header, end of
     // stream, each a sector.
@@ -407,15 +421,15 @@ fn damaged_stream_optimized_grains_are_refused() {
     deferred.extend_from_slice(&base[..512]);
     deferred.extend_from_slice(&[0u8; 512]);
     put(&mut deferred, 56, &u64::MAX.to_le_bytes());
-    let want = try_image("vmdk", base.clone()).unwrap();
+    let want = try_image(Format::Vmdk, base.clone()).unwrap();
     assert_eq!(
-        try_image("vmdk", deferred.clone()).unwrap(),
+        try_image(Format::Vmdk, deferred.clone()).unwrap(),
         want,
         "read through the footer"
     );
     let len = deferred.len();
     deferred[len - 1024..len - 1020].copy_from_slice(b"XXXX");
-    assert_refused("vmdk", deferred, ErrorKind::Corrupt, "footer");
+    assert_refused(Format::Vmdk, deferred, ErrorKind::Corrupt, "footer");
 }
 
 // ---- VHD ----
@@ -430,16 +444,16 @@ fn vhd_damage_is_refused() {
     let base = fixture("vhd-dynamic.vhd");
     let mut checksum = base.clone();
     checksum[40] ^= 1;
-    assert_refused("vpc", checksum, ErrorKind::Checksum, "footer checksum");
+    assert_refused(Format::Vhd, checksum, ErrorKind::Checksum, "footer checksum");
 
     let mut differencing = base.clone();
     put(&mut differencing, 60, &4u32.to_be_bytes());
     vhd_fix_checksum(&mut differencing, 0, 512, 64);
-    assert_refused("vpc", differencing, ErrorKind::Unsupported, "parent");
+    assert_refused(Format::Vhd, differencing, ErrorKind::Unsupported, "parent");
 
     let mut header = base.clone();
     header[512 + 100] ^= 1;
-    assert_refused("vpc", header, ErrorKind::Checksum, "dynamic header");
+    assert_refused(Format::Vhd, header, ErrorKind::Checksum, "dynamic header");
 
     let header_edit = |at: usize, value: &[u8]| {
         let mut bytes = base.clone();
@@ -448,25 +462,25 @@ fn vhd_damage_is_refused() {
         bytes
     };
     assert_refused(
-        "vpc",
+        Format::Vhd,
         header_edit(32, &3u32.to_be_bytes()),
         ErrorKind::Corrupt,
         "block size",
     );
     assert_refused(
-        "vpc",
+        Format::Vhd,
         header_edit(28, &1u32.to_be_bytes()),
         ErrorKind::Corrupt,
         "too small",
     );
     assert_refused(
-        "vpc",
+        Format::Vhd,
         header_edit(28, &u32::MAX.to_be_bytes()),
         ErrorKind::LimitExceeded,
         "table",
     );
     assert_refused(
-        "vpc",
+        Format::Vhd,
         header_edit(16, &(1u64 << 50).to_be_bytes()),
         ErrorKind::Corrupt,
         "outside the file",
@@ -475,14 +489,14 @@ fn vhd_damage_is_refused() {
     let mut bat = base.clone();
     let table = u64::from_be_bytes(base[512 + 16..512 + 24].try_into().unwrap()) as usize;
     put(&mut bat, table, &0x00ff_ffffu32.to_be_bytes());
-    assert_refused("vpc", bat, ErrorKind::Corrupt, "past the end of the file");
+    assert_refused(Format::Vhd, bat, ErrorKind::Corrupt, "past the end of the file");
 
     let mut size = fixture("vhd-fixed.vhd");
     let footer = size.len() - 512;
     put(&mut size, footer + 28, b"win ");
     put(&mut size, footer + 48, &(8u64 << 30).to_be_bytes());
     vhd_fix_checksum(&mut size, footer, 512, 64);
-    assert_refused("vpc", size, ErrorKind::Corrupt, "truncated");
+    assert_refused(Format::Vhd, size, ErrorKind::Corrupt, "truncated");
 }
 
 // ---- VDI ----
@@ -495,47 +509,47 @@ fn vdi_damage_is_refused() {
         put(&mut bytes, at, value);
         bytes
     };
-    assert_refused("vdi", edit(440, &[1; 16]), ErrorKind::Unsupported, "parent");
-    assert_refused("vdi", edit(424, &[1; 16]), ErrorKind::Unsupported, "link");
+    assert_refused(Format::Vdi, edit(440, &[1; 16]), ErrorKind::Unsupported, "parent");
+    assert_refused(Format::Vdi, edit(424, &[1; 16]), ErrorKind::Unsupported, "link");
     assert_refused(
-        "vdi",
+        Format::Vdi,
         edit(76, &4u32.to_le_bytes()),
         ErrorKind::Unsupported,
         "differencing",
     );
     assert_refused(
-        "vdi",
+        Format::Vdi,
         edit(376, &(2u32 << 20).to_le_bytes()),
         ErrorKind::Unsupported,
         "block size",
     );
     assert_refused(
-        "vdi",
+        Format::Vdi,
         edit(368, &u64::MAX.to_le_bytes()),
         ErrorKind::Corrupt,
         "disk size",
     );
     assert_refused(
-        "vdi",
+        Format::Vdi,
         edit(384, &u32::MAX.to_le_bytes()),
         ErrorKind::LimitExceeded,
         "block map",
     );
     assert_refused(
-        "vdi",
+        Format::Vdi,
         edit(340, &(1u32 << 30).to_le_bytes()),
         ErrorKind::Corrupt,
         "outside the file",
     );
     assert_refused(
-        "vdi",
+        Format::Vdi,
         edit(68, &0x0002_0000u32.to_le_bytes()),
         ErrorKind::Unsupported,
         "version",
     );
     let map = u32::from_le_bytes(base[340..344].try_into().unwrap()) as usize;
     assert_refused(
-        "vdi",
+        Format::Vdi,
         edit(map, &0x7fff_0000u32.to_le_bytes()),
         ErrorKind::Corrupt,
         "past the end",
@@ -581,12 +595,12 @@ fn vhdx_damage_is_refused() {
     let mut headers = base.clone();
     headers[64 * KIB + 20] ^= 1;
     headers[128 * KIB + 20] ^= 1;
-    assert_refused("vhdx", headers, ErrorKind::Checksum, "header");
+    assert_refused(Format::Vhdx, headers, ErrorKind::Checksum, "header");
 
     let mut one_header = base.clone();
     one_header[64 * KIB + 20] ^= 1;
     assert!(
-        try_image("vhdx", one_header).is_ok(),
+        try_image(Format::Vhdx, one_header).is_ok(),
         "the other header should be used"
     );
 
@@ -595,22 +609,22 @@ fn vhdx_damage_is_refused() {
         log[at + 48..at + 64].fill(0x42);
         vhdx_fix_header(&mut log, at);
     }
-    assert_refused("vhdx", log, ErrorKind::Unsupported, "log");
+    assert_refused(Format::Vhdx, log, ErrorKind::Unsupported, "log");
 
     let mut regions = base.clone();
     regions[192 * KIB + 40] ^= 1;
-    assert_refused("vhdx", regions, ErrorKind::Checksum, "region table");
+    assert_refused(Format::Vhdx, regions, ErrorKind::Checksum, "region table");
 
     let bat = vhdx_region(&base, 0x2dc2_7766);
     let mut partial = base.clone();
     partial[bat] = (partial[bat] & !7) | 7;
-    assert_refused("vhdx", partial, ErrorKind::Corrupt, "partially present");
+    assert_refused(Format::Vhdx, partial, ErrorKind::Corrupt, "partially present");
     let mut far = base.clone();
     put(&mut far, bat, &((1u64 << 40) | 6).to_le_bytes());
-    assert_refused("vhdx", far, ErrorKind::Corrupt, "past the end");
+    assert_refused(Format::Vhdx, far, ErrorKind::Corrupt, "past the end");
     let mut header_block = base.clone();
     put(&mut header_block, bat, &6u64.to_le_bytes());
-    assert_refused("vhdx", header_block, ErrorKind::Corrupt, "header");
+    assert_refused(Format::Vhdx, header_block, ErrorKind::Corrupt, "header");
 
     // Metadata items: find the file parameters (GUID data1 0xcaa16737).
     let meta = vhdx_region(&base, 0x8b7c_a206);
@@ -622,10 +636,10 @@ fn vhdx_damage_is_refused() {
         .unwrap();
     let mut parent = base.clone();
     parent[params + 4] |= 2;
-    assert_refused("vhdx", parent, ErrorKind::Unsupported, "parent");
+    assert_refused(Format::Vhdx, parent, ErrorKind::Unsupported, "parent");
     let mut block = base.clone();
     put(&mut block, params, &(3u32 << 20).to_le_bytes());
-    assert_refused("vhdx", block, ErrorKind::Corrupt, "block size");
+    assert_refused(Format::Vhdx, block, ErrorKind::Corrupt, "block size");
     let mut locator = base.clone();
     let entry = meta + 32;
     put(
@@ -635,7 +649,7 @@ fn vhdx_damage_is_refused() {
             0x2d, 0x5f, 0xd3, 0xa8, 0x0b, 0xb3, 0x4d, 0x45, 0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c,
         ],
     );
-    assert_refused("vhdx", locator, ErrorKind::Unsupported, "parent locator");
+    assert_refused(Format::Vhdx, locator, ErrorKind::Unsupported, "parent locator");
 }
 
 #[test]
@@ -662,12 +676,12 @@ fn a_huge_vmdk_directory_aliasing_one_empty_table_is_walked_quickly() {
     put(&mut bytes, 12, &capacity.to_le_bytes());
     put(&mut bytes, 56, &directory.to_le_bytes());
     let start = Instant::now();
-    let source = open_native("vmdk", Box::new(bytes), 64 << 40).unwrap().unwrap();
+    let source = open_native(Format::Vmdk, bytes, 64 << 40).unwrap();
     let last_span = (entries - 1) * 512 * 65536;
     assert_eq!(source.next_data(0).unwrap(), Some(last_span));
     let mut scratch = Vec::new();
     let data = source.read(last_span, 4096, &mut scratch).unwrap().to_vec();
-    let original = open_native("vmdk", Box::new(base), LIMIT).unwrap().unwrap();
+    let original = open_native(Format::Vmdk, base, LIMIT).unwrap();
     assert_eq!(data, original.read(0, 4096, &mut scratch).unwrap());
     assert!(
         start.elapsed() < Duration::from_secs(10),
@@ -679,7 +693,8 @@ fn a_huge_vmdk_directory_aliasing_one_empty_table_is_walked_quickly() {
 #[test]
 fn fuzz_entry_points_take_the_fixtures_and_their_cuts() {
     type Target = fn(&[u8]);
-    let targets: [(&str, Target); 4] = [
+    let targets: [(&str, Target); 5] = [
+        ("parallels", imgpack::fuzz_targets::parallels),
         ("vhd", imgpack::fuzz_targets::vhd),
         ("vdi", imgpack::fuzz_targets::vdi),
         ("vmdk", imgpack::fuzz_targets::vmdk),
@@ -689,11 +704,62 @@ fn fuzz_entry_points_take_the_fixtures_and_their_cuts() {
         let bytes = fixture(file);
         let target = targets
             .iter()
-            .find(|(prefix, _)| file.starts_with(&format!("{prefix}-")))
+            .find(|(prefix, _)| {
+                file.starts_with(&format!("{prefix}-")) || file.starts_with(&format!("{prefix}."))
+            })
             .unwrap()
             .1;
         for cut in [bytes.len(), bytes.len() / 2, 4096, 600, 0] {
             target(&bytes[..cut]);
         }
+    }
+}
+
+/// `info` on a damaged or truncated image succeeds and says why `convert` would refuse it in
+/// `refusal` (the README's promise), for damage found on open and damage found while reading.
+#[test]
+fn info_reports_damage_as_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = fixture("vmdk-stream.vmdk");
+    let first_grain = u64::from_le_bytes(stream[64..72].try_into().unwrap()) as usize * 512;
+    let mut cases: Vec<(&str, &str, Vec<u8>, &str)> = Vec::new();
+    let mut vhd = fixture("vhd-dynamic.vhd");
+    vhd[70] ^= 0xff; // inside the footer copy, covered by its checksum
+    cases.push(("vhd-checksum", "vpc", vhd, "checksum mismatch"));
+    let mut vhdx = fixture("vhdx-dynamic.vhdx");
+    for header in [64 << 10, 128 << 10] {
+        vhdx[header + 10] ^= 0xff;
+    }
+    cases.push(("vhdx-headers", "vhdx", vhdx, "neither VHDX header is valid"));
+    let mut vmdk = fixture("vmdk-sparse.vmdk");
+    put(&mut vmdk, 56, &(1u64 << 40).to_le_bytes());
+    cases.push(("vmdk-directory", "vmdk", vmdk, "grain directory"));
+    let mut grain = stream.clone();
+    for byte in &mut grain[first_grain + 12..first_grain + 40] {
+        *byte = 0x55; // the zlib stream of the first compressed grain
+    }
+    cases.push(("vmdk-grain", "vmdk", grain, "compressed grain"));
+    for (file, format) in [
+        ("vhd-dynamic.vhd", "vpc"),
+        ("vhdx-dynamic.vhdx", "vhdx"),
+        ("vdi-dynamic.vdi", "vdi"),
+    ] {
+        let mut cut = fixture(file);
+        cut.truncate(cut.len() / 3);
+        cases.push((file, format, cut, "past the end of the file"));
+    }
+    for (name, format, bytes, needle) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let described = imgpack::info(&path, &Default::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(described.format, format, "{name}");
+        let refusal = described.refusal.unwrap_or_else(|| panic!("{name}: no refusal"));
+        assert!(refusal.contains(needle), "{name}: {refusal}");
+        let err =
+            imgpack::convert(&path, &dir.path().join("out.imgpack"), &ConvertOptions::default()).unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::Corrupt | ErrorKind::Checksum),
+            "{name}: {err}"
+        );
     }
 }

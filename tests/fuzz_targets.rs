@@ -207,6 +207,37 @@ fn vmdk_reader_survives_mutated_images() {
 }
 
 #[test]
+fn parallels_reader_survives_mutated_images() {
+    // The same image with the old signature, whose BAT entries count sectors, not clusters.
+    let mut old_signature = format_fixture("parallels.hds");
+    old_signature[..16].copy_from_slice(b"WithoutFreeSpace");
+    let tracks = u32::from_le_bytes(old_signature[28..32].try_into().unwrap());
+    let entries = u32::from_le_bytes(old_signature[32..36].try_into().unwrap()) as usize;
+    for entry in old_signature[64..64 + 4 * entries].chunks_exact_mut(4) {
+        let cluster = u32::from_le_bytes(entry.try_into().unwrap());
+        entry.copy_from_slice(&(cluster * tracks).to_le_bytes());
+    }
+    let seeds = vec![format_fixture("parallels.hds"), old_signature];
+    exercise("parallels", seeds, 60, target::parallels);
+}
+
+#[test]
+fn vmdk_descriptor_parser_survives_mutated_text() {
+    let mut seeds = Vec::new();
+    for name in ["vmdk-sparse.vmdk", "vmdk-stream.vmdk"] {
+        let image = format_fixture(name);
+        let at = u64::from_le_bytes(image[28..36].try_into().unwrap()) as usize * 512;
+        let len = u64::from_le_bytes(image[36..44].try_into().unwrap()) as usize * 512;
+        let text = &image[at..at + len];
+        let end = text.iter().position(|&b| b == 0).unwrap_or(len);
+        seeds.push(text[..end].to_vec());
+    }
+    let flat = String::from_utf8_lossy(&seeds[0]).replace("SPARSE", "FLAT");
+    seeds.push(flat.into_bytes());
+    exercise("vmdk_descriptor", seeds, 300, target::vmdk_descriptor);
+}
+
+#[test]
 fn vhdx_reader_survives_mutated_images() {
     let seeds = vec![
         format_fixture("vhdx-dynamic.vhdx"),

@@ -249,7 +249,9 @@ fn extract(args: ExtractArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
 
 fn info(args: InfoArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
     let options = OpenOptions {
-        max_virtual_size: args.max_virtual_size.0,
+        limits: imgpack::input::InputLimits {
+            max_virtual_size: args.max_virtual_size.0,
+        },
         control: Control {
             cancel: Some(cancel),
             progress: None,

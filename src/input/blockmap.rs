@@ -1,10 +1,10 @@
-//! What the block-mapped virtual-disk formats (VHD, VHDX, VDI, VMDK) share: bounded reads of
-//! on-disk structures, little- and big-endian field access, and [`BlockTable`], a disk made of
+//! What the block-mapped virtual-disk formats (VHD, VHDX, VDI, VMDK, Parallels) share: bounded reads of
+//! on-disk structures and [`BlockTable`], a disk made of
 //! equal blocks each either stored whole at one place in the file or reading as zeros.
 //!
-//! VHD, VHDX and VDI parse their headers and tables into a [`BlockTable`] at open, checking
-//! every mapped block against the file's length there, so reads never need to check again.
-//! [`open_native`] routes a detected format name to its reader.
+//! VHD, VHDX, VDI and Parallels parse their headers and tables into a [`BlockTable`] at open,
+//! checking every mapped block against the file's length there, so reads never need to check
+//! again. Which reader opens which format is decided in [`super::route::route()`], not here.
 
 use serde_json::{Map, Value};
 
@@ -18,27 +18,6 @@ pub const MAX_TABLE_BYTES: u64 = 256 << 20;
 
 /// Marks a block of a [`BlockTable`] that is not stored and reads as zeros.
 pub const UNMAPPED: u64 = u64::MAX;
-
-/// Whether [`open_native`] has a reader for the detected format `name`.
-pub fn is_native(name: &str) -> bool {
-    matches!(name, "vpc" | "vdi" | "vmdk" | "vhdx")
-}
-
-/// Opens `file` as the format detection named `name` (`"vpc"`, `"vdi"`, `"vmdk"`, `"vhdx"`), or
-/// `None` for a name no native reader handles.
-pub fn open_native(
-    name: &str,
-    file: Box<dyn ReadAt>,
-    max_virtual_size: u64,
-) -> Option<Result<Box<dyn DiskSource>>> {
-    Some(match name {
-        "vpc" => super::vhd::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>),
-        "vdi" => super::vdi::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>),
-        "vmdk" => super::vmdk::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>),
-        "vhdx" => super::vhdx::open(file, max_virtual_size).map(|s| Box::new(s) as Box<dyn DiskSource>),
-        _ => return None,
-    })
-}
 
 /// Reads `len` bytes at `offset`, which must lie inside the file; `what` names the structure
 /// for the error. Callers bound `len` by a sane cap first: the file's length is not a cap.
@@ -62,7 +41,7 @@ pub fn check_inside(file_size: u64, offset: u64, len: u64, what: &str) -> Result
 }
 
 /// Refuses a virtual size above the limit, before any table sized by it is read.
-pub use crate::convert::check_virtual_size;
+pub use super::limits::check_virtual_size;
 
 /// Refuses a table of `bytes` bytes above [`MAX_TABLE_BYTES`].
 pub fn check_table_size(bytes: u64, offset: u64, what: &str) -> Result<()> {
@@ -78,36 +57,6 @@ pub fn check_table_size(bytes: u64, offset: u64, what: &str) -> Result<()> {
         .at(offset));
     }
     Ok(())
-}
-
-/// Little-endian u16 at `at` of a buffer known to be long enough.
-pub fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-/// Little-endian u32 at `at`.
-pub fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// Little-endian u64 at `at`.
-pub fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// Big-endian u16 at `at`.
-pub fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-/// Big-endian u32 at `at`.
-pub fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// Big-endian u64 at `at`.
-pub fn be64(b: &[u8], at: usize) -> u64 {
-    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// A virtual disk of equal blocks, each stored contiguously in the file or reading as zeros.
@@ -128,8 +77,10 @@ pub struct BlockTable {
 
 impl BlockTable {
     /// Checks that every mapped block's bytes inside the virtual disk lie inside the file;
-    /// `entry_offset(i)` gives the file offset of block `i`'s table entry for the error.
-    pub fn check_blocks(&self, entry_offset: impl Fn(usize) -> u64) -> Result<()> {
+    /// `table` names the table for the error (`"the VDI block map"`) and `entry_offset(i)`
+    /// gives the file offset of block `i`'s entry in it. Bytes of a block past the end of the
+    /// virtual disk may lie past the end of the file (qemu-img leaves such tails).
+    pub fn check_blocks(&self, table: &str, entry_offset: impl Fn(usize) -> u64) -> Result<()> {
         let file_size = self.file.size();
         for (index, &host) in self.blocks.iter().enumerate() {
             if host == UNMAPPED {
@@ -141,7 +92,7 @@ impl BlockTable {
                 return Err(Error::corrupt(
                     entry_offset(index),
                     format!(
-                        "block {index} is stored at offset {host}, past the end of the file ({file_size} bytes)"
+                        "{table}: block {index} is stored at offset {host}, past the end of the file ({file_size} bytes): the image is truncated"
                     ),
                 ));
             }
@@ -223,13 +174,14 @@ mod tests {
         assert_eq!(t.next_data(4).unwrap(), Some(8));
         assert_eq!(t.next_data(9).unwrap(), Some(9));
         assert_eq!(t.next_data(10).unwrap(), None);
-        t.check_blocks(|i| i as u64).unwrap();
+        t.check_blocks("the test table", |i| i as u64).unwrap();
     }
 
     #[test]
     fn a_block_past_the_end_is_corrupt() {
         let t = table(vec![6, UNMAPPED, UNMAPPED], b"abcdefgh".to_vec());
-        let err = t.check_blocks(|i| 100 + i as u64).unwrap_err();
+        let err = t.check_blocks("the test table", |i| 100 + i as u64).unwrap_err();
+        assert!(err.message().starts_with("the test table: block 0"), "{err}");
         assert_eq!(err.kind(), ErrorKind::Corrupt);
         assert_eq!(err.offset(), Some(100));
     }

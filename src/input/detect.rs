@@ -11,7 +11,7 @@ pub const HEAD_LEN: usize = 512;
 /// How many trailing bytes detection looks at (VHD fixed-disk footers).
 pub const TAIL_LEN: usize = 512;
 
-/// A detected format.
+/// A detected format: one variant per format imgpack recognises, read or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// No known magic: the bytes are the disk.
@@ -26,12 +26,43 @@ pub enum Format {
     Zstd,
     /// An imgpack archive.
     Imgpack,
-    /// A format recognised but not (yet) read by imgpack, with its name.
-    Other(&'static str),
+    /// VMware VMDK: a sparse extent (`KDMV`, `COWD`) or a text descriptor.
+    Vmdk,
+    /// VHD (Virtual PC, Hyper-V; qemu's `vpc`).
+    Vhd,
+    /// VHDX (Hyper-V).
+    Vhdx,
+    /// VirtualBox VDI.
+    Vdi,
+    /// Parallels / Virtuozzo (both signatures).
+    Parallels,
+    /// QEMU qcow version 1 (refused).
+    Qcow,
+    /// QEMU QED (refused).
+    Qed,
+    /// Bochs growing image (refused).
+    Bochs,
+    /// cloop compressed loop image (refused).
+    Cloop,
+    /// Apple disk image with a `koly` trailer (refused).
+    Dmg,
+    /// LUKS encrypted volume (refused).
+    Luks,
+    /// bzip2 stream (refused).
+    Bzip2,
+    /// lz4 frame (refused).
+    Lz4,
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Format {
-    /// The name used in reports and JSON (`"raw"`, `"qcow2"`, `"gzip"`, ...).
+    /// The name used in reports and JSON (`"raw"`, `"qcow2"`, `"vpc"` for VHD, as qemu-img
+    /// names them).
     pub fn name(self) -> &'static str {
         match self {
             Format::Raw => "raw",
@@ -40,7 +71,19 @@ impl Format {
             Format::Xz => "xz",
             Format::Zstd => "zstd",
             Format::Imgpack => "imgpack",
-            Format::Other(name) => name,
+            Format::Vmdk => "vmdk",
+            Format::Vhd => "vpc",
+            Format::Vhdx => "vhdx",
+            Format::Vdi => "vdi",
+            Format::Parallels => "parallels",
+            Format::Qcow => "qcow",
+            Format::Qed => "qed",
+            Format::Bochs => "bochs",
+            Format::Cloop => "cloop",
+            Format::Dmg => "dmg",
+            Format::Luks => "luks",
+            Format::Bzip2 => "bzip2",
+            Format::Lz4 => "lz4",
         }
     }
 
@@ -57,12 +100,12 @@ pub fn detect(head: &[u8], tail: Option<&[u8]>) -> Result<Format> {
     if let Some(tail) = tail {
         if tail.len() >= 512
             && tail[tail.len() - 512..].starts_with(b"conectix")
-            && !found.contains(&Format::Other("vpc"))
+            && !found.contains(&Format::Vhd)
         {
-            found.push(Format::Other("vpc"));
+            found.push(Format::Vhd);
         }
         if tail.len() >= 512 && tail[tail.len() - 512..].starts_with(b"koly") {
-            found.push(Format::Other("dmg"));
+            found.push(Format::Dmg);
         }
     }
     match found.as_slice() {
@@ -82,11 +125,9 @@ fn head_formats(h: &[u8]) -> Vec<Format> {
     let at = |offset: usize, magic: &[u8]| h.get(offset..offset + magic.len()) == Some(magic);
     let mut found = Vec::new();
     if at(0, b"QFI\xfb") {
-        let version = h
-            .get(4..8)
-            .map(|v| u32::from_be_bytes(v.try_into().expect("4 bytes")));
+        let version = h.get(4..8).map(|v| super::bytes::be32(v, 0));
         found.push(if version == Some(1) {
-            Format::Other("qcow")
+            Format::Qcow
         } else {
             Format::Qcow2
         });
@@ -104,25 +145,84 @@ fn head_formats(h: &[u8]) -> Vec<Format> {
     if at(0, &crate::archive::format::MAGIC) {
         found.push(Format::Imgpack);
     }
-    let others: [(usize, &[u8], &'static str); 11] = [
-        (0, b"KDMV", "vmdk"),
-        (0, b"COWD", "vmdk"),
-        (0, b"# Disk DescriptorFile", "vmdk"),
-        (0, b"vhdxfile", "vhdx"),
-        (0, b"conectix", "vpc"),
-        (64, &[0x7f, 0x10, 0xda, 0xbe], "vdi"),
-        (0, b"QED\0", "qed"),
-        (0, b"WithoutFreeSpace", "parallels"),
-        (0, b"LUKS\xba\xbe", "luks"),
-        (0, b"BZh", "bzip2"),
-        (0, b"\x04\x22\x4d\x18", "lz4"),
+    // The magic numbers of qemu's probe functions (block/*.c), each matched on its magic alone
+    // where qemu also checks a version or type: a file with the magic but another version is
+    // refused by name (or by its reader) rather than read as a raw disk.
+    let others: &[(usize, &[u8], Format)] = &[
+        (0, b"KDMV", Format::Vmdk),
+        (0, b"COWD", Format::Vmdk),
+        (0, b"# Disk DescriptorFile", Format::Vmdk),
+        (0, b"vhdxfile", Format::Vhdx),
+        (0, b"conectix", Format::Vhd),
+        // vdi_probe: the signature 0xbeda107f (little-endian) at offset 64.
+        (64, &[0x7f, 0x10, 0xda, 0xbe], Format::Vdi),
+        // qed_probe: the little-endian magic "QED\0".
+        (0, b"QED\0", Format::Qed),
+        // parallels_probe: either signature, then version 2 (checked by the reader).
+        (0, super::parallels::MAGIC_SECTORS, Format::Parallels),
+        (0, super::parallels::MAGIC_CLUSTERS, Format::Parallels),
+        // bochs_probe: the NUL-terminated magic, then type "Redolog", subtype "Growing" and
+        // version 1 or 2; every Bochs image is refused, so the magic alone decides.
+        (0, b"Bochs Virtual HD Image\0", Format::Bochs),
+        // cloop_probe: the V2.0 shell-script preamble; other versions start the same way.
+        (0, CLOOP_V2_MAGIC, Format::Cloop),
+        // The LUKS header (qemu's crypto/block-luks.c), of any version.
+        (0, b"LUKS\xba\xbe", Format::Luks),
+        (0, b"BZh", Format::Bzip2),
+        (0, b"\x04\x22\x4d\x18", Format::Lz4),
     ];
-    for (offset, magic, name) in others {
-        if at(offset, magic) && !found.contains(&Format::Other(name)) {
-            found.push(Format::Other(name));
+    for &(offset, magic, format) in others {
+        if at(offset, magic) && !found.contains(&format) {
+            found.push(format);
         }
     }
+    if !found.contains(&Format::Cloop) && is_other_cloop(h) {
+        found.push(Format::Cloop);
+    }
+    if !found.contains(&Format::Vmdk) && is_vmdk_descriptor(h) {
+        found.push(Format::Vmdk);
+    }
     found
+}
+
+/// The first line of qemu's `cloop_probe` magic (cloop V2.0); the whole preamble follows.
+const CLOOP_V2_MAGIC: &[u8] =
+    b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n";
+
+/// A cloop image of another version than qemu's V2.0: the same shell-script preamble that
+/// loads the `cloop` module.
+fn is_other_cloop(h: &[u8]) -> bool {
+    h.starts_with(b"#!/bin/sh\n") && h.windows(b"modprobe cloop".len()).any(|w| w == b"modprobe cloop")
+}
+
+/// qemu's `vmdk_probe` rule for a text descriptor: after comment lines (`#`) and blank lines,
+/// the first line is `version=1`, `version=2` or `version=3` (ending in `\n` or `\r\n`).
+fn is_vmdk_descriptor(h: &[u8]) -> bool {
+    let mut rest = h;
+    loop {
+        match rest.first() {
+            Some(b'#') => match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => rest = &rest[end + 1..],
+                None => return false,
+            },
+            Some(b' ' | b'\r' | b'\n') => {
+                let blank = rest.iter().take_while(|&&b| b == b' ').count();
+                let after = &rest[blank..];
+                let after = after.strip_prefix(b"\r").unwrap_or(after);
+                match after.strip_prefix(b"\n") {
+                    Some(next) => rest = next,
+                    None => return false,
+                }
+            }
+            _ => {
+                return [b'1', b'2', b'3'].iter().any(|&v| {
+                    let line = [b'v', b'e', b'r', b's', b'i', b'o', b'n', b'=', v];
+                    rest.strip_prefix(&line[..])
+                        .is_some_and(|end| end.starts_with(b"\n") || end.starts_with(b"\r\n"))
+                })
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,7 +243,7 @@ mod tests {
             (&[0xfd, b'7', b'z', b'X', b'Z', 0], Format::Xz),
             (&[0x28, 0xb5, 0x2f, 0xfd], Format::Zstd),
             (&[0x5e, 0x2a, 0x4d, 0x18], Format::Zstd),
-            (b"KDMV", Format::Other("vmdk")),
+            (b"KDMV", Format::Vmdk),
         ];
         for (magic, want) in cases {
             assert_eq!(detect(&with_head(magic), None).unwrap(), want, "{magic:?}");
@@ -156,8 +256,56 @@ mod tests {
     fn qcow_version_1_is_named_not_read() {
         assert_eq!(
             detect(&with_head(b"QFI\xfb\0\0\0\x01"), None).unwrap(),
-            Format::Other("qcow")
+            Format::Qcow
         );
+    }
+
+    #[test]
+    fn every_format_qemu_probes_is_named() {
+        let mut bochs = b"Bochs Virtual HD Image\0".to_vec();
+        bochs.resize(32, 0);
+        bochs.extend_from_slice(b"Redolog\0");
+        let cases: [(&[u8], Format); 12] = [
+            (b"QED\0", Format::Qed),
+            (b"WithoutFreeSpace\x02\0\0\0", Format::Parallels),
+            (b"WithouFreSpacExt\x02\0\0\0", Format::Parallels),
+            (&bochs, Format::Bochs),
+            (CLOOP_V2_MAGIC, Format::Cloop),
+            (b"#!/bin/sh\n#V4.0 Format\nmodprobe cloop file=$0", Format::Cloop),
+            (b"LUKS\xba\xbe\0\x01", Format::Luks),
+            (b"LUKS\xba\xbe\0\x02", Format::Luks),
+            (b"vhdxfile", Format::Vhdx),
+            (b"conectix", Format::Vhd),
+            (b"# comment\n   \r\nversion=1\r\nCID=1\n", Format::Vmdk),
+            (b"version=3\n", Format::Vmdk),
+        ];
+        for (magic, format) in cases {
+            assert_eq!(
+                detect(&with_head(magic), None).unwrap(),
+                format,
+                "{}",
+                String::from_utf8_lossy(magic)
+            );
+        }
+        let mut vdi = vec![0u8; 512];
+        vdi[64..68].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
+        assert_eq!(detect(&vdi, None).unwrap(), Format::Vdi);
+        // dmg_open reads the `koly` trailer in the last 512 bytes.
+        let mut koly = vec![0u8; 512];
+        koly[..4].copy_from_slice(b"koly");
+        assert_eq!(detect(&[0u8; 512], Some(&koly)).unwrap(), Format::Dmg);
+    }
+
+    #[test]
+    fn text_that_only_looks_like_a_descriptor_is_raw() {
+        for text in [
+            &b"version=4\n"[..],
+            b"version=1",
+            b"#!/bin/sh\necho hi\n",
+            b"  x\nversion=1\n",
+        ] {
+            assert_eq!(detect(&with_head(text), None).unwrap(), Format::Raw, "{text:?}");
+        }
     }
 
     #[test]

@@ -6,10 +6,15 @@
 //! Formats are detected from content only ([`detect`](mod@detect)), never from file names.
 
 pub mod blockmap;
+pub mod bytes;
 pub mod detect;
+pub mod facts;
+pub mod limits;
 mod origin;
+pub mod parallels;
 pub mod qcow2;
 pub mod raw;
+pub mod route;
 pub mod stream;
 pub mod vdi;
 pub mod vhd;
@@ -21,10 +26,12 @@ use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use crate::control::Control;
-use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::read_at::{FileAt, ReadAt};
 use detect::{detect, Format, HEAD_LEN, TAIL_LEN};
+pub use limits::InputLimits;
 pub use origin::Input;
+use route::{open_image, route, Route};
 
 /// A virtual disk that can be read at any offset from several threads at once.
 ///
@@ -68,8 +75,8 @@ pub enum ReadMode {
 pub struct OpenOptions {
     /// How raw files are read.
     pub read_mode: ReadMode,
-    /// Largest virtual disk accepted.
-    pub max_virtual_size: u64,
+    /// What an input may claim (the virtual-size limit).
+    pub limits: InputLimits,
     /// Where a layered input that needs random access (qcow2 inside xz) is spilled.
     pub spill_dir: PathBuf,
     /// Cancellation (checked while spilling).
@@ -80,7 +87,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             read_mode: ReadMode::Auto,
-            max_virtual_size: crate::convert::DEFAULT_MAX_VIRTUAL_SIZE,
+            limits: InputLimits::default(),
             spill_dir: std::env::temp_dir(),
             control: Control::default(),
         }
@@ -134,36 +141,25 @@ pub fn open_file(file: File, path: &Path, options: &OpenOptions) -> Result<Opene
     let at = FileAt::new(file.try_clone().context("opening the input", path)?)
         .context("reading the input", path)?;
     let format = detect_file(&at).map_err(|e| e.in_file(path))?;
-    if let Format::Other(name) = format {
-        if let Some(source) = blockmap::open_native(name, Box::new(at), options.max_virtual_size) {
-            let source = source.map_err(|e| e.in_file(path))?;
-            return Ok(Opened {
-                layers: Vec::new(),
-                inner: source.format(),
-                body: Body::Source(source),
-            });
+    let body = match route(format) {
+        Route::Raw => Body::Source(Box::new(raw::RawSource::from_file(
+            file,
+            path,
+            options.read_mode,
+        )?)),
+        Route::Layer => {
+            let mut file = file;
+            std::io::Seek::rewind(&mut file).context("reading the input", path)?;
+            return stream::open_file(format, file, path, options);
         }
-    }
-    let mut file = file;
-    std::io::Seek::rewind(&mut file).context("reading the input", path)?;
-    match format {
-        Format::Raw => Ok(Opened {
-            layers: Vec::new(),
-            inner: "raw",
-            body: Body::Source(Box::new(raw::RawSource::from_file(
-                file,
-                path,
-                options.read_mode,
-            )?)),
-        }),
-        f if f.is_stream() => stream::open_file(f, file, path, options),
-        Format::Qcow2 => Ok(Opened {
-            layers: Vec::new(),
-            inner: "qcow2",
-            body: Body::Source(Box::new(qcow2::Qcow2Source::from_file(file, path)?)),
-        }),
-        other => open_stream(other, Box::new(file), path, options),
-    }
+        Route::Image => Body::Source(open_image(format, at, path, &options.limits)?),
+        Route::Archive | Route::Refused => return Err(route::refusal(format).in_file(path)),
+    };
+    Ok(Opened {
+        layers: Vec::new(),
+        inner: format.name(),
+        body,
+    })
 }
 
 /// Opens an image that arrives as a byte stream (standard input, an HTTP body, an object-store
@@ -176,7 +172,23 @@ pub fn open_reader(mut reader: Box<dyn Read + Send>, name: &Path, options: &Open
     head.truncate(n);
     let format = detect(&head, None).map_err(|e| e.in_file(name))?;
     let reader: Box<dyn Read + Send> = Box::new(Cursor::new(head).chain(reader));
-    open_stream(format, reader, name, options)
+    let body = match route(format) {
+        Route::Raw => Body::Stream(Box::new(raw::PadToSector::new(reader))),
+        Route::Layer => return stream::open_reader(format, reader, name, options),
+        // Formats that need random access arrive on standard input too: spill them to an
+        // unnamed temporary file (bounded by the virtual-size limit) and read that.
+        Route::Image => {
+            let file = stream::spill(reader, options).map_err(|e| e.in_file(name))?;
+            let at = FileAt::new(file).context("reading the spilled input", name)?;
+            Body::Source(open_image(format, at, name, &options.limits)?)
+        }
+        Route::Archive | Route::Refused => return Err(route::refusal(format).in_file(name)),
+    };
+    Ok(Opened {
+        layers: Vec::new(),
+        inner: format.name(),
+        body,
+    })
 }
 
 /// Detects the format of a random-access file from its head and tail.
@@ -190,50 +202,6 @@ pub fn detect_file(file: &dyn ReadAt) -> Result<Format> {
     file.read_exact_at(&mut tail, size - tail_len as u64)
         .map_err(|e| Error::io("reading the input", e))?;
     detect(&head, Some(&tail))
-}
-
-fn open_stream(
-    format: Format,
-    reader: Box<dyn Read + Send>,
-    path: &Path,
-    options: &OpenOptions,
-) -> Result<Opened> {
-    match format {
-        f if f.is_stream() => stream::open_reader(f, reader, path, options),
-        Format::Raw => Ok(Opened {
-            layers: Vec::new(),
-            inner: "raw",
-            body: Body::Stream(reader),
-        }),
-        Format::Imgpack => Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "the input is already an imgpack archive (use `imgpack extract` to get the disk back)",
-        )
-        .in_file(path)),
-        // Formats that need random access arrive on standard input too: spill them to an
-        // unnamed temporary file (bounded by the virtual-size limit) and read that.
-        Format::Qcow2 => {
-            let file = stream::spill(reader, options).map_err(|e| e.in_file(path))?;
-            Ok(Opened {
-                layers: Vec::new(),
-                inner: "qcow2",
-                body: Body::Source(stream::open_spilled_qcow2(file, path, options)?),
-            })
-        }
-        Format::Other(name) if blockmap::is_native(name) => {
-            let file = stream::spill(reader, options).map_err(|e| e.in_file(path))?;
-            let at = FileAt::new(file).context("reading the spilled input", path)?;
-            let source = blockmap::open_native(name, Box::new(at), options.max_virtual_size)
-                .expect("is_native said this format has a reader")
-                .map_err(|e| e.in_file(path))?;
-            Ok(Opened {
-                layers: Vec::new(),
-                inner: source.format(),
-                body: Body::Source(source),
-            })
-        }
-        other => Err(Error::unsupported(format!("{} images are not supported", other.name())).in_file(path)),
-    }
 }
 
 /// Reads until `buf` is full or the reader ends.

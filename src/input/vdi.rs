@@ -23,7 +23,8 @@
 
 use serde_json::{json, Map};
 
-use super::blockmap::{check_table_size, check_virtual_size, le32, le64, read_bytes, BlockTable, UNMAPPED};
+use super::blockmap::{check_table_size, check_virtual_size, read_bytes, BlockTable, UNMAPPED};
+use super::bytes::{le32, le64};
 use crate::error::{Error, Result};
 use crate::read_at::ReadAt;
 
@@ -129,6 +130,6 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
         blocks,
         details,
     };
-    table.check_blocks(|i| map_offset + i as u64 * 4)?;
+    table.check_blocks("the VDI block map", |i| map_offset + i as u64 * 4)?;
     Ok(table)
 }

@@ -33,9 +33,8 @@
 
 use serde_json::{json, Map};
 
-use super::blockmap::{
-    be16, be32, be64, check_table_size, check_virtual_size, read_bytes, BlockTable, UNMAPPED,
-};
+use super::blockmap::{check_table_size, check_virtual_size, read_bytes, BlockTable, UNMAPPED};
+use super::bytes::{be16, be32, be64};
 use crate::error::{Error, ErrorKind, Result};
 use crate::read_at::ReadAt;
 

@@ -24,9 +24,8 @@
 
 use serde_json::{json, Map};
 
-use super::blockmap::{
-    check_table_size, check_virtual_size, le16, le32, le64, read_bytes, BlockTable, UNMAPPED,
-};
+use super::blockmap::{check_table_size, check_virtual_size, read_bytes, BlockTable, UNMAPPED};
+use super::bytes::{le16, le32, le64};
 use crate::error::{Error, ErrorKind, Result};
 use crate::read_at::ReadAt;
 
@@ -227,7 +226,9 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
         blocks,
         details,
     };
-    table.check_blocks(|b| bat_offset + (b as u64 + b as u64 / chunk_ratio) * 8)?;
+    table.check_blocks("the VHDX BAT", |b| {
+        bat_offset + (b as u64 + b as u64 / chunk_ratio) * 8
+    })?;
     Ok(table)
 }
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Makes the VHD, VDI, VMDK and VHDX fixtures of tests/formats_hostile.rs with qemu-img, from one
+# Makes the VHD, VDI, VMDK, VHDX and Parallels fixtures of tests/formats_hostile.rs with qemu-img, from one
 # patterned 3 MiB disk (data across grain and block boundaries, zero regions between), and
 # records the sha256 of what `qemu-img convert -O raw` makes of each. The images are stored
 # gzipped (they are mostly zeros); the tests inflate them.
@@ -34,3 +34,4 @@ make vmdk-sparse.vmdk vmdk subformat=monolithicSparse
 make vmdk-stream.vmdk vmdk subformat=streamOptimized
 make vhdx-dynamic.vhdx vhdx subformat=dynamic,block_size=1M
 make vhdx-fixed.vhdx vhdx subformat=fixed,block_size=1M
+make parallels.hds parallels cluster_size=64k

@@ -30,6 +30,7 @@
 //! returns the [`Layout`] the reader works from, or the reason the image is refused.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::input::bytes::{be16, be32, be64};
 use crate::read_at::ReadAt;
 
 /// QCOW magic, `QFI\xfb`.
@@ -164,16 +165,6 @@ impl Layout {
     }
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(word)
-}
-
 fn read_error(what: &str, offset: u64, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         Error::corrupt(offset, format!("the file ends inside the {what}"))
@@ -246,9 +237,34 @@ impl Header {
     }
 
     /// Makes every check QEMU makes on open (and those imgpack adds for hostile images) and
-    /// returns the layout to read with, or the reason the image is refused.
+    /// returns the layout to read with, or the reason the image is refused: the version and
+    /// geometry, then the features (what would need another file or is not understood), then
+    /// the tables (inside the file, within QEMU's caps, not overlapping one another).
     pub fn validate(&self, file: &dyn ReadAt) -> Result<Layout> {
         let file_size = file.size();
+        let cluster_bits = self.check_geometry(file_size)?;
+        let cluster_size = 1u64 << cluster_bits;
+        let features = self.check_features(file, cluster_size)?;
+        let entry_bits = if features.extended_l2 { 4 } else { 3 };
+        let l2_bits = cluster_bits - entry_bits;
+        let tables = self.check_tables(file, cluster_bits, l2_bits, features.extensions)?;
+        let metadata = self.metadata(cluster_size, &tables);
+        self.check_overlaps(cluster_size, &tables)?;
+        Ok(Layout {
+            header: self.clone(),
+            cluster_bits,
+            cluster_size,
+            extended_l2: features.extended_l2,
+            l2_entries: 1u64 << l2_bits,
+            l1_needed: tables.l1_needed,
+            compression: features.compression,
+            file_size,
+            metadata,
+        })
+    }
+
+    /// The version, the cluster size and the version 3 header fields; returns `cluster_bits`.
+    fn check_geometry(&self, file_size: u64) -> Result<u32> {
         if self.version != 2 && self.version != 3 {
             return Err(Error::unsupported(format!(
                 "qcow2 version {} is not supported (only 2 and 3)",
@@ -265,8 +281,7 @@ impl Header {
                 ),
             ));
         }
-        let cluster_bits = self.cluster_bits;
-        let cluster_size = 1u64 << cluster_bits;
+        let cluster_size = 1u64 << self.cluster_bits;
         if self.version == 3 {
             if self.header_length < 104 {
                 return Err(Error::corrupt(
@@ -296,6 +311,13 @@ impl Header {
                 ));
             }
         }
+        Ok(self.cluster_bits)
+    }
+
+    /// What the image needs that imgpack refuses (a backing file, encryption, an external data
+    /// file, unknown incompatible features) and the features it reads with.
+    fn check_features(&self, file: &dyn ReadAt, cluster_size: u64) -> Result<Features> {
+        let cluster_bits = self.cluster_bits;
         if self.backing_file_offset != 0 {
             return Err(Error::unsupported(format!(
                 "the image has a backing file{}; imgpack never opens files named inside an image (flatten it first: qemu-img convert -O qcow2)",
@@ -369,10 +391,24 @@ impl Header {
                 "extended L2 entries need clusters of at least 16 KiB",
             ));
         }
-        let entry_bits = if extended_l2 { 4 } else { 3 };
-        let l2_bits = cluster_bits - entry_bits;
-        let l2_entries = 1u64 << l2_bits;
+        Ok(Features {
+            extensions,
+            compression,
+            extended_l2,
+        })
+    }
 
+    /// The active L1 table, the refcount table, the snapshot table and the bitmaps directory:
+    /// sized within QEMU's caps and inside the file.
+    fn check_tables(
+        &self,
+        file: &dyn ReadAt,
+        cluster_bits: u32,
+        l2_bits: u32,
+        extensions: Extensions,
+    ) -> Result<Tables> {
+        let file_size = file.size();
+        let cluster_size = 1u64 << cluster_bits;
         // Virtual size and the active L1 table.
         if self.size > i64::MAX as u64 {
             return Err(Error::corrupt(
@@ -457,6 +493,20 @@ impl Header {
             }
         }
 
+        Ok(Tables {
+            l1_needed,
+            l1_bytes,
+            refcount_bytes,
+        })
+    }
+
+    /// The regions holding the image's own metadata, where no L2 table or data may land.
+    fn metadata(&self, cluster_size: u64, tables: &Tables) -> Vec<(u64, u64, &'static str)> {
+        let Tables {
+            l1_bytes,
+            refcount_bytes,
+            ..
+        } = *tables;
         let mut metadata = vec![(0, cluster_size, "the header cluster")];
         if l1_bytes > 0 {
             metadata.push((
@@ -470,17 +520,16 @@ impl Header {
             self.refcount_table_offset + refcount_bytes,
             "the refcount table",
         ));
-        let layout = Layout {
-            header: self.clone(),
-            cluster_bits,
-            cluster_size,
-            extended_l2,
-            l2_entries,
-            l1_needed,
-            compression,
-            file_size,
-            metadata,
-        };
+        metadata
+    }
+
+    /// The header cluster, the L1 table and the refcount table must not overlap.
+    fn check_overlaps(&self, cluster_size: u64, tables: &Tables) -> Result<()> {
+        let Tables {
+            l1_bytes,
+            refcount_bytes,
+            ..
+        } = *tables;
         if self.refcount_table_offset < cluster_size {
             return Err(Error::corrupt(
                 48,
@@ -498,7 +547,7 @@ impl Header {
                 return Err(Error::corrupt(40, "the L1 table overlaps the refcount table"));
             }
         }
-        Ok(layout)
+        Ok(())
     }
 
     /// The backing file's name, for messages only (never opened); `None` if out of range.
@@ -582,8 +631,8 @@ fn check_snapshots(header: &Header, file: &dyn ReadAt, cluster_size: u64) -> Res
             .map_err(|e| read_error("snapshot table", offset, e))?;
         let l1_offset = be64(&entry, 0);
         let l1_size = be32(&entry, 8);
-        let id_len = u64::from(u16::from_be_bytes([entry[12], entry[13]]));
-        let name_len = u64::from(u16::from_be_bytes([entry[14], entry[15]]));
+        let id_len = u64::from(be16(&entry, 12));
+        let name_len = u64::from(be16(&entry, 14));
         let extra = be32(&entry, 36);
         if extra > MAX_SNAPSHOT_EXTRA_DATA {
             return Err(Error::corrupt(
@@ -663,6 +712,24 @@ impl Bitmaps {
             file_size,
         )
     }
+}
+
+/// The features an image is read with, and its header extensions.
+struct Features {
+    extensions: Extensions,
+    compression: Compression,
+    extended_l2: bool,
+}
+
+/// The sizes of the checked tables.
+#[derive(Clone, Copy)]
+struct Tables {
+    /// L1 entries that cover the virtual disk.
+    l1_needed: u64,
+    /// Bytes of the active L1 table.
+    l1_bytes: u64,
+    /// Bytes of the refcount table.
+    refcount_bytes: u64,
 }
 
 /// What the header extensions say.

@@ -29,10 +29,11 @@ use std::sync::Mutex;
 
 use serde_json::{json, Map, Value};
 
+use super::facts::{refusal_text, Facts};
+use super::limits::check_virtual_size;
 use super::DiskSource;
-use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::info::ImageInfo;
-use crate::input::OpenOptions;
+use super::OpenOptions;
+use crate::error::{Error, IoContext, Result};
 use crate::read_at::{FileAt, ReadAt};
 use header::Header;
 use tables::{Cluster, Tables};
@@ -337,45 +338,27 @@ impl<R: ReadAt> Qcow2Source<R> {
     }
 }
 
-/// Fills `info` for a qcow2 file: the header's facts in `details`, and either the virtual and
-/// disk sizes or, for an image `convert` would refuse, the reason in `refusal`.
-pub fn fill_info(mut info: ImageInfo, file: FileAt, path: &Path, options: &OpenOptions) -> Result<ImageInfo> {
+/// The facts about a qcow2 file: the header's in `details`, the virtual size, and either the
+/// opened disk or, for an image `convert` would refuse, the reason.
+pub fn facts(file: FileAt, path: &Path, options: &OpenOptions) -> Facts {
+    let mut facts = Facts::of("qcow2");
     let header = match Header::parse(&file) {
         Ok(header) => header,
         Err(e) => {
-            info.refusal = Some(without_path(&e));
-            return Ok(info);
+            facts.refusal = Some(refusal_text(&e));
+            return facts;
         }
     };
-    info.details = describe(&header);
-    info.virtual_size = Some(header.size);
+    facts.details = describe(&header);
+    facts.virtual_size = Some(header.size);
     match Qcow2Source::new(file, path) {
-        Ok(source) => {
-            if let Err(e) = crate::convert::check_virtual_size(header.size, options.max_virtual_size) {
-                info.refusal = Some(e.to_string());
-            } else {
-                // Damage in an L2 table or a compressed cluster shows only when read: that too
-                // is a refusal to explain, not a failure of `info`.
-                match crate::info::measure_disk_size(&source, &options.control) {
-                    Ok(size) => info.disk_size = Some(size),
-                    Err(e) if matches!(e.kind(), ErrorKind::Io | ErrorKind::Interrupted) => {
-                        return Err(e.in_file(path))
-                    }
-                    Err(e) => info.refusal = Some(without_path(&e)),
-                }
-            }
-        }
-        Err(e) => info.refusal = Some(without_path(&e)),
+        Ok(source) => match check_virtual_size(header.size, options.limits.max_virtual_size) {
+            Ok(()) => facts.source = Some(Box::new(source)),
+            Err(e) => facts.refusal = Some(e.to_string()),
+        },
+        Err(e) => facts.refusal = Some(refusal_text(&e)),
     }
-    Ok(info)
-}
-
-/// The error's text without the file name (`info` names the file already).
-fn without_path(e: &Error) -> String {
-    match e.offset() {
-        Some(offset) => format!("at offset {offset} (0x{offset:x}): {}", e.message()),
-        None => e.message().to_string(),
-    }
+    facts
 }
 
 /// The header's facts as `info` reports them.

@@ -17,6 +17,7 @@
 
 use super::header::Layout;
 use crate::error::{Error, Result};
+use crate::input::bytes::be64;
 use crate::read_at::ReadAt;
 
 /// Bits 9..56 of an L1 or standard L2 entry: the host offset.
@@ -25,6 +26,40 @@ const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const COMPRESSED: u64 = 1 << 62;
 /// L2 entry bit 0: reads as zeros.
 const ZERO: u64 = 1;
+
+/// Bits 9..63 of a refcount table entry: the refcount block's offset.
+const REFCOUNT_BLOCK_MASK: u64 = !0x1ff;
+
+/// A metadata cluster at `offset` that does not lie wholly inside the file: the upload was cut.
+fn truncated(entry_at: u64, what: &str, offset: u64, layout: &Layout) -> Error {
+    Error::corrupt(
+        entry_at,
+        format!(
+            "{what} at offset {offset} (0x{offset:x}, {} bytes) runs past the end of the file ({} bytes): the image is truncated",
+            layout.cluster_size, layout.file_size
+        ),
+    )
+}
+
+/// Refuses a refcount table naming a refcount block that does not lie wholly inside the file
+/// (the table itself was checked by `Header::validate`). Refcounts are not needed to read the
+/// disk, but a block cut short means the upload was cut, and nothing after it can be trusted.
+fn check_refcount_blocks(layout: &Layout, file: &dyn ReadAt) -> Result<()> {
+    let start = layout.header.refcount_table_offset;
+    // At most 8 MiB (checked by Header::validate), wholly inside the file.
+    let len = u64::from(layout.header.refcount_table_clusters) * layout.cluster_size;
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, start)
+        .map_err(|e| Error::io("reading the qcow2 refcount table", e).at(start))?;
+    for (index, raw) in bytes.chunks_exact(8).enumerate() {
+        let block = be64(raw, 0) & REFCOUNT_BLOCK_MASK;
+        if block != 0 && block.saturating_add(layout.cluster_size) > layout.file_size {
+            let at = start + index as u64 * 8;
+            return Err(truncated(at, &format!("refcount block {index}"), block, layout));
+        }
+    }
+    Ok(())
+}
 
 /// Where a guest cluster's bytes come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +107,7 @@ impl Tables {
             .map_err(|e| Error::io("reading the qcow2 L1 table", e).at(start))?;
         let mut l1 = Vec::with_capacity(count);
         for (index, raw) in bytes.chunks_exact(8).enumerate() {
-            let entry = u64::from_be_bytes(raw.try_into().expect("8-byte entry"));
+            let entry = be64(raw, 0);
             let l2 = entry & OFFSET_MASK;
             if l2 != 0 {
                 let at = start + index as u64 * 8;
@@ -88,6 +123,16 @@ impl Tables {
                         format!("L1 entry {index}: L2 table at 0x{l2:x} starts beyond the end of the file"),
                     ));
                 }
+                // qemu writes every L2 table whole; one cut short is a truncated upload, and
+                // reading its missing entries as zeros would store a disk of zeros.
+                if l2 + layout.cluster_size > layout.file_size {
+                    return Err(truncated(
+                        at,
+                        &format!("the L2 table of L1 entry {index}"),
+                        l2,
+                        &layout,
+                    ));
+                }
                 if let Some(name) = layout.overlaps_metadata(l2, layout.cluster_size) {
                     return Err(Error::corrupt(
                         at,
@@ -97,6 +142,7 @@ impl Tables {
             }
             l1.push(l2);
         }
+        check_refcount_blocks(&layout, file)?;
         Ok(Tables { layout, l1 })
     }
 
@@ -138,11 +184,7 @@ impl Tables {
             .map_err(|e| Error::io("reading a qcow2 L2 table", e).at(at))?;
         bytes[n..].fill(0);
         words.clear();
-        words.extend(
-            bytes
-                .chunks_exact(8)
-                .map(|w| u64::from_be_bytes(w.try_into().expect("8-byte word"))),
-        );
+        words.extend(bytes.chunks_exact(8).map(|w| be64(w, 0)));
         Ok(())
     }
 

@@ -26,6 +26,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 use super::buffer::Input;
 use super::damage;
 use crate::error::{Error, ErrorKind};
+use crate::input::bytes::le32;
 
 const FHCRC: u8 = 2;
 const FEXTRA: u8 = 4;
@@ -165,8 +166,8 @@ impl<R: Read> GzipDecoder<R> {
         for byte in trailer.iter_mut() {
             *byte = self.input.byte()?.ok_or_else(|| self.truncated())?;
         }
-        let stored_crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-        let stored_size = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
+        let stored_crc = le32(&trailer, 0);
+        let stored_size = le32(&trailer, 4);
         let crc = std::mem::take(&mut self.crc).finalize();
         if stored_crc != crc {
             return Err(self.error(

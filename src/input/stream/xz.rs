@@ -23,6 +23,7 @@ use liblzma::stream::{Action, MtStreamBuilder, Status, Stream};
 use super::buffer::Input;
 use super::damage;
 use crate::error::{Error, ErrorKind, Result};
+use crate::input::bytes::le32;
 use crate::read_at::ReadAt;
 
 /// Memory liblzma may use for decoding threads; beyond it, it decodes on fewer threads.
@@ -162,7 +163,7 @@ pub fn read_index(file: &dyn ReadAt) -> Result<XzIndex> {
         if footer[8] != 0 || footer[9] & 0xf0 != 0 {
             return Err(index_error(footer_at + 8, "reserved stream flags are set"));
         }
-        let backward = u64::from(u32::from_le_bytes([footer[4], footer[5], footer[6], footer[7]]));
+        let backward = u64::from(le32(&footer, 4));
         let index_size = (backward + 1) * 4;
         if index_size > MAX_INDEX_SIZE || index_size > footer_at {
             return Err(index_error(

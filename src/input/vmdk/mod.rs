@@ -30,16 +30,20 @@
 //! extents, `parentFileNameHint`, a bare descriptor file, a header with capacity 0 that defers to
 //! its descriptor) is refused: reading it is how CVE-2022-47951 leaked host files.
 
+pub mod descriptor;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use flate2::{Decompress, FlushDecompress, Status};
 use serde_json::{json, Map, Value};
 
-use super::blockmap::{check_inside, check_table_size, check_virtual_size, le16, le32, le64, read_bytes};
+use super::blockmap::{check_inside, check_table_size, check_virtual_size, read_bytes};
+use super::bytes::{le16, le32, le64};
 use super::DiskSource;
 use crate::error::{Error, ErrorKind, Result};
 use crate::read_at::ReadAt;
+use descriptor::{parse_descriptor, Descriptor};
 
 const SECTOR: u64 = 512;
 const FLAG_ZERO_GRAIN: u32 = 1 << 2;
@@ -157,12 +161,6 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<VmdkSource> 
             ),
         ));
     }
-    if le64(h, 64).saturating_mul(SECTOR) > file.size() {
-        return Err(Error::corrupt(
-            64,
-            "VMDK file is truncated before its first grain",
-        ));
-    }
     let table_span = grains_per_table * grain_size;
     let directory_entries = virtual_size.div_ceil(table_span);
     if directory_entries > MAX_DIRECTORY_ENTRIES {
@@ -207,6 +205,13 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<VmdkSource> 
         tables.push(table);
         seen.insert(sector, t);
         directory.push(t);
+    }
+    // After the tables, so that a file cut inside them is refused naming the table.
+    if le64(h, 64).saturating_mul(SECTOR) > file.size() {
+        return Err(Error::corrupt(
+            64,
+            "VMDK file is truncated before its first grain",
+        ));
     }
     let mut details = Map::new();
     let subformat = if compressed {
@@ -268,12 +273,6 @@ fn read_footer(file: &dyn ReadAt) -> Result<Vec<u8>> {
     Ok(header.to_vec())
 }
 
-/// What the embedded descriptor says, once checked to name no other file.
-struct Descriptor {
-    create_type: String,
-    sectors: u64,
-}
-
 fn read_descriptor(file: &dyn ReadAt, h: &[u8]) -> Result<Option<Descriptor>> {
     let (sector, sectors) = (le64(h, 28), le64(h, 36));
     if sector == 0 || sectors == 0 {
@@ -294,66 +293,6 @@ fn read_descriptor(file: &dyn ReadAt, h: &[u8]) -> Result<Option<Descriptor>> {
     parse_descriptor(&String::from_utf8_lossy(text))
         .map(Some)
         .map_err(|e| e.at(offset))
-}
-
-/// Parses a descriptor, refusing everything that would need another file.
-fn parse_descriptor(text: &str) -> Result<Descriptor> {
-    let mut create_type = None;
-    let mut extents = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some((key, value)) = line.split_once('=') {
-            let value = value.trim().trim_matches('"');
-            match key.trim() {
-                "createType" => create_type = Some(value.to_string()),
-                "parentFileNameHint" => {
-                    return Err(Error::unsupported(format!(
-                        "VMDK with a parent image (parentFileNameHint=\"{value}\") is refused"
-                    )))
-                }
-                "parentCID" if !value.eq_ignore_ascii_case("ffffffff") => {
-                    return Err(Error::unsupported(
-                        "VMDK with a parent image (parentCID set) is refused",
-                    ))
-                }
-                _ => {}
-            }
-            continue;
-        }
-        let mut words = line.split_whitespace();
-        if let Some("RW" | "RDONLY" | "NOACCESS") = words.next() {
-            let sectors = words.next().and_then(|s| s.parse::<u64>().ok());
-            let kind = words.next().unwrap_or("");
-            let name = line.find('"').map(|i| &line[i..]).unwrap_or("");
-            if kind != "SPARSE" {
-                return Err(Error::unsupported(format!(
-                    "VMDK extent of type {kind} names another file ({name}); refused"
-                )));
-            }
-            let sectors = sectors
-                .ok_or_else(|| Error::corrupt(0, format!("VMDK extent line without a size: {line}")))?;
-            extents.push(sectors);
-        }
-    }
-    let create_type = create_type.unwrap_or_default();
-    if !matches!(create_type.as_str(), "monolithicSparse" | "streamOptimized") {
-        return Err(Error::unsupported(format!(
-            "VMDK of type \"{create_type}\" is refused (only monolithicSparse and streamOptimized are read)"
-        )));
-    }
-    match extents.as_slice() {
-        [one] => Ok(Descriptor {
-            create_type,
-            sectors: *one,
-        }),
-        [] => Err(Error::corrupt(0, "VMDK descriptor lists no extent")),
-        many => Err(Error::unsupported(format!(
-            "VMDK descriptor lists {} extents: all but one would be other files",
-            many.len()
-        ))),
-    }
 }
 
 thread_local! {
@@ -548,36 +487,4 @@ fn short_grain(at: u64, index: u64) -> Error {
         at,
         format!("VMDK compressed grain {index} inflates to less than the disk needs"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
-        createType=\"monolithicSparse\"\n\n# Extent description\nRW 2048 SPARSE \"disk.vmdk\"\n";
-
-    #[test]
-    fn a_plain_descriptor_parses() {
-        let d = parse_descriptor(GOOD).unwrap();
-        assert_eq!(d.sectors, 2048);
-        assert_eq!(d.create_type, "monolithicSparse");
-    }
-
-    #[test]
-    fn descriptors_naming_other_files_are_refused() {
-        let cases = [
-            GOOD.replace("RW 2048 SPARSE \"disk.vmdk\"", "RW 100 FLAT \"/etc/passwd\" 0"),
-            GOOD.replace(
-                "parentCID=ffffffff",
-                "parentCID=12345678\nparentFileNameHint=\"/etc/shadow\"",
-            ),
-            format!("{GOOD}RW 2048 SPARSE \"other.vmdk\"\n"),
-            GOOD.replace("monolithicSparse", "twoGbMaxExtentSparse"),
-        ];
-        for case in cases {
-            let err = parse_descriptor(&case).err().expect("refused");
-            assert_eq!(err.kind(), ErrorKind::Unsupported, "{case}: {err}");
-        }
-    }
 }
