@@ -5,27 +5,24 @@
 
 use std::io::{self, Read};
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 
 /// Wraps an imgpack error as the `io::Error` a decoder's `read` returns.
 pub(crate) fn damage(error: Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, error)
+    error.into()
 }
 
-/// The imgpack error inside an `io::Error` from a decoder, or one describing the I/O failure.
+/// The imgpack error inside an `io::Error` from a decoder (`Error::from` takes it back out
+/// whole), or one saying that reading the input stream failed.
 pub fn unwrap_io(e: io::Error) -> Error {
-    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        if let Some(inner) = e.into_inner() {
-            if let Ok(error) = inner.downcast::<Error>() {
-                return *error;
-            }
-        }
-        return Error::new(ErrorKind::Io, "reading the input stream");
+    if carries_error(&e) || e.kind() == io::ErrorKind::Interrupted {
+        return Error::from(e);
     }
-    match e.kind() {
-        io::ErrorKind::Interrupted => Error::interrupted().with_source(e),
-        _ => Error::io("reading the input stream", e),
-    }
+    Error::io("reading the input stream", e)
+}
+
+fn carries_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Error>())
 }
 
 /// A decoder reading the output of another: its errors say that their offsets are offsets in
@@ -40,8 +37,8 @@ pub(super) struct InnerLayer {
 impl Read for InnerLayer {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reader.read(buf).map_err(|e| {
-            if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-                let error = unwrap_io(e);
+            if carries_error(&e) {
+                let error = Error::from(e);
                 let mut wrapped = Error::new(
                     error.kind(),
                     format!(
@@ -64,6 +61,7 @@ impl Read for InnerLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     #[test]
     fn io_errors_give_back_the_imgpack_error() {
