@@ -12,7 +12,7 @@ use crate::control::Control;
 use crate::error::{Error, IoContext, Result};
 use crate::input::detect::Format;
 use crate::input::facts::{is_refusal, refusal_text};
-use crate::input::{self, DiskSource, OpenOptions};
+use crate::input::{self, DiskSource, InputLimits, OpenOptions};
 use crate::pipeline::DataChunks;
 use crate::read_at::FileAt;
 use crate::zero::is_zero;
@@ -43,8 +43,22 @@ pub struct ImageInfo {
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Options for [`info`].
+#[derive(Debug, Clone, Default)]
+pub struct InfoOptions {
+    /// Images whose virtual disk is larger are reported as refused. Default 64 TiB.
+    pub limits: InputLimits,
+    /// Cancellation (of the disk-size measurement). Default: none.
+    pub control: Control,
+}
+
 /// Describes the file at `path`.
-pub fn info(path: &Path, options: &OpenOptions) -> Result<ImageInfo> {
+pub fn info(path: &Path, options: &InfoOptions) -> Result<ImageInfo> {
+    let options = &OpenOptions {
+        limits: options.limits,
+        control: options.control.clone(),
+        ..OpenOptions::default()
+    };
     let file = std::fs::File::open(path).context("opening the input", path)?;
     let file = FileAt::new(file).context("reading the input", path)?;
     let file_size = crate::read_at::ReadAt::size(&file);

@@ -13,7 +13,7 @@
 //! |------|------|---------|--------|
 //! | [`convert()`], [`convert_to`], [`convert_reader`] | an image into an archive | [`ConvertOptions`] | [`ConvertReport`] |
 //! | [`extract()`] | an archive back to the raw disk | [`ExtractOptions`] | [`ExtractReport`] |
-//! | [`info()`] | what a file is, and why `convert` would refuse it | [`input::OpenOptions`] | [`ImageInfo`] |
+//! | [`info()`] | what a file is, and why `convert` would refuse it | [`InfoOptions`] | [`ImageInfo`] |
 //! | [`verify()`] | every chunk of an archive decoded and checked | [`VerifyOptions`] | [`VerifyReport`] |
 //! | [`batch::run`] | many files, sharing one pool of workers | [`batch::BatchOptions`] | [`batch::BatchReport`] |
 //!
@@ -91,7 +91,7 @@ pub use control::{Control, Progress};
 pub use convert::{convert, convert_reader, convert_to, ConvertOptions, ConvertReport};
 pub use error::{Error, ErrorKind, Result};
 pub use extract::{extract, ExtractOptions, ExtractReport};
-pub use info::{info, ImageInfo};
-pub use input::Input;
+pub use info::{info, ImageInfo, InfoOptions};
+pub use input::{Input, InputLimits, ReadMode};
 pub use sink::{ArchiveSink, FileSink, WriterSink};
 pub use verify::{verify, VerifyOptions, VerifyReport};

@@ -61,7 +61,7 @@ fn fixtures_read_alike_in_every_piece_size() {
 #[test]
 fn fixture_headers_are_reported_by_info() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/qcow2");
-    let options = imgpack::input::OpenOptions::default();
+    let options = imgpack::InfoOptions::default();
     let v2 = imgpack::info(&dir.join("v2-512.qcow2"), &options).unwrap();
     assert_eq!(v2.format, "qcow2");
     assert_eq!(v2.details["version"], 2);

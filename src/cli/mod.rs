@@ -18,9 +18,11 @@ use serde::Serialize;
 use imgpack::convert::{
     DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_MAX_COMPRESSED_SIZE, DEFAULT_MAX_VIRTUAL_SIZE,
 };
-use imgpack::input::{OpenOptions, ReadMode};
+
 use imgpack::units::{format_size, parse_size};
-use imgpack::{Control, ConvertOptions, Error, ExtractOptions, Progress, Result};
+use imgpack::{
+    Control, ConvertOptions, Error, ExtractOptions, InfoOptions, InputLimits, Progress, ReadMode, Result,
+};
 
 /// imgpack: convert disk images into compact, chunked, zstd-compressed sparse archives.
 #[derive(Debug, Parser)]
@@ -248,15 +250,14 @@ fn extract(args: ExtractArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
 }
 
 fn info(args: InfoArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
-    let options = OpenOptions {
-        limits: imgpack::input::InputLimits {
+    let options = InfoOptions {
+        limits: InputLimits {
             max_virtual_size: args.max_virtual_size.0,
         },
         control: Control {
             cancel: Some(cancel),
             progress: None,
         },
-        ..OpenOptions::default()
     };
     let info = imgpack::info(&args.file, &options)?;
     print(args.common.json, &info, || {
