@@ -32,7 +32,7 @@ fn sample_data(len: usize) -> Vec<u8> {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        if state % 5 == 0 {
+        if state.is_multiple_of(5) {
             out.extend_from_slice(&state.to_le_bytes());
         } else {
             out.extend_from_slice(words[(state % words.len() as u64) as usize]);

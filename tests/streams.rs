@@ -483,7 +483,7 @@ fn decompression_bombs_stop_at_the_limit() {
         f.assert_no_leftovers(&output);
         let info = imgpack::info(
             &xz,
-            &imgpack::input::OpenOptions {
+            &imgpack::InfoOptions {
                 limits: imgpack::input::InputLimits {
                     max_virtual_size: 16 << 20,
                 },

@@ -165,7 +165,7 @@ impl std::fmt::Display for SizeArg {
         let suffixes = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
         match suffixes
             .iter()
-            .find(|(shift, _)| self.0 != 0 && self.0 % (1u64 << shift) == 0)
+            .find(|(shift, _)| self.0 != 0 && self.0.is_multiple_of(1u64 << shift))
         {
             Some((shift, suffix)) => write!(f, "{}{suffix}", self.0 >> shift),
             None => write!(f, "{}", self.0),

@@ -596,7 +596,7 @@ fn check_table(
     cluster_size: u64,
     file_size: u64,
 ) -> Result<()> {
-    if offset % cluster_size != 0 {
+    if !offset.is_multiple_of(cluster_size) {
         return Err(Error::corrupt(
             field,
             format!("{name} offset 0x{offset:x} is not aligned to a cluster"),

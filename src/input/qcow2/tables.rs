@@ -111,7 +111,7 @@ impl Tables {
             let l2 = entry & OFFSET_MASK;
             if l2 != 0 {
                 let at = start + index as u64 * 8;
-                if l2 % layout.cluster_size != 0 {
+                if !l2.is_multiple_of(layout.cluster_size) {
                     return Err(Error::corrupt(
                         at,
                         format!("L1 entry {index}: L2 table offset 0x{l2:x} is not cluster aligned"),
@@ -213,7 +213,7 @@ impl Tables {
             return Ok(Cluster::Compressed { offset, size });
         }
         let host = entry & OFFSET_MASK;
-        if host % cluster_size != 0 {
+        if !host.is_multiple_of(cluster_size) {
             return Err(Error::corrupt(
                 at,
                 format!("cluster offset 0x{host:x} is not cluster aligned"),

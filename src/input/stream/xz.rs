@@ -124,7 +124,7 @@ fn skip_padding_backwards(file: &dyn ReadAt, end: u64) -> Result<u64> {
 pub fn read_index(file: &dyn ReadAt) -> Result<XzIndex> {
     let io = |e| Error::io("reading the xz index", e);
     let size = file.size();
-    if size % 4 != 0 {
+    if !size.is_multiple_of(4) {
         return Err(index_error(
             size,
             "the file size is not a multiple of 4 (truncated or trailing bytes)",
@@ -341,7 +341,7 @@ impl<R: Read> XzDecoder<R> {
         let at = self.input.offset();
         let header = self.input.peek(12)?;
         if header.is_empty() {
-            if padding % 4 != 0 {
+            if !padding.is_multiple_of(4) {
                 return Err(damage(Error::corrupt(
                     padding_start,
                     format!("xz stream padding of {padding} bytes is not a multiple of 4"),
@@ -362,7 +362,7 @@ impl<R: Read> XzDecoder<R> {
                 "the file ends inside an xz stream header: truncated",
             )));
         }
-        if padding % 4 != 0 {
+        if !padding.is_multiple_of(4) {
             return Err(damage(Error::corrupt(
                 padding_start,
                 format!("xz stream padding of {padding} bytes is not a multiple of 4"),
