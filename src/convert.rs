@@ -161,6 +161,7 @@ pub fn convert_to<S: ArchiveSink>(input: Input, sink: S, options: &ConvertOption
 }
 
 /// Encodes an opened input into an archive written to `out`.
+#[doc(hidden)]
 pub fn encode<W: Write + Send>(
     opened: Opened,
     out: W,

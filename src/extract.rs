@@ -100,7 +100,7 @@ pub fn extract(archive: &Path, output: &Path, options: &ExtractOptions) -> Resul
 /// Chunks go to the workers as one parallel loop with no barrier between groups (writes are
 /// positional, so their order does not matter), and each chunk's writeback to disk starts as
 /// soon as it is written, so the fsync before commit has little left to flush.
-pub fn write_disk<R: ReadAt>(reader: &ArchiveReader<R>, file: &File, control: &Control) -> Result<()> {
+pub(crate) fn write_disk<R: ReadAt>(reader: &ArchiveReader<R>, file: &File, control: &Control) -> Result<()> {
     let chunk_size = reader.geometry().chunk_size();
     let total = reader.virtual_size();
     let records = reader.records();
@@ -130,6 +130,7 @@ pub fn write_disk<R: ReadAt>(reader: &ArchiveReader<R>, file: &File, control: &C
 }
 
 /// Writes the whole disk, zeros included, to `out` in order.
+#[doc(hidden)]
 pub fn stream_disk<R: ReadAt>(
     reader: &ArchiveReader<R>,
     out: &mut impl Write,

@@ -67,24 +67,30 @@
 
 pub mod archive;
 pub mod batch;
-pub mod control;
+mod control;
 pub mod convert;
-pub mod error;
+mod error;
 pub mod extract;
-#[doc(hidden)]
-pub mod fuzz_targets;
 pub mod info;
-pub mod input;
 #[cfg(feature = "library")]
 pub mod library;
-pub mod output;
-pub mod pipeline;
+pub(crate) mod output;
+pub(crate) mod pipeline;
 pub mod read_at;
 pub mod sink;
 #[allow(unsafe_code)]
-pub mod sys;
+pub(crate) mod sys;
 pub mod units;
 pub mod verify;
+
+// Not part of the API (hidden from the docs, no stability promised): the input readers and
+// the zero scan are public only so that the integration tests, the benchmarks and the fuzz
+// targets can drive them directly.
+#[doc(hidden)]
+pub mod fuzz_targets;
+#[doc(hidden)]
+pub mod input;
+#[doc(hidden)]
 pub mod zero;
 
 pub use control::{Control, Progress};

@@ -1,8 +1,11 @@
-//! The `.imgpack` archive: [`format`](mod@format) (byte layout), [`chunk`] (one chunk's encoding),
-//! [`writer`] (streaming writer with the compressed-size limit) and [`reader`] (validated
-//! random access).
+//! The `.imgpack` archive: [`format`](mod@format) (the byte layout, drawn in its module doc and
+//! in `docs/FORMAT.md`) and [`reader`] ([`ArchiveReader`](reader::ArchiveReader): a validated
+//! archive with random access to its disk). The chunk codec and the streaming writer are the
+//! engine's own (`convert` writes archives).
 
+#[doc(hidden)]
 pub mod chunk;
 pub mod format;
 pub mod reader;
+#[doc(hidden)]
 pub mod writer;

@@ -12,7 +12,7 @@
 //!   counting an image format such as qcow2 as a layer: `gzip>xz>raw` and `xz>qcow2` are read,
 //!   `gzip>xz>qcow2` and `gzip>xz>zstd>raw` are refused);
 //! - an image format (qcow2, VMDK, VHD, VHDX, VDI, Parallels) needs random access, so it is
-//!   spilled to an unnamed temporary file and read from there ([`spill`]).
+//!   spilled to an unnamed temporary file and read from there ([`spill()`]).
 //!
 //! This module routes the layers (through [`route()`](super::route::route), like every other input path);
 //! `errors` holds how decoders report damage, `spill` the temporary file, and `describe`
