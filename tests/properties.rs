@@ -205,13 +205,12 @@ proptest! {
         let report = convert(&raw, &archive, &options).unwrap();
         // A raw disk is a whole number of 512-byte sectors, as qemu-img reads it: a file of
         // another length is the disk padded with zeros to the next sector.
-        let disk_len = layout.len.next_multiple_of(512);
+        let disk = Layout { len: layout.len.next_multiple_of(512), ..layout.clone() };
+        let disk_len = disk.len;
         prop_assert_eq!(report.virtual_size, disk_len);
-        prop_assert_eq!(report.disk_size, layout.disk_size());
+        prop_assert_eq!(report.disk_size, disk.disk_size());
         let extracted = extract(&archive, &restored, &ExtractOptions::default()).unwrap();
         prop_assert_eq!(extracted.virtual_size, disk_len);
-        let mut expected = layout.bytes();
-        expected.resize(disk_len as usize, 0);
-        prop_assert!(std::fs::read(&restored).unwrap() == expected, "restored disk differs");
+        prop_assert!(std::fs::read(&restored).unwrap() == disk.bytes(), "restored disk differs");
     }
 }
