@@ -14,12 +14,12 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::archive::format::Geometry;
-use crate::archive::writer::{ArchiveSummary, ArchiveWriter};
+use crate::archive::writer::ArchiveSummary;
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, Result};
-use crate::input::{self, Body, Opened, ReadMode};
+use crate::input::{self, Opened, ReadMode};
 use crate::output::AtomicFile;
-use crate::pipeline::{encode_source, encode_stream, EncodeSettings};
+use crate::pipeline::{self, with_pool, EncodeLimits, EncodeSettings};
 use crate::units::format_size;
 
 /// The default compressed-size limit: 50 GiB.
@@ -133,34 +133,25 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
     })
 }
 
-/// Encodes an opened input into an archive written to `out`.
+/// Encodes an opened input into an archive written to `out`, with `options`' chunk size,
+/// level and limits (the pipeline's [`encode`](pipeline::encode) with convert's options).
 pub fn encode<W: Write + Send>(
     opened: Opened,
     out: W,
     options: &ConvertOptions,
 ) -> Result<(W, ArchiveSummary)> {
     let geometry = Geometry::for_chunk_size(options.chunk_size)?;
-    let settings = EncodeSettings::new(geometry, options.level);
-    match opened.body {
-        Body::Source(source) => {
-            let virtual_size = source.virtual_size();
-            check_virtual_size(virtual_size, options.max_virtual_size)?;
-            let writer = ArchiveWriter::new(out, geometry, Some(virtual_size), options.max_compressed_size)?;
-            let writer = encode_source(source.as_ref(), writer, settings, &options.control)?;
-            writer.finish(virtual_size)
-        }
-        Body::Stream(reader) => {
-            let writer = ArchiveWriter::new(out, geometry, None, options.max_compressed_size)?;
-            let (writer, virtual_size) = encode_stream(
-                reader,
-                writer,
-                settings,
-                &options.control,
-                options.max_virtual_size,
-            )?;
-            writer.finish(virtual_size)
-        }
-    }
+    let limits = EncodeLimits {
+        max_compressed_size: options.max_compressed_size,
+        max_virtual_size: options.max_virtual_size,
+    };
+    pipeline::encode(
+        opened.body,
+        out,
+        EncodeSettings::new(geometry, options.level),
+        limits,
+        &options.control,
+    )
 }
 
 /// Refuses a virtual size above the limit.
@@ -176,19 +167,6 @@ pub fn check_virtual_size(virtual_size: u64, limit: u64) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Runs `f` on a dedicated pool of `threads` workers, or on the shared pool.
-pub fn with_pool<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    match threads {
-        None => f(),
-        Some(0) => Err(Error::invalid_argument("--threads must be at least 1")),
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Io, "cannot start worker threads").with_source(e))?
-            .install(f),
-    }
 }
 
 /// The directory a path lives in (`.` for a bare file name).

@@ -19,9 +19,9 @@ use crate::archive::chunk::{expand_payload, ChunkDecoder};
 use crate::archive::format::{payload_runs, ChunkRecord};
 use crate::archive::reader::ArchiveReader;
 use crate::control::Control;
-use crate::convert::with_pool;
 use crate::error::{Error, IoContext, Result};
 use crate::output::AtomicFile;
+use crate::pipeline::with_pool;
 use crate::read_at::{FileAt, ReadAt};
 use crate::sys;
 

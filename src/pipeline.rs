@@ -6,19 +6,25 @@
 //! where data is so that holes cost nothing; [`encode_stream`] takes a byte stream (a
 //! decompressor, stdin) that a reader thread cuts into chunk buffers, recycled to bound memory.
 //! Memory in flight is about two windows of chunks plus one chunk of scratch per worker.
+//!
+//! [`encode`] is the entry point the operations use: it takes an opened input's [`Body`] and
+//! picks the producer. [`with_pool`] runs work on a dedicated pool of a given thread count (or on
+//! the shared one); every parallel operation (convert, extract, verify) goes through it.
 
 use std::cell::RefCell;
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
 use crate::archive::chunk::{ChunkEncoder, EncodedChunk};
 use crate::archive::format::Geometry;
-use crate::archive::writer::ArchiveWriter;
+use crate::archive::writer::{ArchiveSummary, ArchiveWriter};
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, Result};
-use crate::input::DiskSource;
+use crate::input::blockmap::check_virtual_size;
+use crate::input::{Body, DiskSource};
 use crate::units::format_size;
 
 /// How chunks are encoded.
@@ -40,6 +46,95 @@ impl EncodeSettings {
             geometry,
             level,
             window,
+        }
+    }
+}
+
+/// The limits an archive is written under.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeLimits {
+    /// Largest archive allowed, counting every byte; the writer stops as soon as it would pass.
+    pub max_compressed_size: u64,
+    /// Largest virtual disk accepted: checked up front for a random-access source, while
+    /// decoding for a stream.
+    pub max_virtual_size: u64,
+}
+
+/// Encodes an opened input's `body` into an archive written to `out`; returns `out` and what
+/// was written.
+pub fn encode<W: Write + Send>(
+    body: Body,
+    out: W,
+    settings: EncodeSettings,
+    limits: EncodeLimits,
+    control: &Control,
+) -> Result<(W, ArchiveSummary)> {
+    let geometry = settings.geometry;
+    match body {
+        Body::Source(source) => {
+            let virtual_size = source.virtual_size();
+            check_virtual_size(virtual_size, limits.max_virtual_size)?;
+            let writer = ArchiveWriter::new(out, geometry, Some(virtual_size), limits.max_compressed_size)?;
+            let writer = encode_source(source.as_ref(), writer, settings, control)?;
+            writer.finish(virtual_size)
+        }
+        Body::Stream(reader) => {
+            let writer = ArchiveWriter::new(out, geometry, None, limits.max_compressed_size)?;
+            let (writer, virtual_size) =
+                encode_stream(reader, writer, settings, control, limits.max_virtual_size)?;
+            writer.finish(virtual_size)
+        }
+    }
+}
+
+/// Runs `f` on a dedicated pool of `threads` workers, or on the shared rayon pool (one thread
+/// per core) when `threads` is `None`.
+pub fn with_pool<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    match threads {
+        None => f(),
+        Some(0) => Err(Error::invalid_argument("the thread count must be at least 1")),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| {
+                Error::new(ErrorKind::Io, format!("cannot start {n} worker threads")).with_source(e)
+            })?
+            .install(f),
+    }
+}
+
+/// Frame buffers the writer thread hands back once it has written them, for the workers to
+/// compress into again. Without it every chunk's frame is a fresh allocation of about a chunk,
+/// which the allocator keeps returning to the kernel and faulting back in, zeroed, page by page.
+struct FramePool {
+    free: Mutex<Vec<Vec<u8>>>,
+    /// Buffers kept at most: what two windows in flight need.
+    limit: usize,
+}
+
+impl FramePool {
+    fn new(settings: &EncodeSettings) -> Self {
+        FramePool {
+            free: Mutex::new(Vec::new()),
+            limit: settings.window * 2,
+        }
+    }
+
+    /// A buffer to compress into (empty if none is free).
+    fn take(&self) -> Vec<u8> {
+        self.free
+            .lock()
+            .map(|mut free| free.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Keeps the frames of written chunks, up to the limit.
+    fn give_back(&self, chunks: Vec<EncodedChunk>) {
+        if let Ok(mut free) = self.free.lock() {
+            let room = self.limit.saturating_sub(free.len());
+            free.extend(chunks.into_iter().take(room).map(|chunk| chunk.frame));
         }
     }
 }
@@ -73,6 +168,7 @@ pub fn encode_source<W: Write + Send>(
     let geometry = settings.geometry;
     let chunk_size = geometry.chunk_size();
     let mut windows = DataChunks::new(source, chunk_size);
+    let frames = FramePool::new(&settings);
     let produce = || -> Result<Option<Vec<u64>>> {
         control.check()?;
         windows.next_window(settings.window)
@@ -81,11 +177,22 @@ pub fn encode_source<W: Write + Send>(
         control.check()?;
         with_worker(settings.level, |encoder, scratch| {
             let len = geometry.chunk_len(chunk, virtual_size);
-            let data = source.read(chunk * chunk_size, len, scratch)?;
-            encoder.encode(geometry, chunk, data)
+            let offset = chunk * chunk_size;
+            let data = source.read(offset, len, scratch)?;
+            let encoded = encoder.encode_into(geometry, chunk, data, frames.take())?;
+            source.confirm_read(offset, len)?;
+            Ok(encoded)
         })
     };
-    run(writer, settings, control, Some(virtual_size), produce, encode)
+    run(
+        writer,
+        settings,
+        control,
+        Some(virtual_size),
+        &frames,
+        produce,
+        encode,
+    )
 }
 
 /// Walks the chunks of a [`DiskSource`] that may hold data, skipping the rest without work.
@@ -140,6 +247,7 @@ pub fn encode_stream<W: Write + Send, R: Read + Send>(
     let buffers = settings.window * 2;
     let (full_tx, full_rx) = sync_channel::<Result<StreamChunk>>(buffers);
     let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(buffers + settings.window);
+    let frames = FramePool::new(&settings);
     std::thread::scope(|scope| {
         let reader_thread = scope
             .spawn(move || read_chunks(reader, chunk_size, max_virtual_size, &full_tx, &empty_rx, control));
@@ -166,12 +274,12 @@ pub fn encode_stream<W: Write + Send, R: Read + Send>(
         let encode = |(chunk, buffer): (u64, Vec<u8>)| -> Result<Option<EncodedChunk>> {
             control.check()?;
             let encoded = with_worker(settings.level, |encoder, _| {
-                encoder.encode(geometry, chunk, &buffer)
+                encoder.encode_into(geometry, chunk, &buffer, frames.take())
             });
             let _ = empty_tx.send(buffer);
             encoded
         };
-        let result = run(writer, settings, control, None, produce, encode);
+        let result = run(writer, settings, control, None, &frames, produce, encode);
         drop(full_rx); // unblocks the reader thread if the pipeline stopped early
         let length = reader_thread.join().expect("stream reader thread panicked");
         let writer = result?;
@@ -279,6 +387,7 @@ fn run<W, J, P, E>(
     settings: EncodeSettings,
     control: &Control,
     total: Option<u64>,
+    frames: &FramePool,
     mut produce: P,
     encode: E,
 ) -> Result<ArchiveWriter<W>>
@@ -300,6 +409,7 @@ where
                     let done = (last.chunk + 1).saturating_mul(chunk_size);
                     control.report(total.map_or(done, |t| done.min(t)), total, writer.disk_size());
                 }
+                frames.give_back(window);
             }
             Ok(writer)
         });

@@ -7,8 +7,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::control::Control;
-use crate::convert::with_pool;
 use crate::extract::{open_archive, with_payload};
+use crate::pipeline::with_pool;
 use crate::Result;
 
 /// A chunk that failed to decode or failed its crc.

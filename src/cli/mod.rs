@@ -84,7 +84,7 @@ pub(crate) struct EncodeArgs {
     /// Refuse images whose virtual disk is larger than this.
     #[arg(long, default_value = "64T", value_parser = size_arg)]
     max_virtual_size: u64,
-    /// How raw inputs are read: auto, mmap or pread.
+    /// How raw inputs are read: auto, mmap (memory map, guarded against truncation) or pread.
     #[arg(long, default_value = "auto", value_parser = read_mode_arg)]
     read_mode: ReadMode,
     /// Directory for spill files of layered inputs (default: the output's directory).
