@@ -19,9 +19,11 @@ pub use source::{encode_source, DataChunks};
 pub use stream::encode_stream;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::mpsc::sync_channel;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use rayon::prelude::*;
 
@@ -136,11 +138,12 @@ impl FramePool {
             .unwrap_or_default()
     }
 
-    /// Keeps the frames of written chunks, up to the limit.
-    fn give_back(&self, chunks: Vec<EncodedChunk>) {
+    /// Keeps the frame buffer of a written chunk, up to the limit.
+    fn give_back(&self, frame: Vec<u8>) {
         if let Ok(mut free) = self.free.lock() {
-            let room = self.limit.saturating_sub(free.len());
-            free.extend(chunks.into_iter().take(room).map(|chunk| chunk.frame));
+            if free.len() < self.limit {
+                free.push(frame);
+            }
         }
     }
 }
@@ -166,72 +169,205 @@ pub(crate) fn with_worker<T>(
     })
 }
 
-/// Drives windows from `produce` through `encode` on the rayon pool and hands each encoded
-/// window to a writer thread, which appends it in order while the next window is encoded.
+/// Drives jobs from `produce` (which hands them out a window at a time) through `encode` on
+/// the rayon pool, with no barrier between windows: each worker takes the next job as soon as it
+/// is free, and a writer thread appends the encoded chunks in job order, holding back the few
+/// that finish early. At most two windows of jobs are between being handed out and written
+/// ([`Gate`]), which bounds memory as the windowed design did.
 pub(crate) fn run<W, J, P, E>(
     mut writer: ArchiveWriter<W>,
     settings: EncodeSettings,
     control: &Control,
     total: Option<u64>,
     frames: &FramePool,
-    mut produce: P,
+    produce: P,
     encode: E,
 ) -> Result<ArchiveWriter<W>>
 where
     W: Write + Send,
     J: Send,
-    P: FnMut() -> Result<Option<Vec<J>>>,
+    P: FnMut() -> Result<Option<Vec<J>>> + Send,
     E: Fn(J) -> Result<Option<EncodedChunk>> + Sync + Send,
 {
     let chunk_size = settings.geometry.chunk_size();
-    let (tx, rx) = sync_channel::<Vec<EncodedChunk>>(1);
+    let gate = Gate::new(settings.window as u64 * 2);
+    let produce_failure = Mutex::new(None);
+    let (tx, rx) = channel::<(u64, Result<Option<EncodedChunk>>)>();
     std::thread::scope(|scope| {
+        let gate = &gate;
         let writer_thread = scope.spawn(move || -> Result<ArchiveWriter<W>> {
-            for window in rx {
-                for chunk in &window {
-                    writer.add(chunk)?;
-                }
-                if let Some(last) = window.last() {
-                    let done = (last.chunk + 1).saturating_mul(chunk_size);
+            let result = write_in_order(
+                &mut writer,
+                rx,
+                gate,
+                frames,
+                |writer, last_chunk| {
+                    let done = (last_chunk + 1).saturating_mul(chunk_size);
                     control.report(total.map_or(done, |t| done.min(t)), total, writer.disk_size());
-                }
-                frames.give_back(window);
-            }
-            Ok(writer)
+                },
+                settings.window as u64,
+            );
+            gate.stop(); // whatever happened, nobody waits for this writer any more
+            result.map(|()| writer)
         });
-        let mut failure = None;
-        loop {
-            let window = match produce() {
-                Ok(Some(window)) => window,
-                Ok(None) => break,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            };
-            let encoded: Result<Vec<Option<EncodedChunk>>> = window.into_par_iter().map(&encode).collect();
-            match encoded {
-                Ok(chunks) => {
-                    if tx.send(chunks.into_iter().flatten().collect()).is_err() {
-                        break; // the writer failed; its error is reported below
-                    }
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+        let jobs = Jobs {
+            produce,
+            pending: Vec::new().into_iter(),
+            next: 0,
+            gate,
+            failure: &produce_failure,
+        };
+        jobs.par_bridge().for_each_with(tx, |tx, (seq, job)| {
+            // After a failure elsewhere, the remaining jobs are skipped, not encoded.
+            let encoded = if gate.is_stopped() { Ok(None) } else { encode(job) };
+            if encoded.is_err() {
+                gate.stop();
             }
-        }
-        drop(tx);
+            let _ = tx.send((seq, encoded)); // the writer may have stopped: its error wins
+        });
         let writer = writer_thread.join().expect("archive writer thread panicked")?;
-        match failure {
-            Some(e) => Err(e),
-            None => {
-                if let Some(t) = total {
-                    control.report(t, total, writer.disk_size());
-                }
-                Ok(writer)
-            }
+        if let Some(e) = produce_failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
         }
+        if let Some(t) = total {
+            control.report(t, total, writer.disk_size());
+        }
+        Ok(writer)
     })
+}
+
+/// The writer thread's loop: appends encoded chunks in job order, holding back those that
+/// arrive early, and returns each written frame to `frames`. Calls `progress` every
+/// `progress_every` jobs. Stops at the first error, in job order.
+fn write_in_order<W: Write>(
+    writer: &mut ArchiveWriter<W>,
+    encoded: Receiver<(u64, Result<Option<EncodedChunk>>)>,
+    gate: &Gate,
+    frames: &FramePool,
+    mut progress: impl FnMut(&ArchiveWriter<W>, u64),
+    progress_every: u64,
+) -> Result<()> {
+    let mut early = BTreeMap::new();
+    let mut next = 0u64;
+    for (seq, result) in encoded {
+        early.insert(seq, result);
+        while let Some(result) = early.remove(&next) {
+            next += 1;
+            if let Some(chunk) = result? {
+                writer.add(&chunk)?;
+                if next % progress_every.max(1) == 0 {
+                    progress(writer, chunk.chunk);
+                }
+                frames.give_back(chunk.frame);
+            }
+            gate.advance(next);
+        }
+    }
+    Ok(())
+}
+
+/// How far handing out jobs may run ahead of writing them: job `n` waits until fewer than
+/// `limit` jobs before it are unwritten. Stopping (an error, or the writer gone) releases every
+/// waiter.
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+    stopped: AtomicBool,
+    limit: u64,
+}
+
+struct GateState {
+    written: u64,
+    stopped: bool,
+}
+
+impl Gate {
+    fn new(limit: u64) -> Self {
+        Gate {
+            state: Mutex::new(GateState {
+                written: 0,
+                stopped: false,
+            }),
+            changed: Condvar::new(),
+            stopped: AtomicBool::new(false),
+            limit: limit.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until job `seq` may be handed out; `false` once the pipeline has stopped.
+    fn wait_for_room(&self, seq: u64) -> bool {
+        let mut state = self.lock();
+        while !state.stopped && seq >= state.written.saturating_add(self.limit) {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        !state.stopped
+    }
+
+    /// Records that the first `written` jobs are written.
+    fn advance(&self, written: u64) {
+        self.lock().written = written;
+        self.changed.notify_all();
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.lock().stopped = true;
+        self.changed.notify_all();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+}
+
+/// The jobs of a run, numbered in order, drawn a window at a time from `produce` by whichever
+/// worker is free (through `par_bridge`, which serialises calls to `next`).
+struct Jobs<'a, J, P> {
+    produce: P,
+    pending: std::vec::IntoIter<J>,
+    next: u64,
+    gate: &'a Gate,
+    /// Where an error of `produce` goes (the iterator can only end).
+    failure: &'a Mutex<Option<Error>>,
+}
+
+impl<J, P> Iterator for Jobs<'_, J, P>
+where
+    P: FnMut() -> Result<Option<Vec<J>>>,
+{
+    type Item = (u64, J);
+
+    fn next(&mut self) -> Option<(u64, J)> {
+        if !self.gate.wait_for_room(self.next) {
+            return None;
+        }
+        let job = match self.pending.next() {
+            Some(job) => job,
+            None => match (self.produce)() {
+                Ok(Some(window)) => {
+                    self.pending = window.into_iter();
+                    self.pending.next()?
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    *self
+                        .failure
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(e);
+                    self.gate.stop();
+                    return None;
+                }
+            },
+        };
+        let seq = self.next;
+        self.next += 1;
+        Some((seq, job))
+    }
 }

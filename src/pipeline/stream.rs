@@ -33,7 +33,8 @@ pub fn encode_stream<W: Write + Send, R: Read + Send>(
         let reader_thread = scope
             .spawn(move || read_chunks(reader, chunk_size, max_virtual_size, &full_tx, &empty_rx, control));
         let mut finished = false;
-        let produce = || -> Result<Option<Vec<StreamChunk>>> {
+        // Owns the receiving end: when the run ends, dropping it unblocks the reader thread.
+        let produce = move || -> Result<Option<Vec<StreamChunk>>> {
             control.check()?;
             let mut window = Vec::with_capacity(settings.window);
             while !finished && window.len() < settings.window {
@@ -61,7 +62,6 @@ pub fn encode_stream<W: Write + Send, R: Read + Send>(
             encoded
         };
         let result = run(writer, settings, control, None, &frames, produce, encode);
-        drop(full_rx); // unblocks the reader thread if the pipeline stopped early
         let length = reader_thread.join().expect("stream reader thread panicked");
         let writer = result?;
         Ok((writer, length?))
