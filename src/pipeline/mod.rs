@@ -1,6 +1,7 @@
 //! The conversion pipeline: chunks of the virtual disk are read, zero-scanned and compressed in
-//! parallel on the rayon pool, in windows of a bounded number of chunks, while a writer thread
-//! appends the previous window to the archive in order.
+//! parallel on the rayon pool, each worker taking the next chunk as soon as it is free, while a
+//! writer thread appends the encoded chunks to the archive in order ([`run`]'s doc says how
+//! memory stays bounded without a barrier between windows).
 //!
 //! Two producers feed it: [`encode_source`] (`source.rs`) walks a random-access [`DiskSource`],
 //! asking it where data is so that holes cost nothing; [`encode_stream`] (`stream.rs`) takes a
@@ -42,7 +43,8 @@ pub struct EncodeSettings {
     pub geometry: Geometry,
     /// zstd level.
     pub level: i32,
-    /// Chunks per window: the unit of parallel work and of memory in flight.
+    /// Chunks per window: how many the producer hands out at once; at most two windows are
+    /// between being handed out and written, which bounds memory in flight.
     pub window: usize,
 }
 
