@@ -1,6 +1,6 @@
 //! The conversion pipeline: chunks of the virtual disk are read, zero-scanned and compressed in
 //! parallel on the rayon pool, each worker taking the next chunk as soon as it is free, while a
-//! writer thread appends the encoded chunks to the archive in order ([`run`]'s doc says how
+//! writer thread appends the encoded chunks to the archive in order (`run`'s doc says how
 //! memory stays bounded without a barrier between windows).
 //!
 //! Two producers feed it: [`encode_source`] (`source.rs`) walks a random-access [`DiskSource`],
