@@ -3,11 +3,11 @@
 //! writer thread appends the encoded chunks to the archive in order (`run`'s doc says how
 //! memory stays bounded without a barrier between windows).
 //!
-//! Two producers feed it: [`encode_source`] (`source.rs`) walks a random-access [`DiskSource`],
-//! asking it where data is so that holes cost nothing; [`encode_stream`] (`stream.rs`) takes a
-//! byte stream (a decompressor, stdin) that a reader thread cuts into chunk buffers, recycled to
-//! bound memory.
-//! Memory in flight is about two windows of chunks plus one chunk of scratch per worker.
+//! Two producers feed it: [`encode_source`] (`source.rs`) walks a random-access
+//! [`DiskSource`](crate::input::DiskSource), asking it where data is so that holes cost
+//! nothing; [`encode_stream`] (`stream.rs`) takes a byte stream (a decompressor, stdin) that a
+//! reader thread cuts into chunk buffers, recycled to bound memory. Memory in flight is about
+//! two windows of chunks plus one chunk of scratch per worker.
 //!
 //! [`encode`] is the entry point the operations use: it takes an opened input's [`Body`] and
 //! picks the producer. [`with_pool`] runs work on a dedicated pool of a given thread count (or on

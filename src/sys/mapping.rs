@@ -61,7 +61,7 @@ pub struct Mapping {
 
 impl Mapping {
     /// Maps `file` read-only, guarded, and advises the kernel that it will be read sequentially.
-    /// Fails if the SIGBUS handler cannot be installed or [`SLOTS`] maps are already live.
+    /// Fails if the SIGBUS handler cannot be installed or 64 maps are already live.
     pub fn map(file: &File) -> io::Result<Mapping> {
         install_handler()?;
         // SAFETY: memmap2's only unsafety is that the file may change underneath the map while
