@@ -373,3 +373,128 @@ where
         Some((seq, job))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn settings(window: usize) -> EncodeSettings {
+        EncodeSettings {
+            geometry: Geometry::for_chunk_size(64 << 10).unwrap(),
+            level: 1,
+            window,
+        }
+    }
+
+    /// Chunk `n` of a test disk: distinct, compressible, never all zero.
+    fn chunk_bytes(n: u64) -> Vec<u8> {
+        (0..64usize << 10)
+            .map(|i| (i as u64 / 512 + n) as u8 | 1)
+            .collect()
+    }
+
+    /// Runs `chunks` chunks through [`run`] with `encode_delay(n)` ms of sleep in chunk `n`.
+    /// Returns the archive and the highest chunk handed out while chunk `slow` was unfinished.
+    fn archive_of(
+        chunks: u64,
+        window: usize,
+        slow: u64,
+        encode_delay: impl Fn(u64) -> u64 + Sync,
+    ) -> (Vec<u8>, u64) {
+        let settings = settings(window);
+        let writer = ArchiveWriter::new(Vec::new(), settings.geometry, None, u64::MAX).unwrap();
+        let frames = FramePool::new(&settings);
+        let control = Control::default();
+        let slow_done = AtomicBool::new(false);
+        let highest_while_slow = AtomicU64::new(0);
+        let mut next = 0u64;
+        let produce = || -> Result<Option<Vec<u64>>> {
+            let window: Vec<u64> = (next..chunks.min(next + settings.window as u64)).collect();
+            next += window.len() as u64;
+            Ok((!window.is_empty()).then_some(window))
+        };
+        let encode = |n: u64| -> Result<Option<EncodedChunk>> {
+            if !slow_done.load(Ordering::SeqCst) {
+                highest_while_slow.fetch_max(n, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(encode_delay(n)));
+            let encoded = ChunkEncoder::new(settings.level)?.encode(settings.geometry, n, &chunk_bytes(n));
+            if n == slow {
+                slow_done.store(true, Ordering::SeqCst);
+            }
+            encoded
+        };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let result = pool.install(|| run(writer, settings, &control, None, &frames, produce, encode));
+        let Ok(writer) = result else {
+            panic!("the run failed");
+        };
+        let (bytes, _) = writer.finish(chunks * (64 << 10)).unwrap();
+        (bytes, highest_while_slow.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn chunks_that_finish_out_of_order_are_written_in_order() {
+        let in_order = {
+            let settings = settings(4);
+            let mut writer = ArchiveWriter::new(Vec::new(), settings.geometry, None, u64::MAX).unwrap();
+            let mut encoder = ChunkEncoder::new(1).unwrap();
+            for n in 0..24 {
+                let chunk = encoder
+                    .encode(settings.geometry, n, &chunk_bytes(n))
+                    .unwrap()
+                    .unwrap();
+                writer.add(&chunk).unwrap();
+            }
+            writer.finish(24 * (64 << 10)).unwrap().0
+        };
+        // Even chunks are slow, so odd ones overtake them.
+        let (scrambled, _) = archive_of(24, 4, 0, |n| if n % 2 == 0 { 5 } else { 0 });
+        assert_eq!(scrambled, in_order);
+    }
+
+    #[test]
+    fn hand_out_never_runs_more_than_two_windows_ahead_of_writing() {
+        // Chunk 3 is slow: without the gate the other workers would run on through all 200.
+        // With windows of 4, chunk n is handed out only once n < written + 8 <= 3 + 8.
+        let (_, highest) = archive_of(200, 4, 3, |n| if n == 3 { 300 } else { 1 });
+        assert!(
+            highest <= 10,
+            "chunk {highest} was handed out while chunk 3 was unwritten"
+        );
+    }
+
+    #[test]
+    fn an_encode_error_stops_the_run_and_is_returned() {
+        let settings = settings(4);
+        let writer = ArchiveWriter::new(Vec::new(), settings.geometry, None, u64::MAX).unwrap();
+        let frames = FramePool::new(&settings);
+        let mut next = 0u64;
+        let produce = || -> Result<Option<Vec<u64>>> {
+            next += 4;
+            Ok(Some((next - 4..next).collect())) // endless: only the error can stop it
+        };
+        let encode = |n: u64| -> Result<Option<EncodedChunk>> {
+            if n == 50 {
+                return Err(Error::corrupt(n, "chunk 50 is bad"));
+            }
+            ChunkEncoder::new(1)?.encode(settings.geometry, n, &chunk_bytes(n))
+        };
+        let result = run(
+            writer,
+            settings,
+            &Control::default(),
+            None,
+            &frames,
+            produce,
+            encode,
+        );
+        let Err(err) = result else {
+            panic!("an endless run with a bad chunk must fail");
+        };
+        assert_eq!(err.offset(), Some(50));
+    }
+}
