@@ -8,8 +8,8 @@
 #   --reps N        repetitions per measurement (default 3; quick: 1)
 #   --no-slow       full corpus, but without the slowest anchors (xz -T0 -6
 #                   and zlib qcow2 compression: about 25 min a repetition here)
-#   --imgpack PATH  imgpack binary (default target/release/imgpack, built
-#                   with `cargo build --release` when missing)
+#   --imgpack PATH  imgpack binary (default target/release/imgpack, brought
+#                   up to date with `cargo build --release` first)
 #
 # Builds the corpus if needed, then runs every group of commands interleaved
 # (rep 1 of each tool, rep 2 of each tool, ...) and prints a markdown report
@@ -75,8 +75,9 @@ printf 'section\tgroup\ttool\tinput\trep\tstatus\twall\tuser\tsys\trss_kb\tout_b
 NOTES=()
 note() { NOTES+=("$*"); log "$*"; }
 
-if [[ ! -x $IMGPACK ]] && ((!IMGPACK_GIVEN)); then
-  log "imgpack not built yet: cargo build --release ..."
+if ((!IMGPACK_GIVEN)); then
+  # Always, so that a binary older than the sources is never measured (a no-op when current).
+  log "cargo build --release ..."
   if ! (cd "$REPO_DIR" && cargo build --release) >"$S/cargo.log" 2>&1; then
     tail -n 5 "$S/cargo.log" >&2
     note "NOTE: \`cargo build --release\` failed; imgpack rows are marked 'missing'."
