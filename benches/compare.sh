@@ -8,18 +8,25 @@
 #   --reps N        repetitions per measurement (default 3; quick: 1)
 #   --no-slow       full corpus, but without the slowest anchors (xz -T0 -6
 #                   and zlib qcow2 compression: about 25 min a repetition here)
-#   --imgpack PATH  imgpack binary (default target/release/imgpack, built
-#                   with `cargo build --release` when missing)
+#   --imgpack PATH  imgpack binary (default target/release/imgpack, brought
+#                   up to date with `cargo build --release` first)
 #
 # Builds the corpus if needed, then runs every group of commands interleaved
 # (rep 1 of each tool, rep 2 of each tool, ...) and prints a markdown report
 # of medians on stdout; it is also saved under <corpus>/results/.
+#
+# The first section is the floor: for zstd levels 1, 2 and 3, the CPU time
+# zstd alone spends compressing debian.raw's non-zero 4 KiB blocks in
+# imgpack's chunking (benches/floor.rs, one thread), divided by the cores,
+# against imgpack's wall time at that level (target: at most 1.10x), with the
+# archive sizes beside qemu-img's zstd qcow2: imgpack's size/speed curve and
+# qemu-img's single point.
 set -euo pipefail
 
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage() { sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 QUICK=0 SLOW=1 REPS="" IMGPACK="" IMGPACK_GIVEN=0
 while (($#)); do
@@ -68,8 +75,9 @@ printf 'section\tgroup\ttool\tinput\trep\tstatus\twall\tuser\tsys\trss_kb\tout_b
 NOTES=()
 note() { NOTES+=("$*"); log "$*"; }
 
-if [[ ! -x $IMGPACK ]] && ((!IMGPACK_GIVEN)); then
-  log "imgpack not built yet: cargo build --release ..."
+if ((!IMGPACK_GIVEN)); then
+  # Always, so that a binary older than the sources is never measured (a no-op when current).
+  log "cargo build --release ..."
   if ! (cd "$REPO_DIR" && cargo build --release) >"$S/cargo.log" 2>&1; then
     tail -n 5 "$S/cargo.log" >&2
     note "NOTE: \`cargo build --release\` failed; imgpack rows are marked 'missing'."
@@ -87,6 +95,28 @@ else
   HAVE_IMGPACK=0
   note "NOTE: no imgpack binary at $IMGPACK; imgpack rows are marked 'missing'."
 fi
+
+# The floor meter (benches/floor.rs), built in the bench profile; copied like imgpack.
+FLOOR=""
+if ((HAVE_IMGPACK)); then
+  log "building the floor meter: cargo bench --bench floor --no-run ..."
+  if FLOOR_BUILT=$(cd "$REPO_DIR" && cargo bench --bench floor --no-run --message-format=json 2>"$S/floor-build.log" |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "floor" and m.get("executable"):
+        print(m["executable"])') && [[ -x $FLOOR_BUILT ]]; then
+    cp "$FLOOR_BUILT" "$S/bin/floor"
+    FLOOR=$S/bin/floor
+  else
+    tail -n 5 "$S/floor-build.log" >&2
+    note "NOTE: the floor meter (cargo bench --bench floor) did not build; no floor rows."
+  fi
+fi
+NCORES=$(nproc)
+LEVELS=(1 2 3)
+FLOOR_TSV=$RESULTS/floor-$STAMP.tsv
+printf 'level\trep\tchunks\tpayload_bytes\tcompressed_bytes\tzstd_cpu_s\n' >"$FLOOR_TSV"
 
 # ---------------------------------------------------------------- measuring
 # A group is a set of commands run on the same input; its rows are compared
@@ -118,7 +148,14 @@ measure() { # measure REP TOOL INPUT OUTFILE STDOUT COMMAND...
     status=missing
   else
     [[ -z $out ]] || rm -f "$out"
-    /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@" >"$stdout" 2>"$errf" || rc=$?
+    if [[ $1 == floor_meter ]]; then
+      # a shell function: time it in-process ($SECONDS-style), CPU is in the floor file
+      local t0=$EPOCHREALTIME
+      floor_meter "$2" "$rep" >"$stdout" 2>"$errf" || rc=$?
+      printf '%s 0 0 0\n' "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')" >"$tf"
+    else
+      /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@" >"$stdout" 2>"$errf" || rc=$?
+    fi
     if ((rc == 0)); then
       read -r wall user sys rss < <(tail -n 1 "$tf")
       if [[ -n $out ]]; then
@@ -174,6 +211,28 @@ compress_group() { # compress_group SECTION INPUT
   fi
   run_group
 }
+
+# 0. the floor: imgpack at levels 1-3, qemu-img's zstd qcow2 and the floor
+# meter, interleaved. The meter appends its per-level result to a file (its
+# own wall and CPU include reading and are not the floor).
+floor_meter() { # floor_meter LEVEL REP
+  local line
+  line=$("$FLOOR" debian.raw --level "$1" --chunk-size 1048576) || return 1
+  printf '%s\t%s\t%s\n' "$1" "$2" "$(sed -E 's/[a-z_]+=//g; s/ /\t/g; s/^[^\t]*\t//' <<<"$line")" >>"$FLOOR_TSV"
+}
+group "floor (debian.raw, levels 1-3)" debian.raw debian.raw
+for level in "${LEVELS[@]}"; do
+  tool "imgpack --level $level" debian.raw "$S/out.imgpack" /dev/null \
+    "$IMGPACK" convert debian.raw -o "$S/out.imgpack" --level "$level"
+done
+tool "qemu-img zstd qcow2" debian.raw "$S/out.qcow2" /dev/null \
+  qemu-img convert -f raw -c -W -O qcow2 -o compression_type=zstd debian.raw "$S/out.qcow2"
+if [[ -n $FLOOR ]]; then
+  for level in "${LEVELS[@]}"; do
+    tool "floor meter --level $level" debian.raw "" /dev/null floor_meter "$level" REP
+  done
+fi
+run_group
 
 for f in debian.raw "$TEXT_FILE" "$RANDOM_FILE" "$ZERO_FILE"; do
   compress_group "compress (raw image -> archive)" "$f"
@@ -253,9 +312,12 @@ done
     "(anything well above 0 means other processes competed for the $(nproc) cores: noisy numbers)"
   for n in "${NOTES[@]}"; do echo "- $n"; done
   echo
-  python3 - "$TSV" <<'PY'
+  python3 - "$TSV" "$FLOOR_TSV" "$NCORES" <<'PY'
 import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+rows = [r for r in csv.DictReader(open(sys.argv[1]), delimiter="\t")
+        if not r["tool"].startswith("floor meter")]
+floor_rows = list(csv.DictReader(open(sys.argv[2]), delimiter="\t"))
+cores = int(sys.argv[3])
 order, agg = [], {}
 for r in rows:
     key = (r["section"], r["group"], r["tool"], r["input"])
@@ -302,6 +364,52 @@ for key in order:
         ratio = f"{s['wall'] / base:.2f}"
     out = f"{int(s['out']):,}" if s["out"] is not None else "-"
     print(f"| {key[2]} | {key[3]} | {s['wall']:.2f} | {s['cpu']:.2f} | {s['rss']:.1f} | {out} | {ratio} |")
+
+# The floor: zstd's own CPU time on the non-zero data, in imgpack's chunking, over the cores.
+print("\n### the floor (debian.raw): imgpack wall time against zstd alone, levels 1-3\n")
+print(f"floor = median CPU seconds zstd alone spends compressing the image's non-zero 4 KiB blocks "
+      f"in 1 MiB chunks at that level (benches/floor.rs, one thread, compress calls only) / {cores} cores. "
+      f"Target (issue 12): imgpack wall <= 1.10x floor.\n")
+qemu = next((summary[k] for k in order if k[0].startswith("floor") and k[2] == "qemu-img zstd qcow2"
+             and summary[k]["status"] == "ok"), None)
+print("| zstd level | zstd CPU s | floor s | imgpack wall s | wall / floor | met? | imgpack CPU s | CPU / zstd CPU | archive bytes | size / qcow2 | wall / qemu-img |")
+print("| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+for level in ("1", "2", "3"):
+    cpus = [float(r["zstd_cpu_s"]) for r in floor_rows if r["level"] == level]
+    key = next((k for k in order if k[0].startswith("floor") and k[2] == f"imgpack --level {level}"), None)
+    s = summary.get(key, {"status": "missing"}) if key else {"status": "missing"}
+    if not cpus:
+        print(f"| {level} | no floor | | | | | | | | | |")
+        continue
+    zcpu = statistics.median(cpus)
+    floor = zcpu / cores
+    if s["status"] != "ok":
+        print(f"| {level} | {zcpu:.2f} | {floor:.2f} | {s['status'].upper()} | | | | | | | |")
+        continue
+    ratio = s["wall"] / floor if floor else float("inf")
+    size_vs = f"{s['out'] / qemu['out']:.3f}" if qemu and qemu["out"] else "n/a"
+    wall_vs = f"{s['wall'] / qemu['wall']:.2f}" if qemu and qemu["wall"] else "n/a"
+    print(f"| {level} | {zcpu:.2f} | {floor:.2f} | {s['wall']:.2f} | **{ratio:.2f}x** | "
+          f"{'yes' if ratio <= 1.10 else 'no'} | {s['cpu']:.2f} | {s['cpu'] / zcpu:.2f} | "
+          f"{int(s['out']):,} | {size_vs} | {wall_vs} |")
+if qemu:
+    print(f"\nqemu-img's single point (`qemu-img convert -c -W -O qcow2 -o compression_type=zstd`, level 3): "
+          f"{qemu['wall']:.2f} s wall, {qemu['cpu']:.2f} s CPU, {int(qemu['out']):,} bytes.")
+print("\nThe size/speed plane (wall seconds -> output bytes; lower left is better):\n")
+print("```")
+points = []
+for level in ("1", "2", "3"):
+    key = next((k for k in order if k[0].startswith("floor") and k[2] == f"imgpack --level {level}"), None)
+    if key and summary[key]["status"] == "ok":
+        points.append((f"imgpack -l{level}", summary[key]["wall"], summary[key]["out"]))
+if qemu:
+    points.append(("qemu-img zstd", qemu["wall"], qemu["out"]))
+if points:
+    wmax = max(p[1] for p in points)
+    for name, wall, out in sorted(points, key=lambda p: p[1]):
+        bar = "#" * max(1, round(40 * wall / wmax))
+        print(f"{name:>14} {wall:6.2f} s {int(out):>14,} B  {bar}")
+print("```")
 PY
   echo
   echo "Corpus (benches/corpus.sh):"

@@ -14,12 +14,12 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::archive::format::Geometry;
-use crate::archive::writer::{ArchiveSummary, ArchiveWriter};
+use crate::archive::writer::ArchiveSummary;
 use crate::control::Control;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 pub use crate::input::limits::{check_virtual_size, DEFAULT_MAX_VIRTUAL_SIZE};
-use crate::input::{self, Body, Input, InputLimits, Opened, ReadMode};
-use crate::pipeline::{encode_source, encode_stream, EncodeSettings};
+use crate::input::{self, Input, InputLimits, Opened, ReadMode};
+use crate::pipeline::{self, with_pool, EncodeLimits, EncodeSettings};
 use crate::sink::{ArchiveSink, FileSink, WriterSink};
 
 /// The default compressed-size limit: 50 GiB.
@@ -40,8 +40,8 @@ pub struct ConvertOptions {
     pub threads: Option<usize>,
     /// Largest archive allowed, counting every byte. Default 50 GiB.
     pub max_compressed_size: u64,
-    /// Largest virtual disk accepted, for every input format. Default 64 TiB.
-    pub max_virtual_size: u64,
+    /// Limits on the input: the largest virtual disk accepted, for every format. Default 64 TiB.
+    pub limits: InputLimits,
     /// How raw files are read. Default [`ReadMode::Auto`].
     pub read_mode: ReadMode,
     /// Where spill files for layered inputs go; default: the output's directory.
@@ -57,7 +57,7 @@ impl Default for ConvertOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             threads: None,
             max_compressed_size: DEFAULT_MAX_COMPRESSED_SIZE,
-            max_virtual_size: DEFAULT_MAX_VIRTUAL_SIZE,
+            limits: InputLimits::default(),
             read_mode: ReadMode::Auto,
             temp_dir: None,
             control: Control::default(),
@@ -136,9 +136,7 @@ pub fn convert_to<S: ArchiveSink>(input: Input, sink: S, options: &ConvertOption
             .unwrap_or_else(std::env::temp_dir);
         let opened = input.open(&input::OpenOptions {
             read_mode: options.read_mode,
-            limits: InputLimits {
-                max_virtual_size: options.max_virtual_size,
-            },
+            limits: options.limits,
             spill_dir,
             control: options.control.clone(),
         })?;
@@ -160,7 +158,8 @@ pub fn convert_to<S: ArchiveSink>(input: Input, sink: S, options: &ConvertOption
     })
 }
 
-/// Encodes an opened input into an archive written to `out`.
+/// Encodes an opened input into an archive written to `out`, with `options`' chunk size,
+/// level and limits (the pipeline's `encode` with convert's options).
 #[doc(hidden)]
 pub fn encode<W: Write + Send>(
     opened: Opened,
@@ -168,38 +167,15 @@ pub fn encode<W: Write + Send>(
     options: &ConvertOptions,
 ) -> Result<(W, ArchiveSummary)> {
     let geometry = Geometry::for_chunk_size(options.chunk_size)?;
-    let settings = EncodeSettings::new(geometry, options.level);
-    match opened.body {
-        Body::Source(source) => {
-            let virtual_size = source.virtual_size();
-            check_virtual_size(virtual_size, options.max_virtual_size)?;
-            let writer = ArchiveWriter::new(out, geometry, Some(virtual_size), options.max_compressed_size)?;
-            let writer = encode_source(source.as_ref(), writer, settings, &options.control)?;
-            writer.finish(virtual_size)
-        }
-        Body::Stream(reader) => {
-            let writer = ArchiveWriter::new(out, geometry, None, options.max_compressed_size)?;
-            let (writer, virtual_size) = encode_stream(
-                reader,
-                writer,
-                settings,
-                &options.control,
-                options.max_virtual_size,
-            )?;
-            writer.finish(virtual_size)
-        }
-    }
-}
-
-/// Runs `f` on a dedicated pool of `threads` workers, or on the shared pool.
-pub fn with_pool<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    match threads {
-        None => f(),
-        Some(0) => Err(Error::invalid_argument("--threads must be at least 1")),
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Io, "cannot start worker threads").with_source(e))?
-            .install(f),
-    }
+    let limits = EncodeLimits {
+        max_compressed_size: options.max_compressed_size,
+        max_virtual_size: options.limits.max_virtual_size,
+    };
+    pipeline::encode(
+        opened.body,
+        out,
+        EncodeSettings::new(geometry, options.level),
+        limits,
+        &options.control,
+    )
 }

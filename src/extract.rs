@@ -18,9 +18,9 @@ use crate::archive::chunk::expand_payload;
 use crate::archive::format::payload_runs;
 use crate::archive::reader::ArchiveReader;
 use crate::control::Control;
-use crate::convert::with_pool;
 use crate::error::{Error, IoContext, Result};
 use crate::output::AtomicFile;
+use crate::pipeline::with_pool;
 use crate::read_at::ReadAt;
 use crate::sys;
 

@@ -111,7 +111,9 @@ pub fn convert_bytes(data: &[u8]) {
     let options = crate::ConvertOptions {
         chunk_size: 64 << 10,
         threads: None,
-        max_virtual_size: 16 << 20,
+        limits: crate::InputLimits {
+            max_virtual_size: 16 << 20,
+        },
         max_compressed_size: 32 << 20,
         ..crate::ConvertOptions::default()
     };

@@ -123,11 +123,13 @@ pub fn measure_disk_size(source: &dyn DiskSource, control: &Control) -> Result<u
             .map_init(Vec::new, |scratch, &chunk| -> Result<u64> {
                 let len = (virtual_size - chunk * CHUNK).min(CHUNK) as usize;
                 let data = source.read(chunk * CHUNK, len, scratch)?;
-                Ok(data
+                let non_zero = data
                     .chunks(crate::archive::format::BLOCK_SIZE)
                     .filter(|b| !is_zero(b))
                     .map(|b| b.len() as u64)
-                    .sum())
+                    .sum();
+                source.confirm_read(chunk * CHUNK, len)?;
+                Ok(non_zero)
             })
             .collect::<Result<_>>()?;
         total += sizes.iter().sum::<u64>();

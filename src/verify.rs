@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::archive::reader::ArchiveReader;
 use crate::control::Control;
-use crate::convert::with_pool;
+use crate::pipeline::with_pool;
 use crate::Result;
 
 /// A chunk that failed to decode or failed its crc.

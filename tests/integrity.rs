@@ -144,7 +144,9 @@ fn a_virtual_size_over_the_limit_is_refused() {
     let (input, _, _) = sample(dir.path());
     let out = dir.path().join("x.imgpack");
     let opts = ConvertOptions {
-        max_virtual_size: 1 << 20,
+        limits: imgpack::InputLimits {
+            max_virtual_size: 1 << 20,
+        },
         ..ConvertOptions::default()
     };
     let err = convert(&input, &out, &opts).unwrap_err();

@@ -366,7 +366,9 @@ fn refused_images_are_refused_with_the_reason_and_nothing_written() {
     // The virtual-size limit applies to qcow2 too.
     let big = create(tmp.path(), "big.qcow2", "cluster_size=64k", "2T");
     let options = imgpack::ConvertOptions {
-        max_virtual_size: 1 << 40,
+        limits: imgpack::InputLimits {
+            max_virtual_size: 1 << 40,
+        },
         ..Default::default()
     };
     let out = tmp.path().join("big.imgpack");

@@ -371,7 +371,9 @@ fn qcow2_inside_gzip_and_xz() {
 
     // A qcow2 larger than the limit is refused from its header, before anything is spilled.
     let small = ConvertOptions {
-        max_virtual_size: 1 << 20,
+        limits: imgpack::InputLimits {
+            max_virtual_size: 1 << 20,
+        },
         ..f.options()
     };
     let err = convert(&gz, &f.path("small.imgpack"), &small).unwrap_err();
@@ -435,7 +437,9 @@ fn decompression_bombs_stop_at_the_limit() {
     // 64 GiB of zeros in about 4 MB of gzip.
     let bomb = f.write("bomb.gz", &gzip_bomb(64 << 20, 1024));
     let options = ConvertOptions {
-        max_virtual_size: 32 << 20,
+        limits: imgpack::InputLimits {
+            max_virtual_size: 32 << 20,
+        },
         ..f.options()
     };
     let start = Instant::now();
@@ -475,7 +479,9 @@ fn decompression_bombs_stop_at_the_limit() {
         let zeros = vec![0u8; 64 << 20];
         let xz = f.write("bomb.xz", &run("xz", &["-c", "-1", "-T1"], Some(&zeros)));
         let small = ConvertOptions {
-            max_virtual_size: 16 << 20,
+            limits: imgpack::InputLimits {
+                max_virtual_size: 16 << 20,
+            },
             ..f.options()
         };
         let err = convert(&xz, &output, &small).unwrap_err();

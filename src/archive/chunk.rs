@@ -50,6 +50,19 @@ impl ChunkEncoder {
     /// Encodes chunk number `chunk` whose bytes are `data` (at most one chunk long). Returns
     /// `None` when every byte is zero: such a chunk is not stored.
     pub fn encode(&mut self, geometry: Geometry, chunk: u64, data: &[u8]) -> Result<Option<EncodedChunk>> {
+        self.encode_into(geometry, chunk, data, Vec::new())
+    }
+
+    /// [`ChunkEncoder::encode`] into `frame`, a buffer from an earlier [`EncodedChunk`] (its
+    /// contents are discarded), so that a pipeline can recycle frame buffers instead of having
+    /// the allocator fault in fresh pages for every chunk.
+    pub fn encode_into(
+        &mut self,
+        geometry: Geometry,
+        chunk: u64,
+        data: &[u8],
+        mut frame: Vec<u8>,
+    ) -> Result<Option<EncodedChunk>> {
         debug_assert!(data.len() as u64 <= geometry.chunk_size());
         let mut zero_blocks = vec![0u8; geometry.bitmap_len()];
         let mut zero_count = 0;
@@ -79,7 +92,8 @@ impl ChunkEncoder {
             &self.payload
         };
         let payload_crc = crc32fast::hash(payload);
-        let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(payload.len()));
+        frame.clear();
+        frame.reserve(zstd::zstd_safe::compress_bound(payload.len()));
         self.compressor
             .compress_to_buffer(payload, &mut frame)
             .map_err(|e| {

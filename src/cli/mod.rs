@@ -89,7 +89,7 @@ pub(crate) struct EncodeArgs {
     /// Refuse images whose virtual disk is larger than this.
     #[arg(long, default_value_t = SizeArg(DEFAULT_MAX_VIRTUAL_SIZE))]
     max_virtual_size: SizeArg,
-    /// How raw inputs are read: auto, mmap or pread.
+    /// How raw inputs are read: auto, mmap (memory map, guarded against truncation) or pread.
     #[arg(long, default_value = "auto", value_parser = read_mode_arg)]
     read_mode: ReadMode,
     /// Directory for spill files of layered inputs (default: the output's directory).
@@ -105,7 +105,9 @@ impl EncodeArgs {
             chunk_size: self.chunk_size.0,
             threads,
             max_compressed_size: self.max_compressed_size.0,
-            max_virtual_size: self.max_virtual_size.0,
+            limits: InputLimits {
+                max_virtual_size: self.max_virtual_size.0,
+            },
             read_mode: self.read_mode,
             temp_dir: self.temp_dir.clone(),
             control,

@@ -52,6 +52,14 @@ pub trait DiskSource: Send + Sync {
     /// either borrowed from the source (a memory map) or placed in `scratch`.
     fn read<'a>(&'a self, offset: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8]>;
 
+    /// Called once the `len` bytes [`DiskSource::read`] borrowed at `offset` have been used:
+    /// fails if they may not have been the file's (a memory map of a file truncated meanwhile
+    /// reads zeros where the lost pages were), and lets go of them. Nothing to do by default.
+    fn confirm_read(&self, offset: u64, len: usize) -> Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+
     /// Format-specific facts for `info` (block size, subformat, ...); none by default.
     fn details(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()
@@ -61,10 +69,13 @@ pub trait DiskSource: Send + Sync {
 /// How raw inputs are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadMode {
-    /// Whatever measured fastest (currently plain positional reads).
+    /// Whatever measured fastest: currently the guarded memory map, falling back to positional
+    /// reads where the file cannot be mapped.
     #[default]
     Auto,
-    /// Memory-map the input.
+    /// Memory-map the input. Guarded: if another process truncates the file meanwhile, the
+    /// lost pages read as zeros and the conversion fails with an error naming the file, instead
+    /// of the process dying of SIGBUS (see `sys::Mapping`).
     Mmap,
     /// Positional reads (`pread`) into a reused buffer per worker.
     Pread,

@@ -1,10 +1,15 @@
-//! The few operating-system facilities imgpack needs beyond `std`: memory maps, sparse-file
-//! queries (SEEK_DATA), unnamed temporary files (O_TMPFILE) and linking them into place, and
-//! starting writeback early (sync_file_range).
+//! The few operating-system facilities imgpack needs beyond `std`: memory maps guarded against
+//! truncation ([`Mapping`], in `mapping.rs`), sparse-file queries (SEEK_DATA), unnamed temporary
+//! files (O_TMPFILE) and linking them into place, and starting writeback early
+//! (sync_file_range).
 //!
-//! This is the only module allowed `unsafe` (the crate root denies it elsewhere): creating a
-//! memory map and calling sync_file_range, each justified where it happens. Everything else
-//! goes through rustix's safe wrappers.
+//! This is the only module allowed `unsafe` (the crate root denies it elsewhere): the memory
+//! map and its SIGBUS guard, and sync_file_range, each justified where it happens. Everything
+//! else goes through rustix's safe wrappers.
+
+mod mapping;
+
+pub use mapping::Mapping;
 
 use std::fs::File;
 use std::io;
@@ -12,38 +17,6 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags, SeekFrom};
-
-/// A read-only memory map of a whole file.
-pub struct Mapping {
-    map: memmap2::Mmap,
-}
-
-impl Mapping {
-    /// Maps `file` read-only and advises the kernel that it will be read sequentially.
-    ///
-    /// The map reflects the file as it changes: if another process truncates the file while it
-    /// is mapped, touching the lost pages raises SIGBUS. imgpack maps only files it was asked to
-    /// convert and offers plain reads (`ReadMode::Pread`) for inputs that may change.
-    pub fn map(file: &File) -> io::Result<Mapping> {
-        // SAFETY: the map is read-only and private to this process; memmap2's only unsafety is
-        // that the file may change underneath, which the doc above covers (bytes read may be
-        // torn, never memory-unsafe in Rust terms except SIGBUS on truncation, which ends the
-        // process without writing a partial output, since outputs are unnamed until committed).
-        let map = unsafe { memmap2::MmapOptions::new().map(file)? };
-        let _ = map.advise(memmap2::Advice::Sequential);
-        Ok(Mapping { map })
-    }
-
-    /// The mapped bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.map
-    }
-
-    /// Asks the kernel to read `range` ahead of use.
-    pub fn will_need(&self, offset: usize, len: usize) {
-        let _ = self.map.advise_range(memmap2::Advice::WillNeed, offset, len);
-    }
-}
 
 /// The first offset at or after `from` holding data (not a hole), `None` if only holes
 /// follow, or `Some(from)` where the file system cannot tell.
