@@ -257,7 +257,7 @@ fn write_in_order<W: Write>(
             next += 1;
             if let Some(chunk) = result? {
                 writer.add(&chunk)?;
-                if next % progress_every.max(1) == 0 {
+                if next.is_multiple_of(progress_every.max(1)) {
                     progress(writer, chunk.chunk);
                 }
                 frames.give_back(chunk.frame);
