@@ -9,6 +9,7 @@ use crate::archive::chunk::EncodedChunk;
 use crate::archive::writer::ArchiveWriter;
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, Result};
+use crate::input::read_full;
 use crate::units::format_size;
 
 /// A chunk number and the chunk's bytes, cut from a stream.
@@ -82,7 +83,7 @@ fn read_chunks<R: Read>(
     for chunk in 0u64.. {
         let mut buffer = empty.try_recv().unwrap_or_default();
         buffer.resize(chunk_size, 0);
-        let filled = match fill(&mut reader, &mut buffer) {
+        let filled = match read_full(&mut reader, &mut buffer).map_err(stream_error) {
             Ok(n) => n,
             Err(e) => {
                 let _ = full.send(Err(e.at_least(total)));
@@ -132,26 +133,11 @@ impl AtLeast for Error {
     }
 }
 
-/// Reads until `buffer` is full or the stream ends; returns the bytes read.
-fn fill<R: Read>(reader: &mut R, buffer: &mut [u8]) -> Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match reader.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
-            Err(e) => return Err(stream_error(e)),
-        }
-    }
-    Ok(filled)
-}
-
 /// Decoders report damage as `io::Error`s wrapping an imgpack [`Error`]; unwrap those so the
 /// kind and offset survive.
 fn stream_error(e: std::io::Error) -> Error {
     if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        let inner = e.into_inner().expect("checked above");
-        return *inner.downcast::<Error>().expect("checked above");
+        return Error::from(e);
     }
     match e.kind() {
         IoErrorKind::InvalidData | IoErrorKind::UnexpectedEof => {
