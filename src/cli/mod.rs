@@ -89,10 +89,11 @@ pub(crate) struct EncodeArgs {
     /// Refuse images whose virtual disk is larger than this.
     #[arg(long, default_value_t = SizeArg(DEFAULT_MAX_VIRTUAL_SIZE))]
     max_virtual_size: SizeArg,
-    /// How raw inputs are read: auto, mmap (memory map, guarded against truncation) or pread.
-    #[arg(long, default_value = "auto", value_parser = read_mode_arg)]
+    /// How raw inputs are read.
+    #[arg(long, value_enum, default_value_t = ReadMode::default())]
     read_mode: ReadMode,
-    /// Directory for spill files of layered inputs (default: the output's directory).
+    /// Directory for spill files of layered inputs (default: the output's directory; for
+    /// standard output, the system's temporary directory).
     #[arg(long)]
     temp_dir: Option<PathBuf>,
 }
@@ -172,15 +173,6 @@ impl std::fmt::Display for SizeArg {
             Some((shift, suffix)) => write!(f, "{}{suffix}", self.0 >> shift),
             None => write!(f, "{}", self.0),
         }
-    }
-}
-
-fn read_mode_arg(text: &str) -> std::result::Result<ReadMode, String> {
-    match text {
-        "auto" => Ok(ReadMode::Auto),
-        "mmap" => Ok(ReadMode::Mmap),
-        "pread" => Ok(ReadMode::Pread),
-        _ => Err(format!("{text:?} is not one of auto, mmap, pread")),
     }
 }
 

@@ -66,8 +66,10 @@ pub trait DiskSource: Send + Sync {
     }
 }
 
-/// How raw inputs are read.
+/// How raw inputs are read. On the command line (feature `cli`) the values are the variants'
+/// names in lower case: `auto`, `mmap`, `pread`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum ReadMode {
     /// Whatever measured fastest: currently the guarded memory map, falling back to positional
     /// reads where the file cannot be mapped.
