@@ -9,21 +9,8 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use imgpack::{convert, extract, info, ConvertOptions, ErrorKind, ExtractOptions};
-
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("run qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A 5 MiB + 1536-byte disk with data across 64 KiB and 1 MiB boundaries and in its last sector.
 fn write_pattern(path: &Path) {
@@ -110,13 +97,13 @@ fn every_format_qemu_img_writes_is_read_exactly_or_refused_by_name() {
             args.extend(["-o", options]);
         }
         args.extend([source.to_str().unwrap(), image.to_str().unwrap()]);
-        qemu_img(&args);
+        common::qemu_img(&args);
         if !read {
             assert_refused(&image, dir.path(), name);
             continue;
         }
         let reference = dir.path().join("reference.raw");
-        qemu_img(&[
+        common::qemu_img(&[
             "convert",
             "-f",
             format,
@@ -144,7 +131,7 @@ fn a_luks_image_is_refused_by_name() {
     }
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.luks");
-    qemu_img(&[
+    common::qemu_img(&[
         "create",
         "-f",
         "luks",

@@ -14,18 +14,6 @@ fn have_qemu_img() -> bool {
     common::have("qemu-img")
 }
 
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("run qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A sparse disk of 33 MiB + 1536 bytes: data straddling 64 KiB grains, 1/2/8/32 MiB blocks
 /// and the 32 MiB span of one VMDK grain table, with zeros everywhere else.
 fn write_pattern(path: &Path) -> Vec<u8> {
@@ -160,14 +148,14 @@ fn every_subformat_matches_qemu_img() {
     for case in CASES {
         let image: PathBuf = dir.path().join(format!("image.{}", case.format));
         let reference = dir.path().join("reference.raw");
-        qemu_img(
+        common::qemu_img(
             &["convert", "-f", "raw", "-O", case.format, "-o", case.options]
                 .iter()
                 .chain(&[source.to_str().unwrap(), image.to_str().unwrap()])
                 .copied()
                 .collect::<Vec<_>>(),
         );
-        qemu_img(&[
+        common::qemu_img(&[
             "convert",
             "-f",
             case.format,
@@ -217,7 +205,7 @@ fn one_thread_gives_the_same_bytes() {
     let source = dir.path().join("pattern.raw");
     let pattern = write_pattern(&source);
     let image = dir.path().join("image.vmdk");
-    qemu_img(&[
+    common::qemu_img(&[
         "convert",
         "-f",
         "raw",
@@ -251,7 +239,7 @@ fn a_disk_written_by_qemu_io_in_place_matches() {
         ("vhdx", "subformat=dynamic,block_size=1M"),
     ] {
         let image = dir.path().join(format!("written.{format}"));
-        qemu_img(&[
+        common::qemu_img(&[
             "create",
             "-f",
             format,
@@ -281,7 +269,7 @@ fn a_disk_written_by_qemu_io_in_place_matches() {
             );
         }
         let reference = dir.path().join("reference.raw");
-        qemu_img(&[
+        common::qemu_img(&[
             "convert",
             "-f",
             format,

@@ -11,18 +11,6 @@ use std::process::Command;
 
 use imgpack::{convert, extract, info, ConvertOptions, ErrorKind, ExtractOptions};
 
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("run qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A 9 MiB + 512-byte disk with data straddling 64 KiB and 1 MiB clusters and in the last sector.
 fn pattern() -> Vec<u8> {
     let size = (9 << 20) + 512;
@@ -69,7 +57,7 @@ fn roundtrip(image: &Path, dir: &Path) -> Vec<u8> {
 
 fn qemu_raw(image: &Path, dir: &Path) -> Vec<u8> {
     let reference = dir.join("reference.raw");
-    qemu_img(&[
+    common::qemu_img(&[
         "convert",
         "-f",
         "parallels",
@@ -92,7 +80,7 @@ fn both_signatures_and_dirty_images_match_qemu_img() {
     std::fs::write(&source, &disk).unwrap();
     for cluster in ["1M", "64k", "4k"] {
         let image = dir.path().join(format!("image-{cluster}.hds"));
-        qemu_img(&[
+        common::qemu_img(&[
             "convert",
             "-f",
             "raw",
@@ -136,7 +124,7 @@ fn an_empty_image_is_all_zeros() {
     }
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("empty.hds");
-    qemu_img(&["create", "-f", "parallels", image.to_str().unwrap(), "3M"]);
+    common::qemu_img(&["create", "-f", "parallels", image.to_str().unwrap(), "3M"]);
     let got = roundtrip(&image, dir.path());
     assert_eq!(got, qemu_raw(&image, dir.path()));
     assert!(got.iter().all(|&b| b == 0));
@@ -150,7 +138,7 @@ fn a_wrong_format_extension_is_refused_as_qemu_refuses_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("ext.hds");
-    qemu_img(&["create", "-f", "parallels", image.to_str().unwrap(), "3M"]);
+    common::qemu_img(&["create", "-f", "parallels", image.to_str().unwrap(), "3M"]);
     let mut bytes = std::fs::read(&image).unwrap();
     // ext_off: sector 1, inside the BAT's cluster, where there is no extension magic.
     bytes[56..64].copy_from_slice(&1u64.to_le_bytes());

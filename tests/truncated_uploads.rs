@@ -9,21 +9,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use imgpack::{convert, extract, ConvertOptions, ErrorKind, ExtractOptions};
-
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("run qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn be32(b: &[u8], at: usize) -> u64 {
     u64::from(u32::from_be_bytes(b[at..at + 4].try_into().unwrap()))
@@ -157,7 +144,7 @@ fn images_cut_inside_their_tables_are_refused_naming_the_table() {
     let cut_image = dir.path().join("cut.img");
     for (format, options) in cases {
         let image = dir.path().join(format!("image.{format}"));
-        qemu_img(&[
+        common::qemu_img(&[
             "convert",
             "-f",
             "raw",
@@ -170,7 +157,7 @@ fn images_cut_inside_their_tables_are_refused_naming_the_table() {
         ]);
         let bytes = std::fs::read(&image).unwrap();
         let reference = dir.path().join("reference.raw");
-        qemu_img(&[
+        common::qemu_img(&[
             "convert",
             "-f",
             format,
@@ -224,7 +211,7 @@ fn a_stream_optimized_vmdk_cut_inside_a_grain_is_refused() {
     let source = dir.path().join("pattern.raw");
     std::fs::write(&source, pattern()).unwrap();
     let image = dir.path().join("image.vmdk");
-    qemu_img(&[
+    common::qemu_img(&[
         "convert",
         "-f",
         "raw",
@@ -277,7 +264,7 @@ fn a_last_cluster_cut_after_the_end_of_the_disk_is_accepted() {
         ("parallels", "cluster_size=1M"),
     ] {
         let image = dir.path().join(format!("tail.{format}"));
-        qemu_img(&[
+        common::qemu_img(&[
             "convert",
             "-f",
             "raw",
@@ -301,7 +288,7 @@ fn a_last_cluster_cut_after_the_end_of_the_disk_is_accepted() {
         let cut_image = dir.path().join(format!("tail-cut.{format}"));
         std::fs::write(&cut_image, &bytes[..cut]).unwrap();
         let reference = dir.path().join("reference.raw");
-        qemu_img(&[
+        common::qemu_img(&[
             "convert",
             "-f",
             format,
@@ -327,7 +314,7 @@ fn a_refcount_block_past_the_end_is_refused() {
     }
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.qcow2");
-    qemu_img(&["create", "-f", "qcow2", image.to_str().unwrap(), "4M"]);
+    common::qemu_img(&["create", "-f", "qcow2", image.to_str().unwrap(), "4M"]);
     let mut bytes = std::fs::read(&image).unwrap();
     let cluster = 1u64 << be32(&bytes, 20);
     let table = be64(&bytes, 48) as usize;

@@ -75,3 +75,17 @@ pub fn on_path(tool: &str) -> bool {
         std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     })
 }
+
+/// Runs `qemu-img ARGS`, failing the test with its error output if it fails. Check
+/// [`have`]`("qemu-img")` first.
+pub fn qemu_img(args: &[&str]) {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("run qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
