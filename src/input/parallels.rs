@@ -11,7 +11,7 @@
 //! | 32 | 4 | `bat_entries`: entries of the BAT |
 //! | 36 | 8 | `nb_sectors`: the virtual size in sectors (only the low 32 bits with the old magic) |
 //! | 44 | 4 | `inuse`: `0x746F6E59` while an image is open for writing (not closed cleanly) |
-//! | 48 | 4 | `data_off`: first sector of the data area (0: right after the BAT) |
+//! | 48 | 4 | `data_off`: first sector of the data area (0: right after the BAT; not needed to read) |
 //! | 52 | 4 | flags |
 //! | 56 | 8 | `ext_off`: sector of the format extension (dirty bitmaps), or 0 |
 //! | 64 | 4 × `bat_entries` | the BAT |
@@ -25,7 +25,9 @@
 //! plus imgpack's for hostile and truncated files: the virtual size is checked against the limit
 //! before the BAT is read, the BAT must lie wholly inside the file (a truncated upload is refused,
 //! where qemu reads zeros for what is missing), and every cluster a BAT entry maps must lie after
-//! the BAT and, as far as the virtual disk reaches into it, inside the file. A dirty image
+//! the BAT and, as far as the virtual disk reaches into it, inside the file. Unlike qemu, the
+//! format extension's MD5 checksum and feature list are not checked: they describe dirty
+//! bitmaps only, so an image qemu refuses for them is read with the same bytes here. A dirty image
 //! (`inuse`) is read as it is, like `qemu-img convert` reads it, and reported as dirty.
 //! The format extension only holds dirty bitmaps, which do not change the disk's bytes.
 
@@ -106,17 +108,10 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
     let bat_bytes = u64::from(bat_entries) * 4;
     check_table_size(bat_bytes, HEADER_LEN, "the Parallels BAT")?;
     let bat = read_bytes(file.as_ref(), HEADER_LEN, bat_bytes, "the Parallels BAT")?;
+    // Where the data area starts (`data_off`) does not matter for reading: qemu reads every
+    // cluster where the BAT says, and falls back to the end of the BAT when `data_off` is 0 or
+    // out of range. A cluster mapped into the header or the BAT is refused instead.
     let bat_end = HEADER_LEN + bat_bytes;
-    let data_start = match u64::from(le32(&h, 48)) {
-        0 => bat_end.next_multiple_of(SECTOR),
-        sectors => sectors * SECTOR,
-    };
-    if data_start < bat_end {
-        return Err(Error::corrupt(
-            48,
-            format!("Parallels data area at offset {data_start} overlaps the BAT, which ends at {bat_end}"),
-        ));
-    }
     let extension = le64(&h, 56);
     if extension != 0 {
         check_extension(file.as_ref(), extension)?;
@@ -130,11 +125,11 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
             0 => UNMAPPED,
             place => {
                 let host = u64::from(place) * multiplier;
-                if host < data_start {
+                if host < bat_end {
                     return Err(Error::corrupt(
                         HEADER_LEN + index as u64 * 4,
                         format!(
-                            "Parallels cluster {index} is mapped at offset {host}, before the data area ({data_start})"
+                            "Parallels cluster {index} is mapped at offset {host}, inside the header or the BAT (which end at {bat_end})"
                         ),
                     ));
                 }
@@ -143,8 +138,8 @@ pub fn open(file: Box<dyn ReadAt>, max_virtual_size: u64) -> Result<BlockTable> 
         };
         blocks.push(blocks_at);
     }
-    // Clusters the BAT does not reach read as zeros, as in qemu.
-    blocks.resize(needed as usize, UNMAPPED);
+    // Clusters the BAT does not reach read as zeros, as in qemu: the table stops where the BAT
+    // does (a tiny header may claim a huge disk; its tail costs no memory).
 
     let mut details = Map::new();
     let subformat = if counts_clusters {
@@ -231,11 +226,46 @@ mod tests {
             .unwrap();
         assert_eq!(err.kind(), ErrorKind::Corrupt);
         assert_eq!(err.offset(), Some(72));
-        let err = open(Box::new(image(MAGIC_SECTORS, [1, 0, 2])), 1 << 30)
-            .err()
-            .unwrap();
+        // A BAT of 200 entries ends at byte 864: sector 1 lies inside it.
+        let mut into_bat = image(MAGIC_SECTORS, [1, 0, 2]);
+        into_bat[32..36].copy_from_slice(&200u32.to_le_bytes());
+        let err = open(Box::new(into_bat), 1 << 30).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::Corrupt);
         assert_eq!(err.offset(), Some(64));
+        assert!(err.message().contains("inside the header or the BAT"), "{err}");
+    }
+
+    #[test]
+    fn a_data_offset_qemu_would_ignore_does_not_matter() {
+        for data_off in [0u32, 1, u32::MAX] {
+            let mut f = image(MAGIC_CLUSTERS, [1, 0, 2]);
+            f[48..52].copy_from_slice(&data_off.to_le_bytes());
+            let table = open(Box::new(f), 1 << 30).unwrap();
+            let mut scratch = Vec::new();
+            assert_eq!(
+                table.read(0, 1, &mut scratch).unwrap(),
+                b"a",
+                "data_off {data_off}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tiny_header_claiming_a_huge_disk_costs_no_memory() {
+        // 512-byte clusters, no BAT, 64 TiB: every cluster reads as zeros.
+        let mut f = image(MAGIC_CLUSTERS, [0, 0, 0]);
+        f[28..32].copy_from_slice(&1u32.to_le_bytes());
+        f[32..36].copy_from_slice(&0u32.to_le_bytes());
+        f[36..44].copy_from_slice(&(1u64 << 37).to_le_bytes());
+        let table = open(Box::new(f), 1 << 50).unwrap();
+        assert_eq!(table.virtual_size(), 1 << 46);
+        assert_eq!(table.next_data(0).unwrap(), None);
+        let mut scratch = Vec::new();
+        assert!(table
+            .read((1 << 46) - 512, 512, &mut scratch)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0));
     }
 
     #[test]
