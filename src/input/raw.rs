@@ -90,7 +90,14 @@ impl DiskSource for RawSource {
         if from >= self.file.size() {
             return Ok(None);
         }
-        sys::next_data(self.file.file(), from).context("looking for data (SEEK_DATA)", &self.path)
+        let next =
+            sys::next_data(self.file.file(), from).context("looking for data (SEEK_DATA)", &self.path)?;
+        // "No data after `from`" is also what a file cut short meanwhile says: its missing tail
+        // must not be taken for zeros.
+        if next.is_none() && self.shrunk() {
+            return Err(truncated(from).in_file(&self.path));
+        }
+        Ok(next)
     }
 
     fn read<'a>(&'a self, offset: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8]> {
@@ -128,15 +135,19 @@ impl DiskSource for RawSource {
             map.release(start, len);
         }
         match &self.mapping {
-            Some(map) if map.is_damaged() || self.shrunk() => Err(Error::corrupt(
-                offset,
-                "the input was truncated while it was being read (pages of its memory map vanished \
-                 or could not be read)",
-            )
-            .in_file(&self.path)),
+            Some(map) if map.is_damaged() || self.shrunk() => Err(truncated(offset).in_file(&self.path)),
             _ => Ok(()),
         }
     }
+}
+
+/// The error for an input that another process cut short while it was being read.
+fn truncated(offset: u64) -> Error {
+    Error::corrupt(
+        offset,
+        "the input was truncated while it was being read (pages of its memory map vanished, or \
+         its end moved before the data still to read)",
+    )
 }
 
 /// A raw disk arriving as a stream, rounded up to a whole sector with zeros at its end (see
@@ -230,6 +241,18 @@ mod tests {
         let mut scratch = Vec::new();
         source.read((4 << 20) - 4096, 4096, &mut scratch).unwrap();
         assert!(source.confirm_read((4 << 20) - 4096, 4096).is_err());
+    }
+
+    #[test]
+    fn a_tail_cut_off_before_it_is_reached_is_an_error_not_zeros() {
+        for mode in [ReadMode::Mmap, ReadMode::Pread] {
+            let file = image();
+            let source = RawSource::open(file.path(), mode).unwrap();
+            file.as_file().set_len(1 << 20).unwrap();
+            let err = source.next_data(2 << 20).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "{mode:?}");
+            assert!(err.to_string().contains("truncated"), "{err}");
+        }
     }
 
     #[test]
