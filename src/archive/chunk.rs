@@ -99,6 +99,17 @@ impl ChunkEncoder {
             .map_err(|e| {
                 Error::new(ErrorKind::Io, format!("zstd failed to compress chunk {chunk}")).with_source(e)
             })?;
+        // A payload borrowed from the caller may be a memory map of a file another process is
+        // still writing: the crc and the compressor read it separately, so check that it did
+        // not change in between, or the archive would hold a frame its crc refuses.
+        if zero_count == 0 && crc32fast::hash(payload) != payload_crc {
+            return Err(Error::corrupt(
+                chunk * geometry.chunk_size(),
+                format!(
+                    "the input changed while chunk {chunk} was being read; convert a file nobody is writing"
+                ),
+            ));
+        }
         Ok(Some(EncodedChunk {
             chunk,
             payload_crc,
