@@ -3,7 +3,7 @@
 //! [`RawSource`] skips holes of sparse files with SEEK_DATA (falling back to reading where the
 //! file system cannot tell), and reads data either through a memory map or with `pread` into
 //! each worker's reused buffer ([`ReadMode`]). The map is guarded against truncation by another
-//! process ([`Mapping`]): bytes borrowed from it are confirmed after use
+//! process (`sys::Mapping`): bytes borrowed from it are confirmed after use
 //! ([`DiskSource::confirm_read`]), so a file cut short while it is read fails the conversion,
 //! as a short `pread` does, instead of killing the process with SIGBUS.
 //!

@@ -1,4 +1,5 @@
-//! The qcow2 header, its extensions and the checks QEMU makes on open.
+//! The qcow2 header and the checks QEMU makes on open (the extensions are read in
+//! `extensions.rs`).
 //!
 //! All numbers are big-endian. The header sits at the start of the first cluster:
 //!
@@ -29,6 +30,7 @@
 //! skipped. [`Header::parse`] only reads the fields; [`Header::validate`] makes every check and
 //! returns the [`Layout`] the reader works from, or the reason the image is refused.
 
+use super::extensions::Extensions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::bytes::{be16, be32, be64};
 use crate::read_at::ReadAt;
@@ -64,12 +66,12 @@ const INCOMPAT_KNOWN: u64 = (1 << 5) - 1;
 /// Autoclear feature bit: the bitmaps extension is consistent.
 pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
 
-const EXT_END: u32 = 0;
-const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
-const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
-const EXT_BITMAPS: u32 = 0x2385_2875;
-const EXT_CRYPTO: u32 = 0x0537_be77;
-const EXT_DATA_FILE: u32 = 0x4441_5441;
+pub(super) const EXT_END: u32 = 0;
+pub(super) const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+pub(super) const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
+pub(super) const EXT_BITMAPS: u32 = 0x2385_2875;
+pub(super) const EXT_CRYPTO: u32 = 0x0537_be77;
+pub(super) const EXT_DATA_FILE: u32 = 0x4441_5441;
 
 /// How compressed clusters are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +167,7 @@ impl Layout {
     }
 }
 
-fn read_error(what: &str, offset: u64, e: std::io::Error) -> Error {
+pub(super) fn read_error(what: &str, offset: u64, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         Error::corrupt(offset, format!("the file ends inside the {what}"))
     } else {
@@ -583,12 +585,12 @@ impl Header {
     }
 }
 
-fn round_up(value: u64, to: u64) -> u64 {
+pub(super) fn round_up(value: u64, to: u64) -> u64 {
     value.div_ceil(to).saturating_mul(to)
 }
 
 /// A table of `bytes` at `offset`: aligned, and (if not empty) wholly inside the file.
-fn check_table(
+pub(super) fn check_table(
     name: &str,
     field: u64,
     offset: u64,
@@ -673,47 +675,6 @@ fn check_snapshots(header: &Header, file: &dyn ReadAt, cluster_size: u64) -> Res
     Ok(())
 }
 
-/// The persistent-bitmaps extension's fields.
-#[derive(Debug, Clone, Copy)]
-struct Bitmaps {
-    at: u64,
-    count: u32,
-    reserved: u32,
-    directory_size: u64,
-    directory_offset: u64,
-}
-
-impl Bitmaps {
-    fn check(&self, cluster_size: u64, file_size: u64) -> Result<()> {
-        if self.reserved != 0 {
-            return Err(Error::corrupt(
-                self.at + 4,
-                "bitmaps extension: reserved field is not zero",
-            ));
-        }
-        if self.count == 0 || self.count > MAX_BITMAPS {
-            return Err(Error::corrupt(
-                self.at,
-                format!("bitmaps extension: {} bitmaps (1..=65535 allowed)", self.count),
-            ));
-        }
-        if self.directory_size > MAX_BITMAP_DIRECTORY_BYTES {
-            return Err(Error::corrupt(
-                self.at + 8,
-                "bitmaps extension: directory too large",
-            ));
-        }
-        check_table(
-            "bitmap directory",
-            self.at + 16,
-            self.directory_offset,
-            self.directory_size,
-            cluster_size,
-            file_size,
-        )
-    }
-}
-
 /// The features an image is read with, and its header extensions.
 struct Features {
     extensions: Extensions,
@@ -730,94 +691,6 @@ struct Tables {
     l1_bytes: u64,
     /// Bytes of the refcount table.
     refcount_bytes: u64,
-}
-
-/// What the header extensions say.
-#[derive(Debug, Default)]
-struct Extensions {
-    feature_names: Vec<(u8, u8, String)>,
-    bitmaps: Option<Bitmaps>,
-    crypto: bool,
-    data_file: bool,
-}
-
-impl Extensions {
-    /// Walks the extensions from the end of the header to the end of the first cluster.
-    fn read(header: &Header, file: &dyn ReadAt, cluster_size: u64) -> Result<Extensions> {
-        let mut found = Extensions::default();
-        let end = cluster_size.min(file.size());
-        let mut offset = u64::from(header.header_length);
-        // The first cluster, at most 2 MiB; bytes past the end of the file read as zeros.
-        let mut area = vec![0u8; end.saturating_sub(offset) as usize];
-        file.read_at_most(&mut area, offset)
-            .map_err(|e| read_error("header extensions", offset, e))?;
-        let base = offset;
-        while offset + 8 <= end {
-            let at = (offset - base) as usize;
-            let kind = be32(&area, at);
-            let len = u64::from(be32(&area, at + 4));
-            if kind == EXT_END {
-                break;
-            }
-            let data_at = offset + 8;
-            if len > end - data_at {
-                return Err(Error::corrupt(
-                    offset,
-                    format!("header extension 0x{kind:08x} of {len} bytes runs past the first cluster"),
-                ));
-            }
-            let data = &area[at + 8..at + 8 + len as usize];
-            match kind {
-                EXT_FEATURE_NAMES => {
-                    for entry in data.chunks_exact(48) {
-                        let name = &entry[2..];
-                        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-                        found.feature_names.push((
-                            entry[0],
-                            entry[1],
-                            String::from_utf8_lossy(name).into_owned(),
-                        ));
-                    }
-                }
-                EXT_BITMAPS => {
-                    if data.len() != 24 {
-                        return Err(Error::corrupt(
-                            offset,
-                            format!("bitmaps extension of {len} bytes (24 expected)"),
-                        ));
-                    }
-                    found.bitmaps = Some(Bitmaps {
-                        at: data_at,
-                        count: be32(data, 0),
-                        reserved: be32(data, 4),
-                        directory_size: be64(data, 8),
-                        directory_offset: be64(data, 16),
-                    });
-                }
-                EXT_CRYPTO => found.crypto = true,
-                EXT_DATA_FILE => found.data_file = true,
-                EXT_BACKING_FORMAT => {}
-                _ => {} // unknown extensions are skipped, as the specification says
-            }
-            offset = data_at + round_up(len, 8);
-        }
-        Ok(found)
-    }
-
-    /// `" (name, name)"` for the bits of `kind` set in `bits`, from the feature name table.
-    fn names_of(&self, kind: u8, bits: u64) -> String {
-        let names: Vec<&str> = self
-            .feature_names
-            .iter()
-            .filter(|(k, bit, _)| *k == kind && *bit < 64 && bits & (1u64 << bit) != 0)
-            .map(|(_, _, name)| name.as_str())
-            .collect();
-        if names.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", names.join(", "))
-        }
-    }
 }
 
 #[cfg(test)]

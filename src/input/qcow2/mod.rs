@@ -18,6 +18,7 @@
 //! | `snapshots_offset`         | snapshot table (checked, not needed for reading)        |
 
 pub mod cluster;
+mod extensions;
 pub mod header;
 pub mod tables;
 
