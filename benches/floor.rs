@@ -2,7 +2,7 @@
 //! in the same chunking and at the same level as `imgpack convert`.
 //!
 //! ```text
-//! cargo bench --bench floor -- IMAGE [--level N] [--chunk-size BYTES] [--reps N]
+//! cargo bench --bench floor -- IMAGE [--level N] [--chunk-size BYTES] [--reps N] [--threads N]
 //! ```
 //!
 //! The image is cut as the pipeline cuts it: chunks of `--chunk-size` (1 MiB by default), holes
@@ -14,9 +14,19 @@
 //! that many times and reports each pass, so a caller can take the median.
 //!
 //! Output, one line per pass, `key=value` separated by spaces:
-//! `level=3 chunks=1402 payload_bytes=... compressed_bytes=... zstd_cpu_s=4.123`.
-//! The floor of a convert on `n` cores is `zstd_cpu_s / n`; `compressed_bytes` is the sum of
-//! the frames, the archive's size less its header, index and footer.
+//! `level=3 chunks=1402 payload_bytes=... compressed_bytes=... zstd_cpu_s=4.123 threads=2
+//! parallel_wall_s=2.345 parallel_cpu_s=4.456`.
+//! The floor of a convert on `n` cores is `zstd_cpu_s / n` (the issue's floor); `compressed_bytes`
+//! is the sum of the frames, the archive's size less its header, index and footer.
+//!
+//! The second, physical floor (`--threads N`, default: the available cores): the same payloads,
+//! gathered into memory beforehand, compressed by `N` threads at once, each taking the next
+//! payload as soon as it is free (as the pipeline's workers do), each with its own reused
+//! compressor. `parallel_wall_s` is the wall time from the moment all threads start to the moment
+//! the last one ends; `parallel_cpu_s` the sum of their compress-call CPU times. Two zstd streams
+//! sharing caches, memory bandwidth and a hypervisor's vCPUs can run slower than one each, so
+//! `parallel_wall_s` may exceed `zstd_cpu_s / N`: it is what this machine can actually do, and
+//! imgpack's wall time can be compared with both. `--threads 0` skips it.
 //!
 //! This is self-contained on purpose (std, rustix and zstd only): the floor must not move when
 //! imgpack's own code changes.
@@ -25,7 +35,9 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
 
 use rustix::fs::SeekFrom;
 
@@ -37,6 +49,7 @@ struct Args {
     level: i32,
     chunk_size: usize,
     reps: usize,
+    threads: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -44,6 +57,7 @@ fn parse_args() -> Result<Args, String> {
     let mut level = 3;
     let mut chunk_size = 1 << 20;
     let mut reps = 1;
+    let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -55,6 +69,11 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--chunk-size: {e}"))?
             }
             "--reps" => reps = value("--reps")?.parse().map_err(|e| format!("--reps: {e}"))?,
+            "--threads" => {
+                threads = value("--threads")?
+                    .parse()
+                    .map_err(|e| format!("--threads: {e}"))?
+            }
             // `cargo bench` passes --bench to every bench binary.
             "--bench" => {}
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -67,12 +86,14 @@ fn parse_args() -> Result<Args, String> {
     if reps == 0 {
         return Err("--reps must be at least 1".into());
     }
-    let image = image.ok_or("usage: floor IMAGE [--level N] [--chunk-size BYTES] [--reps N]")?;
+    let image =
+        image.ok_or("usage: floor IMAGE [--level N] [--chunk-size BYTES] [--reps N] [--threads N]")?;
     Ok(Args {
         image,
         level,
         chunk_size,
         reps,
+        threads,
     })
 }
 
@@ -97,15 +118,16 @@ struct Pass {
     zstd_cpu: Duration,
 }
 
-/// Cuts `file` into chunks as the pipeline does and compresses every chunk's payload (its
-/// non-zero 4 KiB blocks, in order; all-zero chunks are skipped), timing only zstd. Each
-/// payload is compressed right after it is gathered, so it is as warm in cache as in imgpack.
-fn pass(file: &File, chunk_size: usize, compressor: &mut zstd::bulk::Compressor) -> std::io::Result<Pass> {
+/// Cuts `file` into chunks as the pipeline does and calls `each` with every chunk's payload
+/// (its non-zero 4 KiB blocks, in order); all-zero chunks are skipped.
+fn for_each_payload(
+    file: &File,
+    chunk_size: usize,
+    mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let size = file.metadata()?.len();
     let mut chunk = vec![0u8; chunk_size];
     let mut payload = Vec::with_capacity(chunk_size);
-    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk_size));
-    let mut result = Pass::default();
     let mut position = 0u64;
     while position < size {
         let data_at = match rustix::fs::seek(file.as_fd(), SeekFrom::Data(position)) {
@@ -123,20 +145,86 @@ fn pass(file: &File, chunk_size: usize, compressor: &mut zstd::bulk::Compressor)
             }
         }
         position = start + chunk_size as u64;
-        if payload.is_empty() {
-            continue;
+        if !payload.is_empty() {
+            each(&payload)?;
         }
+    }
+    Ok(())
+}
+
+/// Compresses every chunk's payload on this one thread, timing only zstd. Each payload is
+/// compressed right after it is gathered, so it is as warm in cache as in imgpack.
+fn pass(file: &File, chunk_size: usize, compressor: &mut zstd::bulk::Compressor) -> std::io::Result<Pass> {
+    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk_size));
+    let mut result = Pass::default();
+    for_each_payload(file, chunk_size, |payload| {
         frame.clear();
         let before = thread_cpu();
         compressor
-            .compress_to_buffer(payload.as_slice(), &mut frame)
+            .compress_to_buffer(payload, &mut frame)
             .map_err(std::io::Error::other)?;
         result.zstd_cpu += thread_cpu() - before;
         result.chunks += 1;
         result.payload_bytes += payload.len();
         result.compressed_bytes += frame.len();
-    }
+        Ok(())
+    })?;
     Ok(result)
+}
+
+/// What the parallel pass measured.
+struct ParallelPass {
+    wall: Duration,
+    cpu: Duration,
+    compressed_bytes: usize,
+}
+
+/// Compresses `payloads` on `threads` threads at once, each taking the next payload as soon as
+/// it is free; times the whole from a common start (a barrier) to the last thread's end.
+fn parallel_pass(
+    payloads: &[Vec<u8>],
+    threads: usize,
+    level: i32,
+    chunk_size: usize,
+) -> std::io::Result<ParallelPass> {
+    let next = AtomicUsize::new(0);
+    let start = Barrier::new(threads + 1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> std::io::Result<(Duration, usize)> {
+                    let mut compressor = zstd::bulk::Compressor::new(level)?;
+                    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk_size));
+                    let (mut cpu, mut bytes) = (Duration::ZERO, 0);
+                    start.wait();
+                    while let Some(payload) = payloads.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        frame.clear();
+                        let before = thread_cpu();
+                        compressor
+                            .compress_to_buffer(payload.as_slice(), &mut frame)
+                            .map_err(std::io::Error::other)?;
+                        cpu += thread_cpu() - before;
+                        bytes += frame.len();
+                    }
+                    Ok((cpu, bytes))
+                })
+            })
+            .collect();
+        start.wait();
+        let began = Instant::now();
+        let mut result = ParallelPass {
+            wall: Duration::ZERO,
+            cpu: Duration::ZERO,
+            compressed_bytes: 0,
+        };
+        for worker in workers {
+            let (cpu, bytes) = worker.join().expect("a compress thread panicked")?;
+            result.cpu += cpu;
+            result.compressed_bytes += bytes;
+        }
+        result.wall = began.elapsed();
+        Ok(result)
+    })
 }
 
 fn main() -> ExitCode {
@@ -161,21 +249,57 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The parallel pass compresses from memory: gather the payloads once.
+    let mut payloads = Vec::new();
+    if args.threads > 0 {
+        if let Err(e) = for_each_payload(&file, args.chunk_size, |p| {
+            payloads.push(p.to_vec());
+            Ok(())
+        }) {
+            eprintln!("floor: {}: {e}", args.image);
+            return ExitCode::FAILURE;
+        }
+    }
     for _ in 0..args.reps {
-        match pass(&file, args.chunk_size, &mut compressor) {
-            Ok(p) => println!(
-                "level={} chunks={} payload_bytes={} compressed_bytes={} zstd_cpu_s={:.3}",
-                args.level,
-                p.chunks,
-                p.payload_bytes,
-                p.compressed_bytes,
-                p.zstd_cpu.as_secs_f64()
-            ),
+        let single = match pass(&file, args.chunk_size, &mut compressor) {
+            Ok(p) => p,
             Err(e) => {
                 eprintln!("floor: {}: {e}", args.image);
                 return ExitCode::FAILURE;
             }
+        };
+        let mut line = format!(
+            "level={} chunks={} payload_bytes={} compressed_bytes={} zstd_cpu_s={:.3}",
+            args.level,
+            single.chunks,
+            single.payload_bytes,
+            single.compressed_bytes,
+            single.zstd_cpu.as_secs_f64()
+        );
+        if args.threads > 0 {
+            match parallel_pass(&payloads, args.threads, args.level, args.chunk_size) {
+                Ok(p) if p.compressed_bytes == single.compressed_bytes => {
+                    line += &format!(
+                        " threads={} parallel_wall_s={:.3} parallel_cpu_s={:.3}",
+                        args.threads,
+                        p.wall.as_secs_f64(),
+                        p.cpu.as_secs_f64()
+                    )
+                }
+                Ok(p) => {
+                    eprintln!(
+                        "floor: the parallel pass made {} compressed bytes, the single one {}",
+                        p.compressed_bytes, single.compressed_bytes
+                    );
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("floor: parallel pass: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
+        println!("{line}");
     }
     ExitCode::SUCCESS
 }

@@ -22,6 +22,11 @@ use crate::error::{Error, IoContext, Result};
 use crate::read_at::{FileAt, ReadAt};
 use crate::sys::{self, Mapping};
 
+/// How far ahead of the chunk being read the map asks the kernel to read, in one `WILLNEED`
+/// advice each time a read crosses a multiple of it (one call per this many bytes, not per
+/// chunk: with the file already cached, the call's page-cache walk was most of its cost).
+const READ_AHEAD: usize = 8 << 20;
+
 /// The sector size raw disks are rounded up to.
 pub const SECTOR: u64 = 512;
 
@@ -113,7 +118,10 @@ impl DiskSource for RawSource {
                 .ok_or_else(|| {
                     Error::corrupt(offset, "input is shorter than when it was opened").in_file(&self.path)
                 })?;
-            map.will_need(end, len.min(bytes.len() - end));
+            if start / READ_AHEAD != end / READ_AHEAD {
+                let next = end - end % READ_AHEAD;
+                map.will_need(next, READ_AHEAD.min(bytes.len() - next));
+            }
             if stored == len {
                 return Ok(&bytes[start..end]);
             }

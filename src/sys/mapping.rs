@@ -19,7 +19,9 @@ use std::ffi::c_void;
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+
+use super::release_batch::ReleaseBatch;
 
 /// How many maps may be live at once (one per raw input being read; `batch` reads a few).
 const SLOTS: usize = 64;
@@ -57,6 +59,8 @@ static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
 pub struct Mapping {
     map: memmap2::Mmap,
     slot: usize,
+    /// Finished ranges not yet released (see [`Mapping::release`]).
+    finished: Mutex<ReleaseBatch>,
 }
 
 impl Mapping {
@@ -71,7 +75,11 @@ impl Mapping {
         let map = unsafe { memmap2::MmapOptions::new().map(file)? };
         let _ = map.advise(memmap2::Advice::Sequential);
         let slot = register(map.as_ptr() as usize, map.len())?;
-        Ok(Mapping { map, slot })
+        Ok(Mapping {
+            map,
+            slot,
+            finished: Mutex::new(ReleaseBatch::default()),
+        })
     }
 
     /// The mapped bytes. After a truncation, lost pages read as zeros: check
@@ -94,15 +102,24 @@ impl Mapping {
     /// Drops this process's page-table entries for a range it has finished reading. The pages
     /// stay in the page cache; only the map's share of them goes, so the process's resident
     /// size stays at what it works on instead of growing to the whole file, and the kernel
-    /// has no page tables to tear down at the end. Only a hint: errors are ignored.
+    /// has no page tables to tear down at the end. Ranges are released in batches of
+    /// [`ReleaseBatch::BYTES`] (one TLB flush per batch, not per range), so up to that much of
+    /// finished ranges stays mapped meanwhile. Only a hint: errors are ignored.
     pub fn release(&self, offset: usize, len: usize) {
-        // SAFETY: MADV_DONTNEED's hazard is losing private modifications; this map is
-        // read-only and shared, so a later touch of the range reads the file's bytes again (or
-        // zeros, for a page the SIGBUS guard replaced, as before).
-        let _ = unsafe {
-            self.map
-                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+        let runs = match self.finished.lock() {
+            Ok(mut finished) => finished.add(offset, len),
+            Err(_) => None, // a worker panicked; nothing to gain from releasing now
         };
+        for (offset, len) in runs.into_iter().flatten() {
+            // SAFETY: MADV_DONTNEED's hazard is losing private modifications; this map is
+            // read-only and shared, so a later touch of the range reads the file's bytes again
+            // (or zeros, for a page the SIGBUS guard replaced, as before). A range some worker
+            // is still reading cannot be here: only finished ranges are added.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
+        }
     }
 }
 

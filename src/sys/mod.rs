@@ -8,6 +8,7 @@
 //! else goes through rustix's safe wrappers.
 
 mod mapping;
+mod release_batch;
 
 pub use mapping::Mapping;
 
