@@ -33,6 +33,10 @@ const BUSY: usize = usize::MAX;
 
 /// One registered map: `[start, end)` and whether a page of it was replaced by zeros.
 struct Slot {
+    /// Odd while the slot is being filled in or emptied (a sequence lock): the handler reads
+    /// `start` and `end` between two equal, even loads of it, so it never pairs one map's
+    /// start with another's end.
+    generation: AtomicUsize,
     start: AtomicUsize,
     end: AtomicUsize,
     damaged: AtomicBool,
@@ -40,6 +44,7 @@ struct Slot {
 
 #[allow(clippy::declare_interior_mutable_const)] // a template for the array below, never used itself
 const EMPTY_SLOT: Slot = Slot {
+    generation: AtomicUsize::new(0),
     start: AtomicUsize::new(FREE),
     end: AtomicUsize::new(0),
     damaged: AtomicBool::new(false),
@@ -70,8 +75,10 @@ impl Mapping {
         install_handler()?;
         // SAFETY: memmap2's only unsafety is that the file may change underneath the map while
         // it is alive. Removed pages (truncation) are handled by the guard registered below,
-        // before any byte of the map is read; changed bytes are read as they are at the moment
-        // of reading, which is what `pread` gives too.
+        // before any byte of the map is read. Bytes another process changes are seen as they
+        // are at each moment of reading, so two reads of the same bytes may differ (unlike a
+        // `pread` copy): the chunk encoder, which reads a borrowed payload twice (crc, then
+        // zstd), checks the crc again afterwards and refuses a chunk that changed.
         let map = unsafe { memmap2::MmapOptions::new().map(file)? };
         let _ = map.advise(memmap2::Advice::Sequential);
         let slot = register(map.as_ptr() as usize, map.len())?;
@@ -96,6 +103,7 @@ impl Mapping {
 
     /// Asks the kernel to read `range` ahead of use (without waiting).
     pub fn will_need(&self, offset: usize, len: usize) {
+        let len = len.min(self.map.len().saturating_sub(offset));
         let _ = self.map.advise_range(memmap2::Advice::WillNeed, offset, len);
     }
 
@@ -106,6 +114,9 @@ impl Mapping {
     /// [`ReleaseBatch::BYTES`] (one TLB flush per batch, not per range), so up to that much of
     /// finished ranges stays mapped meanwhile. Only a hint: errors are ignored.
     pub fn release(&self, offset: usize, len: usize) {
+        // Never past the map: memmap2 checks the offset and the length but not their sum, and
+        // MADV_DONTNEED past the map would drop whatever memory follows it.
+        let len = len.min(self.map.len().saturating_sub(offset));
         let runs = match self.finished.lock() {
             Ok(mut finished) => finished.add(offset, len),
             Err(_) => None, // a worker panicked; nothing to gain from releasing now
@@ -128,9 +139,11 @@ impl Drop for Mapping {
         // Unregister before memmap2 unmaps, so no other map placed at these addresses later is
         // mistaken for this one.
         let slot = &GUARDED[self.slot];
+        slot.generation.fetch_add(1, Ordering::SeqCst);
         slot.start.store(BUSY, Ordering::SeqCst);
         slot.end.store(0, Ordering::SeqCst);
         slot.damaged.store(false, Ordering::SeqCst);
+        slot.generation.fetch_add(1, Ordering::SeqCst);
         slot.start.store(FREE, Ordering::SeqCst);
     }
 }
@@ -143,10 +156,12 @@ fn register(start: usize, len: usize) -> io::Result<usize> {
             .compare_exchange(FREE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
+            slot.generation.fetch_add(1, Ordering::SeqCst);
             slot.damaged.store(false, Ordering::SeqCst);
             slot.end.store(start.saturating_add(len), Ordering::SeqCst);
             // An empty file maps nothing (memmap2 maps one dummy byte); `start` is never 0 here.
             slot.start.store(start.max(1), Ordering::SeqCst);
+            slot.generation.fetch_add(1, Ordering::SeqCst);
             return Ok(index);
         }
     }
@@ -177,8 +192,10 @@ fn install_handler() -> io::Result<()> {
             return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
         }
         let _ = PREVIOUS.set(previous);
-        // SAFETY: `action` is fully initialised and `on_sigbus` only does async-signal-safe
-        // work (atomics, mmap, sigaction, raise, or calling the previous handler).
+        // SAFETY: `action` is fully initialised and `on_sigbus` only does work that is safe in
+        // a signal handler on Linux: atomics, and the raw system calls mmap (not on POSIX's
+        // async-signal-safe list, but a plain system call on Linux), sigaction and raise, or
+        // it calls the previous handler.
         if unsafe { libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) } != 0 {
             return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
         }
@@ -197,12 +214,17 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
     // si_code > 0 means the kernel raised it for a fault; kill() and friends give <= 0.
     if code > 0 {
         for slot in &GUARDED {
-            let start = slot.start.load(Ordering::Acquire);
-            if start == FREE || start == BUSY || address < start {
+            let generation = slot.generation.load(Ordering::SeqCst);
+            let start = slot.start.load(Ordering::SeqCst);
+            let end = slot.end.load(Ordering::SeqCst);
+            let consistent = generation % 2 == 0 && slot.generation.load(Ordering::SeqCst) == generation;
+            if !consistent || start == FREE || start == BUSY || address < start {
                 continue;
             }
-            if address < slot.end.load(Ordering::Acquire) {
+            if address < end {
                 let page = address & !(PAGE_SIZE.load(Ordering::Relaxed) - 1);
+                // Marked first, so no thread can read the zeros and still find the map intact.
+                slot.damaged.store(true, Ordering::SeqCst);
                 // SAFETY: `page` is a page of a live map this module registered (its owner is
                 // mid-read on it, so it cannot be unmapped now); replacing it with a private
                 // anonymous zero page changes no memory Rust owns besides the map's bytes.
@@ -217,7 +239,6 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
                     )
                 };
                 if replaced != libc::MAP_FAILED {
-                    slot.damaged.store(true, Ordering::Release);
                     return; // the faulting read resumes and reads zeros
                 }
             }
@@ -230,6 +251,11 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
 fn chain(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
     let previous = PREVIOUS.get().map_or(libc::SIG_DFL, |p| p.sa_sigaction);
     let flags = PREVIOUS.get().map_or(0, |p| p.sa_flags);
+    // SAFETY: the kernel passed a valid siginfo.
+    let sent = unsafe { (*info).si_code } <= 0;
+    if previous == libc::SIG_IGN && sent {
+        return; // a SIGBUS sent with kill() was ignored before us, and still is
+    }
     if previous != libc::SIG_DFL && previous != libc::SIG_IGN {
         if flags & libc::SA_SIGINFO != 0 {
             // SAFETY: the previous action was installed with SA_SIGINFO, so its handler has
@@ -252,8 +278,7 @@ fn chain(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) 
     unsafe {
         let default: libc::sigaction = std::mem::zeroed();
         libc::sigaction(libc::SIGBUS, &default, std::ptr::null_mut());
-        // SAFETY (field read): the kernel passed a valid siginfo.
-        if (*info).si_code <= 0 {
+        if sent {
             libc::raise(signal);
         }
     }
