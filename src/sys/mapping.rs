@@ -57,6 +57,10 @@ static GUARDED: [Slot; SLOTS] = [EMPTY_SLOT; SLOTS];
 /// installed, so the handler only ever reads it.
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 
+/// Our own SIGBUS action, kept to put back after a previous handler that resets the action
+/// (Rust's runtime does) has handled a SIGBUS that was sent rather than faulted.
+static OURS: OnceLock<libc::sigaction> = OnceLock::new();
+
 /// The page size, read before the handler can run (`sysconf` is not async-signal-safe).
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
 
@@ -192,6 +196,7 @@ fn install_handler() -> io::Result<()> {
             return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
         }
         let _ = PREVIOUS.set(previous);
+        let _ = OURS.set(action);
         // SAFETY: `action` is fully initialised and `on_sigbus` only does work that is safe in
         // a signal handler on Linux: atomics, and the raw system calls mmap (not on POSIX's
         // async-signal-safe list, but a plain system call on Linux), sigaction and raise, or
@@ -268,6 +273,18 @@ fn chain(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) 
             let handler: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(previous) };
             handler(signal);
         }
+        // A sent SIGBUS has been dealt with as it would have been without us; if the handler
+        // reset the action on its way (Rust's runtime resets it to the default for anything
+        // but a stack overflow), the guard must stay, or the next truncation kills the process.
+        // A fault is left as the handler left it, so that re-executing the instruction ends the
+        // process as it should.
+        if sent {
+            if let Some(ours) = OURS.get() {
+                // SAFETY: sigaction is async-signal-safe and `ours` is a fully initialised
+                // action (the one installed in `install_handler`).
+                unsafe { libc::sigaction(libc::SIGBUS, ours, std::ptr::null_mut()) };
+            }
+        }
         return;
     }
     // Default action: restore it and let the signal happen again, which ends the process as it
@@ -305,6 +322,34 @@ mod tests {
             map.bytes()[100],
             0xA5,
             "bytes still in the file are read as they are"
+        );
+    }
+
+    #[test]
+    fn a_sent_sigbus_handled_by_the_previous_handler_leaves_the_guard_installed() {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[1u8; 8192]).unwrap();
+        let _map = Mapping::map(&file).unwrap();
+        let previous = PREVIOUS.get().expect("installed").sa_sigaction;
+        // Rust's runtime installs a SIGBUS handler (for stack overflows) in every test binary;
+        // with the default action instead, the raise below would (rightly) end the process.
+        assert_ne!(
+            previous,
+            libc::SIG_DFL,
+            "expected Rust's SIGBUS handler before ours"
+        );
+        // SAFETY: raise sends this thread a SIGBUS; the handlers above deal with it.
+        unsafe { libc::raise(libc::SIGBUS) };
+        // SAFETY: a zeroed sigaction is valid to be overwritten with the current action.
+        let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: reads the current SIGBUS action into `now`.
+        assert_eq!(
+            unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) },
+            0
+        );
+        assert_eq!(
+            now.sa_sigaction, on_sigbus as *const () as usize,
+            "the guard was uninstalled"
         );
     }
 
