@@ -343,10 +343,8 @@ mod tests {
         // SAFETY: a zeroed sigaction is valid to be overwritten with the current action.
         let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
         // SAFETY: reads the current SIGBUS action into `now`.
-        assert_eq!(
-            unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) },
-            0
-        );
+        let read = unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) };
+        assert_eq!(read, 0);
         assert_eq!(
             now.sa_sigaction, on_sigbus as *const () as usize,
             "the guard was uninstalled"
