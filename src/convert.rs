@@ -44,7 +44,8 @@ pub struct ConvertOptions {
     pub limits: InputLimits,
     /// How raw files are read. Default [`ReadMode::Auto`].
     pub read_mode: ReadMode,
-    /// Where spill files for layered inputs go; default: the output's directory.
+    /// Where spill files for layered inputs go. Default: the sink's directory (a file output's),
+    /// else the system's temporary directory.
     pub temp_dir: Option<PathBuf>,
     /// Cancellation and progress.
     pub control: Control,
