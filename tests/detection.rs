@@ -102,17 +102,7 @@ fn every_format_qemu_img_writes_is_read_exactly_or_refused_by_name() {
             assert_refused(&image, dir.path(), name);
             continue;
         }
-        let reference = dir.path().join("reference.raw");
-        common::qemu_img(&[
-            "convert",
-            "-f",
-            format,
-            "-O",
-            "raw",
-            image.to_str().unwrap(),
-            reference.to_str().unwrap(),
-        ]);
-        let want = std::fs::read(&reference).unwrap();
+        let want = common::qemu_raw(format, &image, dir.path());
         let gz = gzipped(&image);
         for (input, expected_format) in [(&image, name.to_string()), (&gz, format!("gzip>{name}"))] {
             let (got, reported) =

@@ -268,17 +268,7 @@ fn a_disk_written_by_qemu_io_in_place_matches() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let reference = dir.path().join("reference.raw");
-        common::qemu_img(&[
-            "convert",
-            "-f",
-            format,
-            "-O",
-            "raw",
-            image.to_str().unwrap(),
-            reference.to_str().unwrap(),
-        ]);
-        let want = std::fs::read(&reference).unwrap();
+        let want = common::qemu_raw(format, &image, dir.path());
         let (got, _) = convert_and_extract(&image, dir.path(), None);
         assert!(got == want, "{format}: extracted bytes differ from qemu-img's");
     }

@@ -287,17 +287,7 @@ fn a_last_cluster_cut_after_the_end_of_the_disk_is_accepted() {
         assert!(cut < bytes.len(), "{format}: nothing to cut");
         let cut_image = dir.path().join(format!("tail-cut.{format}"));
         std::fs::write(&cut_image, &bytes[..cut]).unwrap();
-        let reference = dir.path().join("reference.raw");
-        common::qemu_img(&[
-            "convert",
-            "-f",
-            format,
-            "-O",
-            "raw",
-            cut_image.to_str().unwrap(),
-            reference.to_str().unwrap(),
-        ]);
-        let want = std::fs::read(&reference).unwrap();
+        let want = common::qemu_raw(format, &cut_image, dir.path());
         assert!(want == disk, "{format}: qemu-img reads the cut file differently");
         let got = try_convert(&cut_image, dir.path()).unwrap_or_else(|e| panic!("{format}: {e}"));
         assert!(got == want, "{format}: bytes differ from qemu-img's");

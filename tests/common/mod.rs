@@ -7,7 +7,7 @@
 pub mod oracle;
 pub mod rng;
 
-pub use oracle::{have, have_all, qemu_img, skip};
+pub use oracle::{have, have_all, qemu_img, qemu_raw, skip};
 pub use rng::{damage, mutations, Rng};
 
 use std::fs::File;

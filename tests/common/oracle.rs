@@ -89,3 +89,19 @@ pub fn qemu_img(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The disk `qemu-img convert -O raw` reads from `image` (of qemu-img format `format`), made in
+/// `dir`: the reference imgpack's readers are compared with.
+pub fn qemu_raw(format: &str, image: &std::path::Path, dir: &std::path::Path) -> Vec<u8> {
+    let reference = dir.join("reference.raw");
+    qemu_img(&[
+        "convert",
+        "-f",
+        format,
+        "-O",
+        "raw",
+        image.to_str().unwrap(),
+        reference.to_str().unwrap(),
+    ]);
+    std::fs::read(&reference).unwrap()
+}
