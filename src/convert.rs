@@ -85,6 +85,8 @@ pub struct ConvertReport {
     pub chunk_size: u64,
     /// Stored chunks.
     pub chunks: u64,
+    /// The image digest (`sha256-tree:<hex>`, docs/FORMAT.md), stored in the archive.
+    pub digest: String,
     /// Wall time.
     pub seconds: f64,
 }
@@ -154,6 +156,7 @@ pub fn convert_to<S: ArchiveSink>(input: Input, sink: S, options: &ConvertOption
             compressed_size: summary.compressed_size,
             chunk_size: options.chunk_size,
             chunks: summary.chunks,
+            digest: summary.digest.to_string(),
             seconds: start.elapsed().as_secs_f64(),
         })
     })

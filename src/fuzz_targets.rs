@@ -44,10 +44,15 @@ pub fn archive_sealed(data: &[u8]) {
 }
 
 /// Rewrites the crcs of `archive`'s header and footer, and the footer's crc of the index it
-/// points to when that lies within the file.
+/// points to when that lies within the file. The footer's length follows the header's version
+/// (2: 80 bytes, otherwise 48).
 pub fn reseal(archive: &mut [u8]) {
-    use crate::archive::format::{FOOTER_LEN, HEADER_LEN};
-    let (header, footer) = (HEADER_LEN as usize, FOOTER_LEN as usize);
+    use crate::archive::format::{FOOTER_LEN, FOOTER_LEN_V2, HEADER_LEN};
+    let header = HEADER_LEN as usize;
+    let footer = match archive.get(8..10) {
+        Some([2, 0]) => FOOTER_LEN_V2 as usize,
+        _ => FOOTER_LEN as usize,
+    };
     if archive.len() >= header {
         let crc = crc32fast::hash(&archive[..header - 4]);
         archive[header - 4..header].copy_from_slice(&crc.to_le_bytes());
@@ -55,6 +60,7 @@ pub fn reseal(archive: &mut [u8]) {
     let Some(footer_at) = archive.len().checked_sub(footer) else {
         return;
     };
+    let (index_crc_at, footer_crc_at) = (footer - 16, footer - 12);
     let field = |at: usize| u64::from_le_bytes(archive[at..at + 8].try_into().expect("8 bytes"));
     let index_at = field(footer_at + 8);
     if let Some(index) = usize::try_from(index_at)
@@ -62,10 +68,10 @@ pub fn reseal(archive: &mut [u8]) {
         .and_then(|at| archive.get(at..footer_at))
     {
         let crc = crc32fast::hash(index);
-        archive[footer_at + 32..footer_at + 36].copy_from_slice(&crc.to_le_bytes());
+        archive[footer_at + index_crc_at..footer_at + footer_crc_at].copy_from_slice(&crc.to_le_bytes());
     }
-    let crc = crc32fast::hash(&archive[footer_at..footer_at + 36]);
-    archive[footer_at + 36..footer_at + 40].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32fast::hash(&archive[footer_at..footer_at + footer_crc_at]);
+    archive[footer_at + footer_crc_at..footer_at + footer_crc_at + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// qcow2 header, extensions and tables, then `next_data` and reads over a bounded part of

@@ -36,6 +36,9 @@ pub struct ImageInfo {
     pub chunk_size: Option<u64>,
     /// For archives: stored chunks.
     pub chunks: Option<u64>,
+    /// For archives of format version 2: the image digest they store (`sha256-tree:<hex>`);
+    /// `None` for version 1 archives and for other inputs (`imgpack digest` computes it).
+    pub digest: Option<String>,
     /// Why `convert` would refuse this input, or `None` if it would accept it.
     pub refusal: Option<String>,
     /// Format-specific details (qcow2 version, cluster size, ...).
@@ -71,6 +74,7 @@ pub fn info(path: &Path, options: &InfoOptions) -> Result<ImageInfo> {
         compressed_size: None,
         chunk_size: None,
         chunks: None,
+        digest: None,
         refusal: None,
         details: serde_json::Map::new(),
     };
@@ -90,6 +94,9 @@ pub fn info(path: &Path, options: &InfoOptions) -> Result<ImageInfo> {
         info.compressed_size = Some(reader.compressed_size());
         info.chunk_size = Some(reader.geometry().chunk_size());
         info.chunks = Some(reader.records().len() as u64);
+        info.digest = reader.image_digest().map(|d| d.to_string());
+        info.details
+            .insert("archive_version".into(), reader.version().into());
         return Ok(info);
     }
     let facts = input::facts::inspect(path, format, file, options)?;

@@ -1,9 +1,14 @@
 //! Encoding one chunk of the virtual disk into a stored frame, and decoding it back.
 //!
 //! [`ChunkEncoder`] finds the chunk's zero 4 KiB blocks, gathers the others into the payload,
-//! checksums and compresses it, reusing one zstd context (one encoder per worker thread).
-//! [`ChunkDecoder`] reverses it and refuses a frame whose length or crc does not match.
+//! checksums it (crc32 of the payload, SHA-256 of the whole chunk) and compresses it, reusing
+//! one zstd context (one encoder per worker thread). [`ChunkDecoder`] reverses it and refuses a
+//! frame whose length or crc does not match; [`content_sha256`] rebuilds the chunk's SHA-256
+//! from a decoded payload without expanding it.
 
+use sha2::{Digest, Sha256};
+
+use super::digest::{update_zeros, Sha256Hash};
 use super::format::{payload_runs, ChunkRecord, Geometry, BLOCK_SIZE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::zero::is_zero;
@@ -15,6 +20,8 @@ pub struct EncodedChunk {
     pub chunk: u64,
     /// crc32 of the payload.
     pub payload_crc: u32,
+    /// SHA-256 of the chunk's full content, zero blocks included (its version 2 index key).
+    pub sha256: Sha256Hash,
     /// Zero-block bitmap (bit set = zero block, not in the payload).
     pub zero_blocks: Vec<u8>,
     /// The compressed payload.
@@ -92,6 +99,13 @@ impl ChunkEncoder {
             &self.payload
         };
         let payload_crc = crc32fast::hash(payload);
+        // Hashed from the same bytes the crc saw (for a borrowed payload the final crc check
+        // below covers this read too), so the record's crc and SHA-256 always agree.
+        let sha256 = if zero_count == 0 {
+            super::digest::sha256(payload)
+        } else {
+            content_sha256(&zero_blocks, payload, data.len())
+        };
         frame.clear();
         frame.reserve(zstd::zstd_safe::compress_bound(payload.len()));
         self.compressor
@@ -113,11 +127,53 @@ impl ChunkEncoder {
         Ok(Some(EncodedChunk {
             chunk,
             payload_crc,
+            sha256,
             zero_blocks,
             frame,
             payload_len: payload.len() as u64,
         }))
     }
+}
+
+impl EncodedChunk {
+    /// Whether `data`, the chunk's bytes this was encoded from, still holds what was encoded:
+    /// its zero blocks still zero and its payload still of the same crc. A caller that reads
+    /// `data` again after encoding (from a memory map another process may write) checks this
+    /// afterwards, so what it computed agrees with the archive.
+    pub fn still_matches(&self, data: &[u8]) -> bool {
+        let mut crc = crc32fast::Hasher::new();
+        for (i, block) in data.chunks(BLOCK_SIZE).enumerate() {
+            let zero = self.zero_blocks[i / 8] & (1 << (i % 8)) != 0;
+            if zero {
+                if !crate::zero::is_zero(block) {
+                    return false;
+                }
+            } else {
+                crc.update(block);
+            }
+        }
+        crc.finalize() == self.payload_crc
+    }
+}
+
+/// The SHA-256 of a chunk of `chunk_len` bytes from its payload and zero-block bitmap (the
+/// zero blocks are hashed from a static block of zeros, never materialised).
+pub fn content_sha256(zero_blocks: &[u8], payload: &[u8], chunk_len: usize) -> Sha256Hash {
+    let mut hasher = Sha256::new();
+    let mut taken = 0;
+    let mut position = 0;
+    for (i, start) in (0..chunk_len).step_by(BLOCK_SIZE).enumerate() {
+        let len = (chunk_len - start).min(BLOCK_SIZE);
+        if zero_blocks[i / 8] & (1 << (i % 8)) != 0 {
+            continue;
+        }
+        update_zeros(&mut hasher, (start - position) as u64);
+        hasher.update(&payload[taken..taken + len]);
+        taken += len;
+        position = start + len;
+    }
+    update_zeros(&mut hasher, (chunk_len - position) as u64);
+    hasher.finalize().into()
 }
 
 /// Decompresses stored chunks; reuse one per worker thread.
@@ -219,6 +275,15 @@ mod tests {
         let mut out = vec![0xAAu8; data.len()];
         expand_payload(&rec, &payload, &mut out);
         assert_eq!(out, data);
+        assert_eq!(e.sha256, crate::archive::digest::sha256(&data));
+        assert_eq!(content_sha256(&rec.zero_blocks, &payload, data.len()), e.sha256);
+        assert!(e.still_matches(&data));
+        let mut changed = data.clone();
+        changed[BLOCK_SIZE + 1] = 9; // a zero block is no longer zero
+        assert!(!e.still_matches(&changed));
+        changed = data.clone();
+        changed[6] = 9; // a stored block changed
+        assert!(!e.still_matches(&changed));
     }
 
     #[test]

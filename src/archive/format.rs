@@ -1,4 +1,9 @@
-//! The `.imgpack` archive format, version 1: byte layout, encoding and validation.
+//! The `.imgpack` archive format, versions 1 and 2: byte layout, encoding and validation.
+//!
+//! Version 2 (written since issue 14) adds a SHA-256 of each stored chunk's full content to its
+//! index record and the image digest ([`super::digest`]) to the footer; version 1 archives are
+//! still read, and have neither. The tables below show version 2, with the version 1 layout
+//! where it differs.
 //!
 //! An archive is written front to back in one pass (it can go straight into a pipe) and read
 //! from the back: the fixed-size footer at the end locates the index, the index locates each
@@ -16,13 +21,13 @@
 //! | offset | size | field                                                                    |
 //! |-------:|-----:|--------------------------------------------------------------------------|
 //! | 0      | 8    | magic `89 49 4D 47 50 41 43 4B` (`\x89IMGPACK`)                          |
-//! | 8      | 2    | format version, 1                                                        |
+//! | 8      | 2    | format version, 1 or 2                                                   |
 //! | 10     | 1    | codec, 1 = zstd                                                          |
 //! | 11     | 1    | block_shift, 12 (4 KiB blocks)                                           |
 //! | 12     | 1    | chunk_shift, 16..=26 (64 KiB .. 64 MiB chunks)                           |
 //! | 13     | 3    | reserved, zero                                                           |
 //! | 16     | 8    | virtual size if known when writing began, else `u64::MAX` (streams)     |
-//! | 24     | 8    | flags, zero in version 1                                                 |
+//! | 24     | 8    | flags, zero in versions 1 and 2                                          |
 //! | 32     | 28   | reserved, zero                                                           |
 //! | 60     | 4    | crc32 of bytes 0..60                                                     |
 //!
@@ -32,7 +37,8 @@
 //! all-zero blocks of stored chunks are not stored. Frames follow the header back to back, in
 //! increasing chunk order, with no gaps.
 //!
-//! Index record (`24 + blocks_per_chunk / 8` bytes), one per stored chunk, in chunk order:
+//! Index record (version 2: `56 + blocks_per_chunk / 8` bytes; version 1: `24 + B`, without
+//! the SHA-256, the bitmap at 24), one per stored chunk, in chunk order:
 //!
 //! | offset | size | field                                                                 |
 //! |-------:|-----:|-----------------------------------------------------------------------|
@@ -40,11 +46,12 @@
 //! | 8      | 8    | stored offset of the zstd frame in the archive                       |
 //! | 16     | 4    | stored length of the frame                                            |
 //! | 20     | 4    | crc32 of the uncompressed payload (the non-zero blocks, concatenated) |
-//! | 24     | B    | zero-block bitmap: bit `i` (byte `i / 8`, bit `i % 8`, LSB first) set |
+//! | 24     | 32   | SHA-256 of the chunk's full content (zero blocks included)            |
+//! | 56     | B    | zero-block bitmap: bit `i` (byte `i / 8`, bit `i % 8`, LSB first) set |
 //! |        |      | means block `i` of the chunk is all zero (or lies past the disk's end) |
 //! |        |      | and is not in the payload                                             |
 //!
-//! Footer (48 bytes, at the very end):
+//! Footer (version 2: 80 bytes, at the very end):
 //!
 //! | offset | size | field                                                   |
 //! |-------:|-----:|---------------------------------------------------------|
@@ -52,10 +59,15 @@
 //! | 8      | 8    | index offset                                            |
 //! | 16     | 8    | stored chunk count N                                    |
 //! | 24     | 8    | disk size: bytes of non-zero 4 KiB blocks               |
-//! | 32     | 4    | crc32 of the whole index                                |
-//! | 36     | 4    | crc32 of footer bytes 0..36                             |
-//! | 40     | 8    | closing magic `IMGPKEND`                                |
+//! | 32     | 32   | the image digest (`sha256-tree`)                        |
+//! | 64     | 4    | crc32 of the whole index                                |
+//! | 68     | 4    | crc32 of footer bytes 0..68                             |
+//! | 72     | 8    | closing magic `IMGPKEND`                                |
+//!
+//! Version 1's footer is 48 bytes: the same fields to 32, then the index crc at 32, the
+//! footer crc (of bytes 0..36) at 36 and the magic at 40.
 
+use super::digest::Sha256Hash;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Opening magic.
@@ -63,13 +75,15 @@ pub const MAGIC: [u8; 8] = *b"\x89IMGPACK";
 /// Closing magic, the last 8 bytes of every archive.
 pub const END_MAGIC: [u8; 8] = *b"IMGPKEND";
 /// The format version this code writes and the newest it reads.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Codec identifier for zstd.
 pub const CODEC_ZSTD: u8 = 1;
 /// Size of the header in bytes.
 pub const HEADER_LEN: u64 = 64;
-/// Size of the footer in bytes.
+/// Size of the version 1 footer in bytes (see [`Version::footer_len`]).
 pub const FOOTER_LEN: u64 = 48;
+/// Size of the version 2 footer in bytes.
+pub const FOOTER_LEN_V2: u64 = 80;
 /// log2 of the zero-detection block size.
 pub const BLOCK_SHIFT: u32 = 12;
 /// The zero-detection block size (4 KiB).
@@ -80,8 +94,50 @@ pub const MIN_CHUNK_SHIFT: u32 = 16;
 pub const MAX_CHUNK_SHIFT: u32 = 26;
 /// Header value meaning "virtual size not known when writing began; see the footer".
 pub const UNKNOWN_SIZE: u64 = u64::MAX;
-/// Fixed part of an index record, before the bitmap.
+/// Fixed part of a version 1 index record, before the bitmap.
 pub const RECORD_FIXED_LEN: usize = 24;
+/// Fixed part of a version 2 index record (with the chunk's SHA-256), before the bitmap.
+pub const RECORD_FIXED_LEN_V2: usize = 56;
+
+/// The archive format versions this code reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Version 1: crc32 only.
+    V1,
+    /// Version 2: a SHA-256 per stored chunk and the image digest in the footer.
+    V2,
+}
+
+impl Version {
+    /// The version number in the header.
+    pub fn number(self) -> u16 {
+        match self {
+            Version::V1 => 1,
+            Version::V2 => 2,
+        }
+    }
+
+    /// Bytes of an index record before the bitmap.
+    pub fn record_fixed_len(self) -> usize {
+        match self {
+            Version::V1 => RECORD_FIXED_LEN,
+            Version::V2 => RECORD_FIXED_LEN_V2,
+        }
+    }
+
+    /// Bytes of the footer.
+    pub fn footer_len(self) -> u64 {
+        match self {
+            Version::V1 => FOOTER_LEN,
+            Version::V2 => FOOTER_LEN_V2,
+        }
+    }
+
+    /// Whether records carry chunk SHA-256s and the footer the image digest.
+    pub fn has_digests(self) -> bool {
+        self == Version::V2
+    }
+}
 
 /// The geometry every part of an archive agrees on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,9 +176,9 @@ impl Geometry {
         self.blocks_per_chunk() / 8
     }
 
-    /// Bytes of one index record.
-    pub fn record_len(self) -> usize {
-        RECORD_FIXED_LEN + self.bitmap_len()
+    /// Bytes of one index record in `version`.
+    pub fn record_len(self, version: Version) -> usize {
+        version.record_fixed_len() + self.bitmap_len()
     }
 
     /// Number of chunks covering a disk of `virtual_size` bytes.
@@ -140,6 +196,8 @@ impl Geometry {
 /// The decoded header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// Format version.
+    pub version: Version,
     /// Chunk geometry.
     pub geometry: Geometry,
     /// Virtual size, or `None` where the writer did not know it up front.
@@ -151,7 +209,7 @@ impl Header {
     pub fn encode(&self) -> [u8; HEADER_LEN as usize] {
         let mut b = [0u8; HEADER_LEN as usize];
         b[0..8].copy_from_slice(&MAGIC);
-        b[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..10].copy_from_slice(&self.version.number().to_le_bytes());
         b[10] = CODEC_ZSTD;
         b[11] = BLOCK_SHIFT as u8;
         b[12] = self.geometry.chunk_shift as u8;
@@ -174,9 +232,11 @@ impl Header {
             ))
             .at(8));
         }
-        if version == 0 {
-            return Err(Error::corrupt(8, "archive format version 0 does not exist"));
-        }
+        let version = match version {
+            1 => Version::V1,
+            2 => Version::V2,
+            _ => return Err(Error::corrupt(8, "archive format version 0 does not exist")),
+        };
         let crc = u32::from_le_bytes(b[60..64].try_into().expect("4 bytes"));
         if crc != crc32fast::hash(&b[0..60]) {
             return Err(Error::new(ErrorKind::Checksum, "archive header checksum mismatch").at(60));
@@ -202,64 +262,14 @@ impl Header {
         check_zero(&b[32..60], 32, "header reserved bytes")?;
         let size = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
         Ok(Header {
+            version,
             geometry: Geometry { chunk_shift },
             virtual_size: (size != UNKNOWN_SIZE).then_some(size),
         })
     }
 }
 
-/// The decoded footer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Footer {
-    /// Size of the virtual disk in bytes.
-    pub virtual_size: u64,
-    /// Where the index starts.
-    pub index_offset: u64,
-    /// Number of stored chunks (index records).
-    pub chunk_count: u64,
-    /// Bytes of non-zero 4 KiB blocks.
-    pub disk_size: u64,
-    /// crc32 of the whole index.
-    pub index_crc: u32,
-}
-
-impl Footer {
-    /// Encodes the 48-byte footer.
-    pub fn encode(&self) -> [u8; FOOTER_LEN as usize] {
-        let mut b = [0u8; FOOTER_LEN as usize];
-        b[0..8].copy_from_slice(&self.virtual_size.to_le_bytes());
-        b[8..16].copy_from_slice(&self.index_offset.to_le_bytes());
-        b[16..24].copy_from_slice(&self.chunk_count.to_le_bytes());
-        b[24..32].copy_from_slice(&self.disk_size.to_le_bytes());
-        b[32..36].copy_from_slice(&self.index_crc.to_le_bytes());
-        let crc = crc32fast::hash(&b[0..36]);
-        b[36..40].copy_from_slice(&crc.to_le_bytes());
-        b[40..48].copy_from_slice(&END_MAGIC);
-        b
-    }
-
-    /// Decodes a footer found at `at` in the archive, checking its magic and crc.
-    pub fn decode(b: &[u8; FOOTER_LEN as usize], at: u64) -> Result<Self> {
-        if b[40..48] != END_MAGIC {
-            return Err(Error::corrupt(
-                at + 40,
-                "archive footer magic missing (truncated or incomplete archive)",
-            ));
-        }
-        let crc = u32::from_le_bytes(b[36..40].try_into().expect("4 bytes"));
-        if crc != crc32fast::hash(&b[0..36]) {
-            return Err(Error::new(ErrorKind::Checksum, "archive footer checksum mismatch").at(at + 36));
-        }
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        Ok(Footer {
-            virtual_size: u64_at(0),
-            index_offset: u64_at(8),
-            chunk_count: u64_at(16),
-            disk_size: u64_at(24),
-            index_crc: u32::from_le_bytes(b[32..36].try_into().expect("4 bytes")),
-        })
-    }
-}
+pub use super::footer::Footer;
 
 /// One index record: where a stored chunk lives and which of its blocks are zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,16 +287,43 @@ pub struct ChunkRecord {
 }
 
 impl ChunkRecord {
-    /// Appends the encoded record to `out`.
+    /// Appends the encoded version 1 record to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode_fixed(out);
+        out.extend_from_slice(&self.zero_blocks);
+    }
+
+    /// Appends the encoded version 2 record, with the chunk content's SHA-256, to `out`.
+    pub fn encode_v2_into(&self, sha256: &Sha256Hash, out: &mut Vec<u8>) {
+        self.encode_fixed(out);
+        out.extend_from_slice(sha256);
+        out.extend_from_slice(&self.zero_blocks);
+    }
+
+    fn encode_fixed(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.chunk.to_le_bytes());
         out.extend_from_slice(&self.stored_offset.to_le_bytes());
         out.extend_from_slice(&self.stored_len.to_le_bytes());
         out.extend_from_slice(&self.payload_crc.to_le_bytes());
-        out.extend_from_slice(&self.zero_blocks);
     }
 
-    /// Decodes one record (`b` is exactly one record long). Validation against the rest of the
+    /// Decodes one record of `version` (`b` is exactly one record long), with its SHA-256 in
+    /// version 2.
+    pub fn decode_versioned(b: &[u8], version: Version) -> (Self, Option<Sha256Hash>) {
+        match version {
+            Version::V1 => (ChunkRecord::decode(b), None),
+            Version::V2 => {
+                let mut record = ChunkRecord::decode(&b[..RECORD_FIXED_LEN]);
+                record.zero_blocks = b[RECORD_FIXED_LEN_V2..].to_vec();
+                let sha256 = b[RECORD_FIXED_LEN..RECORD_FIXED_LEN_V2]
+                    .try_into()
+                    .expect("32 bytes");
+                (record, Some(sha256))
+            }
+        }
+    }
+
+    /// Decodes one version 1 record (`b` is exactly one record long). Validation against the rest of the
     /// archive happens in the reader, which knows the neighbours.
     pub fn decode(b: &[u8]) -> Self {
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
@@ -338,27 +375,31 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_every_flipped_byte() {
-        let h = Header {
-            geometry: Geometry::for_chunk_size(1 << 20).unwrap(),
-            virtual_size: Some(12345),
-        };
-        let enc = h.encode();
-        assert_eq!(Header::decode(&enc).unwrap(), h);
-        for i in 0..enc.len() {
-            let mut bad = enc;
-            bad[i] ^= 0x10;
-            assert!(Header::decode(&bad).is_err(), "flip at {i} accepted");
+        for version in [Version::V1, Version::V2] {
+            let h = Header {
+                version,
+                geometry: Geometry::for_chunk_size(1 << 20).unwrap(),
+                virtual_size: Some(12345),
+            };
+            let enc = h.encode();
+            assert_eq!(Header::decode(&enc).unwrap(), h);
+            for i in 0..enc.len() {
+                let mut bad = enc;
+                bad[i] ^= 0x10;
+                assert!(Header::decode(&bad).is_err(), "flip at {i} accepted");
+            }
         }
     }
 
     #[test]
     fn future_version_is_refused_clearly() {
         let mut enc = Header {
+            version: Version::V2,
             geometry: Geometry { chunk_shift: 20 },
             virtual_size: None,
         }
         .encode();
-        enc[8] = 2;
+        enc[8] = 3;
         let crc = crc32fast::hash(&enc[0..60]);
         enc[60..64].copy_from_slice(&crc.to_le_bytes());
         let err = Header::decode(&enc).unwrap_err();
@@ -367,21 +408,27 @@ mod tests {
     }
 
     #[test]
-    fn footer_round_trips_and_rejects_every_flipped_byte() {
-        let f = Footer {
-            virtual_size: 1 << 40,
-            index_offset: 999,
-            chunk_count: 7,
-            disk_size: 4096 * 3,
-            index_crc: 0xdead_beef,
+    fn version_2_records_carry_the_sha256_before_the_bitmap() {
+        let g = Geometry { chunk_shift: 16 };
+        let rec = ChunkRecord {
+            chunk: 9,
+            stored_offset: 64,
+            stored_len: 100,
+            payload_crc: 7,
+            zero_blocks: vec![0xA5; g.bitmap_len()],
         };
-        let enc = f.encode();
-        assert_eq!(Footer::decode(&enc, 0).unwrap(), f);
-        for i in 0..enc.len() {
-            let mut bad = enc;
-            bad[i] ^= 1;
-            assert!(Footer::decode(&bad, 0).is_err(), "flip at {i} accepted");
-        }
+        let mut v2 = Vec::new();
+        rec.encode_v2_into(&[0x11; 32], &mut v2);
+        assert_eq!(v2.len(), g.record_len(Version::V2));
+        assert_eq!(&v2[24..56], &[0x11; 32]);
+        assert_eq!(
+            ChunkRecord::decode_versioned(&v2, Version::V2),
+            (rec.clone(), Some([0x11; 32]))
+        );
+        let mut v1 = Vec::new();
+        rec.encode_into(&mut v1);
+        assert_eq!(v1.len(), g.record_len(Version::V1));
+        assert_eq!(ChunkRecord::decode_versioned(&v1, Version::V1), (rec, None));
     }
 
     #[test]

@@ -4,13 +4,18 @@
 //! Validation is strict because archives are read back long after they were written and may
 //! have been damaged or tampered with in storage: every offset and length is checked against
 //! the file and against its neighbours before use, so later code can trust the index.
+//!
+//! Both format versions are read. In version 2 every decoded chunk is also checked against its
+//! SHA-256 (wherever it is decoded: `read_at`, `with_payload`, extraction, verification), and
+//! the footer's image digest is available from [`ArchiveReader::image_digest`].
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::path::Path;
 
-use super::chunk::{expand_payload, ChunkDecoder};
-use super::format::{payload_runs, ChunkRecord, Footer, Geometry, Header, FOOTER_LEN, HEADER_LEN};
+use super::chunk::{content_sha256, expand_payload, ChunkDecoder};
+use super::digest::{to_hex, ImageDigest, Sha256Hash};
+use super::format::{payload_runs, ChunkRecord, Footer, Geometry, Header, Version, FOOTER_LEN, HEADER_LEN};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::read_at::{FileAt, ReadAt};
 
@@ -21,9 +26,12 @@ pub const MAX_INDEX_LEN: u64 = 512 << 20;
 /// An open, validated archive.
 pub struct ArchiveReader<R: ReadAt> {
     source: R,
+    version: Version,
     geometry: Geometry,
     footer: Footer,
     records: Vec<ChunkRecord>,
+    /// The SHA-256 of each record's chunk, in record order (empty in version 1).
+    chunk_sha256: Vec<Sha256Hash>,
 }
 
 /// A worker's decoder with its reused frame and payload buffers.
@@ -57,12 +65,23 @@ impl<R: ReadAt> ArchiveReader<R> {
             .read_exact_at(&mut header_bytes, 0)
             .map_err(|e| Error::io("reading the archive header", e))?;
         let header = Header::decode(&header_bytes)?;
-        let footer_at = size - FOOTER_LEN;
-        let mut footer_bytes = [0u8; FOOTER_LEN as usize];
+        let version = header.version;
+        let footer_len = version.footer_len();
+        if size < HEADER_LEN + footer_len {
+            return Err(Error::corrupt(
+                0,
+                format!(
+                    "version {} archive is {size} bytes, shorter than header and footer",
+                    version.number()
+                ),
+            ));
+        }
+        let footer_at = size - footer_len;
+        let mut footer_bytes = vec![0u8; footer_len as usize];
         source
             .read_exact_at(&mut footer_bytes, footer_at)
             .map_err(|e| Error::io("reading the archive footer", e))?;
-        let footer = Footer::decode(&footer_bytes, footer_at)?;
+        let footer = Footer::decode(&footer_bytes, footer_at, version)?;
         if let Some(v) = header.virtual_size {
             if v != footer.virtual_size {
                 return Err(Error::corrupt(
@@ -77,7 +96,7 @@ impl<R: ReadAt> ArchiveReader<R> {
         let geometry = header.geometry;
         let index_len = footer
             .chunk_count
-            .checked_mul(geometry.record_len() as u64)
+            .checked_mul(geometry.record_len(version) as u64)
             .filter(|&l| l <= MAX_INDEX_LEN)
             .ok_or_else(|| {
                 Error::corrupt(
@@ -103,13 +122,35 @@ impl<R: ReadAt> ArchiveReader<R> {
                 Error::new(ErrorKind::Checksum, "archive index checksum mismatch").at(footer.index_offset)
             );
         }
-        let records = validate_index(&index, geometry, &footer)?;
+        let (records, chunk_sha256) = validate_index(&index, version, geometry, &footer)?;
         Ok(ArchiveReader {
             source,
+            version,
             geometry,
             footer,
             records,
+            chunk_sha256,
         })
+    }
+
+    /// The archive's format version (1 or 2).
+    pub fn version(&self) -> u16 {
+        self.version.number()
+    }
+
+    /// The image digest stored in the footer; `None` in a version 1 archive.
+    pub fn image_digest(&self) -> Option<ImageDigest> {
+        self.footer.digest
+    }
+
+    /// The SHA-256 of `record`'s full chunk content as the index records it; `None` in a
+    /// version 1 archive (or for a chunk number this archive does not store).
+    pub fn chunk_sha256(&self, record: &ChunkRecord) -> Option<&Sha256Hash> {
+        let i = self
+            .records
+            .binary_search_by_key(&record.chunk, |r| r.chunk)
+            .ok()?;
+        self.chunk_sha256.get(i)
     }
 
     /// Chunk geometry.
@@ -150,7 +191,8 @@ impl<R: ReadAt> ArchiveReader<R> {
         self.geometry.chunk_len(record.chunk, self.footer.virtual_size)
     }
 
-    /// Reads, decompresses and checks `record`'s payload into `payload`. `frame` is scratch.
+    /// Reads, decompresses and checks `record`'s payload into `payload` (its length and crc32,
+    /// and in version 2 the SHA-256 of the chunk it makes). `frame` is scratch.
     pub fn read_payload(
         &self,
         record: &ChunkRecord,
@@ -162,7 +204,24 @@ impl<R: ReadAt> ArchiveReader<R> {
         self.source
             .read_exact_at(frame, record.stored_offset)
             .map_err(|e| Error::io(format!("reading chunk {}", record.chunk), e).at(record.stored_offset))?;
-        decoder.decode_payload(record, frame, self.chunk_len(record), payload)
+        let chunk_len = self.chunk_len(record);
+        decoder.decode_payload(record, frame, chunk_len, payload)?;
+        if let Some(expected) = self.chunk_sha256(record) {
+            let actual = content_sha256(&record.zero_blocks, payload, chunk_len);
+            if &actual != expected {
+                return Err(Error::new(
+                    ErrorKind::Checksum,
+                    format!(
+                        "chunk {} fails its SHA-256 check (index {}, content {})",
+                        record.chunk,
+                        to_hex(expected),
+                        to_hex(&actual)
+                    ),
+                )
+                .at(record.stored_offset));
+            }
+        }
+        Ok(())
     }
 
     /// Runs `f` with `record`'s decoded, crc-checked payload, on this thread's reused decoder
@@ -215,16 +274,27 @@ impl<R: ReadAt> ArchiveReader<R> {
 /// Parses the index and checks every record against the geometry, the footer and its
 /// neighbours: chunk numbers strictly increasing and inside the disk, frames contiguous from
 /// the header to the index, bitmaps consistent with the chunk's length, disk size as recorded.
-fn validate_index(index: &[u8], geometry: Geometry, footer: &Footer) -> Result<Vec<ChunkRecord>> {
-    let record_len = geometry.record_len();
+fn validate_index(
+    index: &[u8],
+    version: Version,
+    geometry: Geometry,
+    footer: &Footer,
+) -> Result<(Vec<ChunkRecord>, Vec<Sha256Hash>)> {
+    let record_len = geometry.record_len(version);
     let chunk_total = geometry.chunk_count(footer.virtual_size);
     let max_frame = zstd::zstd_safe::compress_bound(geometry.chunk_size() as usize) as u64;
     let mut records = Vec::with_capacity(index.len() / record_len);
+    let mut hashes = Vec::with_capacity(if version.has_digests() {
+        records.capacity()
+    } else {
+        0
+    });
     let mut expected_offset = HEADER_LEN;
     let mut disk_size = 0u64;
     for (i, bytes) in index.chunks_exact(record_len).enumerate() {
         let at = footer.index_offset + (i * record_len) as u64;
-        let record = ChunkRecord::decode(bytes);
+        let (record, sha256) = ChunkRecord::decode_versioned(bytes, version);
+        hashes.extend(sha256);
         if let Some(prev) = records.last().map(|r: &ChunkRecord| r.chunk) {
             if record.chunk <= prev {
                 return Err(Error::corrupt(
@@ -264,7 +334,7 @@ fn validate_index(index: &[u8], geometry: Geometry, footer: &Footer) -> Result<V
         let present = chunk_len.div_ceil(super::format::BLOCK_SIZE);
         if (present..geometry.blocks_per_chunk()).any(|b| !record.is_zero_block(b)) {
             return Err(Error::corrupt(
-                at + 24,
+                at + version.record_fixed_len() as u64,
                 format!(
                     "chunk {} marks blocks past the disk's end as stored",
                     record.chunk
@@ -274,7 +344,7 @@ fn validate_index(index: &[u8], geometry: Geometry, footer: &Footer) -> Result<V
         let payload: u64 = payload_runs(&record, chunk_len).iter().map(|r| r.1 as u64).sum();
         if payload == 0 {
             return Err(Error::corrupt(
-                at + 24,
+                at + version.record_fixed_len() as u64,
                 format!(
                     "chunk {} is stored but all its blocks are marked zero",
                     record.chunk
@@ -303,5 +373,5 @@ fn validate_index(index: &[u8], geometry: Geometry, footer: &Footer) -> Result<V
             ),
         ));
     }
-    Ok(records)
+    Ok((records, hashes))
 }

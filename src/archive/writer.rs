@@ -1,14 +1,15 @@
-//! [`ArchiveWriter`]: writes an archive front to back over any [`Write`], never seeking, and
-//! enforces the compressed-size limit before each write.
+//! [`ArchiveWriter`]: writes a version 2 archive front to back over any [`Write`], never
+//! seeking, and enforces the compressed-size limit before each write.
 //!
 //! Call [`ArchiveWriter::add`] for each stored chunk in increasing chunk order, then
-//! [`ArchiveWriter::finish`], which is required: without it the archive has no index or footer
+//! [`ArchiveWriter::finish`] with the image digest, which is required: without it the archive has no index or footer
 //! and every reader refuses it.
 
 use std::io::Write;
 
 use super::chunk::EncodedChunk;
-use super::format::{ChunkRecord, Footer, Geometry, Header, FOOTER_LEN, HEADER_LEN};
+use super::digest::ImageDigest;
+use super::format::{ChunkRecord, Footer, Geometry, Header, Version, HEADER_LEN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::units::format_size;
 
@@ -23,7 +24,12 @@ pub struct ArchiveSummary {
     pub compressed_size: u64,
     /// Stored chunks.
     pub chunks: u64,
+    /// The image digest recorded in the footer.
+    pub digest: ImageDigest,
 }
+
+/// The version this writer writes.
+const WRITTEN: Version = Version::V2;
 
 /// Streams an archive into `out`.
 pub struct ArchiveWriter<W: Write> {
@@ -47,11 +53,12 @@ impl<W: Write> ArchiveWriter<W> {
         virtual_size: Option<u64>,
         max_compressed_size: u64,
     ) -> Result<Self> {
-        let empty = HEADER_LEN + FOOTER_LEN;
+        let empty = HEADER_LEN + WRITTEN.footer_len();
         if empty > max_compressed_size {
             return Err(limit_error(max_compressed_size, 0, empty));
         }
         let header = Header {
+            version: WRITTEN,
             geometry,
             virtual_size,
         };
@@ -81,8 +88,8 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// The smallest the finished archive can be if nothing more is added.
     fn final_size_with(&self, extra_frame: u64, extra_records: u64) -> u64 {
-        let records = (self.chunks + extra_records) * self.geometry.record_len() as u64;
-        self.position + extra_frame + records + FOOTER_LEN
+        let records = (self.chunks + extra_records) * self.geometry.record_len(WRITTEN) as u64;
+        self.position + extra_frame + records + WRITTEN.footer_len()
     }
 
     /// Appends a stored chunk. Chunks must come in strictly increasing order. Refuses, before
@@ -114,7 +121,7 @@ impl<W: Write> ArchiveWriter<W> {
             payload_crc: chunk.payload_crc,
             zero_blocks: Vec::new(),
         }
-        .encode_into(&mut self.index);
+        .encode_v2_into(&chunk.sha256, &mut self.index);
         self.index.extend_from_slice(&chunk.zero_blocks);
         self.position += u64::from(frame_len);
         self.disk_size += chunk.payload_len;
@@ -123,8 +130,9 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
-    /// Writes the index and footer and flushes. `virtual_size` must cover every stored chunk.
-    pub fn finish(mut self, virtual_size: u64) -> Result<(W, ArchiveSummary)> {
+    /// Writes the index and the footer with `digest` (the image digest of the disk written,
+    /// computed by the caller) and flushes. `virtual_size` must cover every stored chunk.
+    pub fn finish(mut self, virtual_size: u64, digest: ImageDigest) -> Result<(W, ArchiveSummary)> {
         let covered = self.next_chunk.saturating_mul(self.geometry.chunk_size());
         if self.next_chunk > 0 && virtual_size <= covered - self.geometry.chunk_size() {
             return Err(Error::new(
@@ -141,6 +149,7 @@ impl<W: Write> ArchiveWriter<W> {
             chunk_count: self.chunks,
             disk_size: self.disk_size,
             index_crc: crc32fast::hash(&self.index),
+            digest: Some(digest),
         };
         let total = self.final_size_with(0, 0);
         debug_assert!(total <= self.max_compressed_size);
@@ -154,6 +163,7 @@ impl<W: Write> ArchiveWriter<W> {
             disk_size: self.disk_size,
             compressed_size: total,
             chunks: self.chunks,
+            digest,
         };
         Ok((self.out, summary))
     }

@@ -9,11 +9,18 @@
 //! reader thread cuts into chunk buffers, recycled to bound memory. Memory in flight is about
 //! two windows of chunks plus one chunk of scratch per worker.
 //!
+//! Each job is a span ([`span`]: a chunk, or the chunks of one 1 MiB leaf when chunks are
+//! smaller): the worker encodes its chunks and hashes its leaves, and the writer thread feeds
+//! the leaf hashes, in order, to the image digest ([`TreeHasher`]) that the archive's footer
+//! records. The digest costs no extra pass over the data at the default chunk size, where the
+//! chunk's SHA-256 is its leaf's.
+//!
 //! [`encode`] is the entry point the operations use: it takes an opened input's [`Body`] and
 //! picks the producer. [`with_pool`] runs work on a dedicated pool of a given thread count (or on
 //! the shared one); every parallel operation (convert, extract, verify) goes through it.
 
 mod source;
+mod span;
 mod stream;
 
 pub use source::{encode_source, DataChunks};
@@ -28,13 +35,15 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use rayon::prelude::*;
 
-use crate::archive::chunk::{ChunkEncoder, EncodedChunk};
+use crate::archive::chunk::ChunkEncoder;
+use crate::archive::digest::TreeHasher;
 use crate::archive::format::Geometry;
 use crate::archive::writer::{ArchiveSummary, ArchiveWriter};
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::limits::check_virtual_size;
 use crate::input::Body;
+pub(crate) use span::{encode_span, span_size, EncodedSpan};
 
 /// How chunks are encoded.
 #[derive(Debug, Clone, Copy)]
@@ -85,14 +94,14 @@ pub fn encode<W: Write + Send>(
             let virtual_size = source.virtual_size();
             check_virtual_size(virtual_size, limits.max_virtual_size)?;
             let writer = ArchiveWriter::new(out, geometry, Some(virtual_size), limits.max_compressed_size)?;
-            let writer = encode_source(source.as_ref(), writer, settings, control)?;
-            writer.finish(virtual_size)
+            let (writer, tree) = encode_source(source.as_ref(), writer, settings, control)?;
+            writer.finish(virtual_size, tree.finish(virtual_size)?)
         }
         Body::Stream(reader) => {
             let writer = ArchiveWriter::new(out, geometry, None, limits.max_compressed_size)?;
-            let (writer, virtual_size) =
+            let (writer, tree, virtual_size) =
                 encode_stream(reader, writer, settings, control, limits.max_virtual_size)?;
-            writer.finish(virtual_size)
+            writer.finish(virtual_size, tree.finish(virtual_size)?)
         }
     }
 }
@@ -174,8 +183,9 @@ pub(crate) fn with_worker<T>(
 /// Drives jobs from `produce` (which hands them out a window at a time) through `encode` on
 /// the rayon pool, with no barrier between windows: each worker takes the next job as soon as it
 /// is free, and a writer thread appends the encoded chunks in job order, holding back the few
-/// that finish early. At most two windows of jobs are between being handed out and written
-/// ([`Gate`]), which bounds memory as the windowed design did.
+/// that finish early, and adds their leaf hashes to the image digest it returns. At most two
+/// windows of jobs are between being handed out and written ([`Gate`]), which bounds memory as
+/// the windowed design did.
 pub(crate) fn run<W, J, P, E>(
     mut writer: ArchiveWriter<W>,
     settings: EncodeSettings,
@@ -184,22 +194,24 @@ pub(crate) fn run<W, J, P, E>(
     frames: &FramePool,
     produce: P,
     encode: E,
-) -> Result<ArchiveWriter<W>>
+) -> Result<(ArchiveWriter<W>, TreeHasher)>
 where
     W: Write + Send,
     J: Send,
     P: FnMut() -> Result<Option<Vec<J>>> + Send,
-    E: Fn(J) -> Result<Option<EncodedChunk>> + Sync + Send,
+    E: Fn(J) -> Result<EncodedSpan> + Sync + Send,
 {
     let chunk_size = settings.geometry.chunk_size();
     let gate = Gate::new(settings.window as u64 * 2);
     let produce_failure = Mutex::new(None);
-    let (tx, rx) = channel::<(u64, Result<Option<EncodedChunk>>)>();
+    let (tx, rx) = channel::<(u64, Result<EncodedSpan>)>();
     std::thread::scope(|scope| {
         let gate = &gate;
-        let writer_thread = scope.spawn(move || -> Result<ArchiveWriter<W>> {
+        let writer_thread = scope.spawn(move || -> Result<(ArchiveWriter<W>, TreeHasher)> {
+            let mut tree = TreeHasher::new();
             let result = write_in_order(
                 &mut writer,
+                &mut tree,
                 rx,
                 gate,
                 frames,
@@ -210,7 +222,7 @@ where
                 settings.window as u64,
             );
             gate.stop(); // whatever happened, nobody waits for this writer any more
-            result.map(|()| writer)
+            result.map(|()| (writer, tree))
         });
         let jobs = Jobs {
             produce,
@@ -221,29 +233,34 @@ where
         };
         jobs.par_bridge().for_each_with(tx, |tx, (seq, job)| {
             // After a failure elsewhere, the remaining jobs are skipped, not encoded.
-            let encoded = if gate.is_stopped() { Ok(None) } else { encode(job) };
+            let encoded = if gate.is_stopped() {
+                Ok(EncodedSpan::default())
+            } else {
+                encode(job)
+            };
             if encoded.is_err() {
                 gate.stop();
             }
             let _ = tx.send((seq, encoded)); // the writer may have stopped: its error wins
         });
-        let writer = writer_thread.join().expect("archive writer thread panicked")?;
+        let (writer, tree) = writer_thread.join().expect("archive writer thread panicked")?;
         if let Some(e) = produce_failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e);
         }
         if let Some(t) = total {
             control.report(t, total, writer.disk_size());
         }
-        Ok(writer)
+        Ok((writer, tree))
     })
 }
 
 /// The writer thread's loop: appends encoded chunks in job order, holding back those that
-/// arrive early, and returns each written frame to `frames`. Calls `progress` every
-/// `progress_every` jobs. Stops at the first error, in job order.
+/// arrive early, adds their leaf hashes to `tree`, and returns each written frame to `frames`.
+/// Calls `progress` every `progress_every` jobs. Stops at the first error, in job order.
 fn write_in_order<W: Write>(
     writer: &mut ArchiveWriter<W>,
-    encoded: Receiver<(u64, Result<Option<EncodedChunk>>)>,
+    tree: &mut TreeHasher,
+    encoded: Receiver<(u64, Result<EncodedSpan>)>,
     gate: &Gate,
     frames: &FramePool,
     mut progress: impl FnMut(&ArchiveWriter<W>, u64),
@@ -255,12 +272,19 @@ fn write_in_order<W: Write>(
         early.insert(seq, result);
         while let Some(result) = early.remove(&next) {
             next += 1;
-            if let Some(chunk) = result? {
+            let span = result?;
+            for (leaf, hash) in &span.leaves {
+                tree.add_leaf(*leaf, hash)?;
+            }
+            let last_chunk = span.chunks.last().map(|c| c.chunk);
+            for chunk in span.chunks {
                 writer.add(&chunk)?;
-                if next.is_multiple_of(progress_every.max(1)) {
-                    progress(writer, chunk.chunk);
-                }
                 frames.give_back(chunk.frame);
+            }
+            if let Some(last_chunk) = last_chunk {
+                if next.is_multiple_of(progress_every.max(1)) {
+                    progress(writer, last_chunk);
+                }
             }
             gate.advance(next);
         }
@@ -389,6 +413,14 @@ mod tests {
         }
     }
 
+    /// A span of one chunk and no leaves (these tests are about order, not digests).
+    fn span_of(chunk: Option<crate::archive::chunk::EncodedChunk>) -> EncodedSpan {
+        EncodedSpan {
+            chunks: chunk.into_iter().collect(),
+            leaves: Vec::new(),
+        }
+    }
+
     /// Chunk `n` of a test disk: distinct, compressible, never all zero.
     fn chunk_bytes(n: u64) -> Vec<u8> {
         (0..64usize << 10)
@@ -416,7 +448,7 @@ mod tests {
             next += window.len() as u64;
             Ok((!window.is_empty()).then_some(window))
         };
-        let encode = |n: u64| -> Result<Option<EncodedChunk>> {
+        let encode = |n: u64| -> Result<EncodedSpan> {
             if !slow_done.load(Ordering::SeqCst) {
                 highest_while_slow.fetch_max(n, Ordering::SeqCst);
             }
@@ -425,14 +457,15 @@ mod tests {
             if n == slow {
                 slow_done.store(true, Ordering::SeqCst);
             }
-            encoded
+            Ok(span_of(encoded?))
         };
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         let result = pool.install(|| run(writer, settings, &control, None, &frames, produce, encode));
-        let Ok(writer) = result else {
+        let Ok((writer, tree)) = result else {
             panic!("the run failed");
         };
-        let (bytes, _) = writer.finish(chunks * (64 << 10)).unwrap();
+        let size = chunks * (64 << 10);
+        let (bytes, _) = writer.finish(size, tree.finish(size).unwrap()).unwrap();
         (bytes, highest_while_slow.load(Ordering::SeqCst))
     }
 
@@ -449,7 +482,11 @@ mod tests {
                     .unwrap();
                 writer.add(&chunk).unwrap();
             }
-            writer.finish(24 * (64 << 10)).unwrap().0
+            let size = 24 * (64 << 10);
+            writer
+                .finish(size, TreeHasher::new().finish(size).unwrap())
+                .unwrap()
+                .0
         };
         // Even chunks are slow, so odd ones overtake them.
         let (scrambled, _) = archive_of(24, 4, 0, |n| if n % 2 == 0 { 5 } else { 0 });
@@ -477,11 +514,15 @@ mod tests {
             next += 4;
             Ok(Some((next - 4..next).collect())) // endless: only the error can stop it
         };
-        let encode = |n: u64| -> Result<Option<EncodedChunk>> {
+        let encode = |n: u64| -> Result<EncodedSpan> {
             if n == 50 {
                 return Err(Error::corrupt(n, "chunk 50 is bad"));
             }
-            ChunkEncoder::new(1)?.encode(settings.geometry, n, &chunk_bytes(n))
+            Ok(span_of(ChunkEncoder::new(1)?.encode(
+                settings.geometry,
+                n,
+                &chunk_bytes(n),
+            )?))
         };
         let result = run(
             writer,

@@ -1,38 +1,40 @@
-//! The random-access producer: the chunks of a [`DiskSource`] that may hold data, read by the
+//! The random-access producer: the spans of a [`DiskSource`] that may hold data, read by the
 //! workers themselves (a memory map or `pread` into each worker's scratch buffer).
 
 use std::io::Write;
 
-use super::{run, with_worker, EncodeSettings, FramePool};
-use crate::archive::chunk::EncodedChunk;
+use super::{encode_span, run, span_size, with_worker, EncodeSettings, EncodedSpan, FramePool};
+use crate::archive::digest::TreeHasher;
 use crate::archive::writer::ArchiveWriter;
 use crate::control::Control;
 use crate::error::Result;
 use crate::input::DiskSource;
 
-/// Encodes every chunk of `source` that may hold data into `writer`.
+/// Encodes every chunk of `source` that may hold data into `writer`; returns it with the image
+/// digest's leaves.
 pub fn encode_source<W: Write + Send>(
     source: &dyn DiskSource,
     writer: ArchiveWriter<W>,
     settings: EncodeSettings,
     control: &Control,
-) -> Result<ArchiveWriter<W>> {
+) -> Result<(ArchiveWriter<W>, TreeHasher)> {
     let virtual_size = source.virtual_size();
     let geometry = settings.geometry;
-    let chunk_size = geometry.chunk_size();
-    let mut windows = DataChunks::new(source, chunk_size);
+    let span = span_size(geometry);
+    let mut windows = DataChunks::new(source, span);
     let frames = FramePool::new(&settings);
     let produce = || -> Result<Option<Vec<u64>>> {
         control.check()?;
         windows.next_window(settings.window)
     };
-    let encode = |chunk: u64| -> Result<Option<EncodedChunk>> {
+    let frames = &frames;
+    let encode = |index: u64| -> Result<EncodedSpan> {
         control.check()?;
         with_worker(settings.level, |encoder, scratch| {
-            let len = geometry.chunk_len(chunk, virtual_size);
-            let offset = chunk * chunk_size;
+            let offset = index * span;
+            let len = (virtual_size - offset).min(span) as usize;
             let data = source.read(offset, len, scratch)?;
-            let encoded = encoder.encode_into(geometry, chunk, data, frames.take())?;
+            let encoded = encode_span(encoder, geometry, offset, data, frames)?;
             source.confirm_read(offset, len)?;
             Ok(encoded)
         })
@@ -42,7 +44,7 @@ pub fn encode_source<W: Write + Send>(
         settings,
         control,
         Some(virtual_size),
-        &frames,
+        frames,
         produce,
         encode,
     )

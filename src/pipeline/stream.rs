@@ -1,38 +1,46 @@
 //! The stream producer: a reader thread cuts a byte stream (a decompressor, standard input)
-//! into chunk buffers, recycled through a channel so that memory stays bounded.
+//! into span buffers, recycled through a channel so that memory stays bounded.
 
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use super::{run, with_worker, EncodeSettings, FramePool};
-use crate::archive::chunk::EncodedChunk;
+use super::{encode_span, run, span_size, with_worker, EncodeSettings, EncodedSpan, FramePool};
+use crate::archive::digest::TreeHasher;
 use crate::archive::writer::ArchiveWriter;
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::read_full;
 use crate::units::format_size;
 
-/// A chunk number and the chunk's bytes, cut from a stream.
+/// A span number and the span's bytes, cut from a stream.
 type StreamChunk = (u64, Vec<u8>);
 
 /// Encodes a byte stream into `writer`, refusing it once it exceeds `max_virtual_size`.
-/// Returns the writer and the stream's length (the virtual size).
+/// Returns the writer, the image digest's leaves and the stream's length (the virtual size).
 pub fn encode_stream<W: Write + Send, R: Read + Send>(
     reader: R,
     writer: ArchiveWriter<W>,
     settings: EncodeSettings,
     control: &Control,
     max_virtual_size: u64,
-) -> Result<(ArchiveWriter<W>, u64)> {
+) -> Result<(ArchiveWriter<W>, TreeHasher, u64)> {
     let geometry = settings.geometry;
-    let chunk_size = geometry.chunk_size() as usize;
+    let span = span_size(geometry);
     let buffers = settings.window * 2;
     let (full_tx, full_rx) = sync_channel::<Result<StreamChunk>>(buffers);
     let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(buffers + settings.window);
     let frames = FramePool::new(&settings);
     std::thread::scope(|scope| {
-        let reader_thread = scope
-            .spawn(move || read_chunks(reader, chunk_size, max_virtual_size, &full_tx, &empty_rx, control));
+        let reader_thread = scope.spawn(move || {
+            read_chunks(
+                reader,
+                span as usize,
+                max_virtual_size,
+                &full_tx,
+                &empty_rx,
+                control,
+            )
+        });
         let mut finished = false;
         // Owns the receiving end: when the run ends, dropping it unblocks the reader thread.
         let produce = move || -> Result<Option<Vec<StreamChunk>>> {
@@ -54,18 +62,19 @@ pub fn encode_stream<W: Write + Send, R: Read + Send>(
             }
             Ok((!window.is_empty()).then_some(window))
         };
-        let encode = |(chunk, buffer): (u64, Vec<u8>)| -> Result<Option<EncodedChunk>> {
+        let frames = &frames;
+        let encode = |(index, buffer): (u64, Vec<u8>)| -> Result<EncodedSpan> {
             control.check()?;
             let encoded = with_worker(settings.level, |encoder, _| {
-                encoder.encode_into(geometry, chunk, &buffer, frames.take())
+                encode_span(encoder, geometry, index * span, &buffer, frames)
             });
             let _ = empty_tx.send(buffer);
             encoded
         };
-        let result = run(writer, settings, control, None, &frames, produce, encode);
+        let result = run(writer, settings, control, None, frames, produce, encode);
         let length = reader_thread.join().expect("stream reader thread panicked");
-        let writer = result?;
-        Ok((writer, length?))
+        let (writer, tree) = result?;
+        Ok((writer, tree, length?))
     })
 }
 
