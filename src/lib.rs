@@ -15,6 +15,7 @@
 //! | [`extract()`] | an archive back to the raw disk | [`ExtractOptions`] | [`ExtractReport`] |
 //! | [`info()`] | what a file is, and why `convert` would refuse it | [`InfoOptions`] | [`ImageInfo`] |
 //! | [`verify()`] | every chunk of an archive decoded and checked | [`VerifyOptions`] | [`VerifyReport`] |
+//! | [`digest()`] | the image digest of any input, no archive written | [`DigestOptions`] | [`DigestReport`] |
 //! | [`batch::run`] | many files, sharing one pool of workers | [`batch::BatchOptions`] | [`batch::BatchReport`] |
 //!
 //! Options implement `Default` with the defaults documented on each field; each has a
@@ -69,6 +70,7 @@ pub mod archive;
 pub mod batch;
 mod control;
 pub mod convert;
+pub mod digest;
 mod error;
 pub mod extract;
 pub mod info;
@@ -95,6 +97,7 @@ pub mod zero;
 
 pub use control::{Control, Progress};
 pub use convert::{convert, convert_reader, convert_to, ConvertOptions, ConvertReport};
+pub use digest::{digest, DigestOptions, DigestReport};
 pub use error::{Error, ErrorKind, Result};
 pub use extract::{extract, ExtractOptions, ExtractReport};
 pub use info::{info, ImageInfo, InfoOptions};

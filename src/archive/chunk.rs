@@ -160,6 +160,13 @@ impl EncodedChunk {
 /// zero blocks are hashed from a static block of zeros, never materialised).
 pub fn content_sha256(zero_blocks: &[u8], payload: &[u8], chunk_len: usize) -> Sha256Hash {
     let mut hasher = Sha256::new();
+    update_with_content(&mut hasher, zero_blocks, payload, chunk_len);
+    hasher.finalize().into()
+}
+
+/// Feeds `hasher` the `chunk_len` bytes of a chunk given by its payload and zero-block bitmap
+/// (a payload already checked against the bitmap, as the decoder does).
+pub fn update_with_content(hasher: &mut Sha256, zero_blocks: &[u8], payload: &[u8], chunk_len: usize) {
     let mut taken = 0;
     let mut position = 0;
     for (i, start) in (0..chunk_len).step_by(BLOCK_SIZE).enumerate() {
@@ -167,13 +174,12 @@ pub fn content_sha256(zero_blocks: &[u8], payload: &[u8], chunk_len: usize) -> S
         if zero_blocks[i / 8] & (1 << (i % 8)) != 0 {
             continue;
         }
-        update_zeros(&mut hasher, (start - position) as u64);
+        update_zeros(hasher, (start - position) as u64);
         hasher.update(&payload[taken..taken + len]);
         taken += len;
         position = start + len;
     }
-    update_zeros(&mut hasher, (chunk_len - position) as u64);
-    hasher.finalize().into()
+    update_zeros(hasher, (chunk_len - position) as u64);
 }
 
 /// Decompresses stored chunks; reuse one per worker thread.

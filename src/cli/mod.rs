@@ -42,6 +42,8 @@ enum Command {
     Info(InfoArgs),
     /// Decode every chunk of an archive and check every crc; exit 0 only if intact.
     Verify(VerifyArgs),
+    /// Print the image digest (sha256-tree) of any image or archive, without converting it.
+    Digest(DigestArgs),
     /// Convert many images (files, or directories of them) into a directory of archives.
     Batch(batch::BatchArgs),
     /// The image library: register, list, show, update, destroy and build from images.
@@ -123,6 +125,10 @@ struct ExtractArgs {
     /// The raw disk to write (- writes standard output).
     #[arg(short, long)]
     output: PathBuf,
+    /// Also print the SHA-256 of the raw disk written, as sha256sum would (a sequential pass
+    /// over every byte, holes included).
+    #[arg(long)]
+    sha256: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -142,6 +148,27 @@ struct InfoArgs {
 struct VerifyArgs {
     /// The archive to check.
     archive: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct DigestArgs {
+    /// The image or archive (- reads standard input).
+    file: PathBuf,
+    /// For an archive that stores its digest: decode every chunk and recompute it instead,
+    /// failing if the two differ.
+    #[arg(long)]
+    verify: bool,
+    /// Refuse images whose virtual disk is larger than this.
+    #[arg(long, default_value_t = SizeArg(DEFAULT_MAX_VIRTUAL_SIZE))]
+    max_virtual_size: SizeArg,
+    /// How raw inputs are read.
+    #[arg(long, value_enum, default_value_t = ReadMode::default())]
+    read_mode: ReadMode,
+    /// Directory for spill files of layered inputs (default: the system's temporary directory).
+    #[arg(long)]
+    temp_dir: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -183,6 +210,7 @@ pub fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<u8> {
         Command::Extract(args) => extract(args, cancel),
         Command::Info(args) => info(args, cancel),
         Command::Verify(args) => verify(args, cancel),
+        Command::Digest(args) => digest(args, cancel),
         Command::Batch(args) => batch::run(args, cancel),
         Command::Images(args) => images::run(args, cancel),
     }
@@ -216,12 +244,21 @@ fn extract(args: ExtractArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
     let bar = ProgressReport::new(&args.common);
     let options = ExtractOptions {
         threads: args.common.threads,
+        sha256: args.sha256,
         control: bar.control(cancel),
     };
     let report = imgpack::extract(&args.archive, &args.output, &options);
     bar.finish();
     let report = report?;
+    // The sum as sha256sum prints it; on standard error when standard output holds the disk.
+    let sum_line = report
+        .sha256
+        .as_ref()
+        .map(|sum| format!("{sum}  {}", report.output));
     if args.output.as_os_str() == "-" && !args.common.json {
+        if let Some(line) = sum_line {
+            eprintln!("{line}");
+        }
         return Ok(0); // standard output holds the disk; say nothing more there
     }
     let summary = || {
@@ -239,7 +276,32 @@ fn extract(args: ExtractArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
         eprintln!("{}", serde_json::to_string(&report).map_err(json_error)?);
         return Ok(0);
     }
-    print(args.common.json, &report, summary)?;
+    print(args.common.json, &report, || match &sum_line {
+        Some(line) => format!("{}\n{line}", summary()),
+        None => summary(),
+    })?;
+    Ok(0)
+}
+
+fn digest(args: DigestArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
+    let bar = ProgressReport::new(&args.common);
+    let options = imgpack::DigestOptions {
+        threads: args.common.threads,
+        limits: InputLimits {
+            max_virtual_size: args.max_virtual_size.0,
+        },
+        read_mode: args.read_mode,
+        temp_dir: args.temp_dir.clone(),
+        verify: args.verify,
+        control: bar.control(cancel),
+    };
+    let report = imgpack::digest(&args.file, &options);
+    bar.finish();
+    let report = report?;
+    // Like sha256sum: the digest, two spaces, the file.
+    print(args.common.json, &report, || {
+        format!("{}  {}", report.digest, report.input)
+    })?;
     Ok(0)
 }
 
@@ -268,6 +330,9 @@ fn info(args: InfoArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
         line("chunk size", info.chunk_size);
         if let Some(chunks) = info.chunks {
             lines.push(format!("  {:<16} {chunks}", "stored chunks"));
+        }
+        if let Some(digest) = &info.digest {
+            lines.push(format!("  {:<16} {digest}", "digest"));
         }
         for (key, value) in &info.details {
             lines.push(format!("  {key:<16} {value}"));
@@ -324,6 +389,9 @@ fn verify(args: VerifyArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
                 )
             })
             .collect();
+        if report.digest_ok == Some(false) {
+            lines.push("the image digest in the footer is not the content's".to_string());
+        }
         lines.push(format!(
             "{}: {} ({} chunks, virtual {}, data {}, {:.2} s)",
             report.input,

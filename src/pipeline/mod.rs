@@ -15,10 +15,13 @@
 //! records. The digest costs no extra pass over the data at the default chunk size, where the
 //! chunk's SHA-256 is its leaf's.
 //!
+//! [`digest`] hashes a disk the same way without writing an archive (`imgpack digest`).
+//!
 //! [`encode`] is the entry point the operations use: it takes an opened input's [`Body`] and
 //! picks the producer. [`with_pool`] runs work on a dedicated pool of a given thread count (or on
 //! the shared one); every parallel operation (convert, extract, verify) goes through it.
 
+pub mod digest;
 mod source;
 mod span;
 mod stream;

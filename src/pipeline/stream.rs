@@ -78,9 +78,9 @@ pub fn encode_stream<W: Write + Send, R: Read + Send>(
     })
 }
 
-/// The reader thread of [`encode_stream`]: fills chunk buffers from `reader` and sends them
-/// in order; returns the stream's total length.
-fn read_chunks<R: Read>(
+/// The reader thread of [`encode_stream`] (and of `digest_stream`): fills chunk buffers from
+/// `reader` and sends them in order; returns the stream's total length.
+pub(crate) fn read_chunks<R: Read>(
     mut reader: R,
     chunk_size: usize,
     max_virtual_size: u64,
