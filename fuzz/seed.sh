@@ -43,6 +43,8 @@ head -c 200000 /dev/zero >"$tmp/z.raw"
 "$imgpack" convert -q --chunk-size 64K "$tmp/z.raw" -o corpus/archive/z.imgpack
 (head -c 5000 /dev/zero; head -c 70000 $root/README.md; head -c 50000 /dev/zero) >"$tmp/t.raw"
 "$imgpack" convert -q --chunk-size 64K "$tmp/t.raw" -o corpus/archive/t.imgpack
+# a version 1 archive (written before version 2), so both layouts are fuzzed
+cp "$root/tests/fixtures/v1-64k.imgpack" corpus/archive/v1-64k.imgpack
 cp corpus/archive/*.imgpack corpus/archive_sealed/
 
 # streams: raw and qcow2 payloads in each compression, plus nested ones

@@ -120,6 +120,16 @@ fn version_1_archives_still_read_verify_and_extract() {
 }
 
 #[test]
+fn mutated_version_1_archives_are_refused_or_read_never_a_panic() {
+    let seed = std::fs::read(V1_FIXTURE).unwrap();
+    let mut rng = Rng::new(1);
+    for mutated in common::mutations(&seed, &mut rng, 600) {
+        imgpack::fuzz_targets::archive(&mutated);
+        imgpack::fuzz_targets::archive_sealed(&mutated);
+    }
+}
+
+#[test]
 fn extract_sha256_is_what_sha256sum_prints_of_the_output() {
     if !have("sha256sum") {
         return;

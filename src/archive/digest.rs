@@ -219,6 +219,14 @@ mod tests {
     }
 
     #[test]
+    fn zero_leaf_hash_is_the_one_docs_format_md_gives() {
+        assert_eq!(
+            to_hex(zero_leaf_hash()),
+            "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58"
+        );
+    }
+
+    #[test]
     fn empty_disk_digest_is_the_hash_of_its_size() {
         let empty = TreeHasher::new().finish(0).unwrap();
         assert_eq!(empty.0, sha256(&0u64.to_le_bytes()));
