@@ -13,16 +13,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::record::{ImageRecord, Status};
-use super::store::{CatalogStore, Changes, Lease};
+use super::store::{upload_busy, CatalogStore, Changes, Lease};
 use crate::error::{Error, ErrorKind, Result};
 
 /// How long a writer waits for another's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Schema steps; `user_version` is the number applied.
+/// Schema steps; `user_version` is the number applied. Adding a column is one more line here,
+/// e.g. `"ALTER TABLE images ADD COLUMN digest TEXT"` (and the same in the PostgreSQL store).
 pub const MIGRATIONS: &[&str] = &[
     // 1: images and settings.
     "CREATE TABLE images (
@@ -54,6 +55,8 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX images_by_status ON images (status);
     CREATE TABLE settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);",
+    // 2: one registration at a time per upload.
+    super::store::ONE_REGISTRATION_PER_UPLOAD,
 ];
 
 const COLUMNS: &str = "id, owner, source_type, created_on, status, name, description, arch, \
@@ -186,7 +189,7 @@ impl CatalogStore for SqliteStore {
             &format!(
                 "INSERT INTO images ({COLUMNS}, lease_pid, lease_host, lease_boot_id, \
                  lease_start_time, lease_expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24) ON CONFLICT (id) DO NOTHING"
             ),
             params![
                 record.id,
@@ -216,12 +219,11 @@ impl CatalogStore for SqliteStore {
             ],
         );
         match result {
-            Ok(_) => Ok(true),
+            Ok(inserted) => Ok(inserted == 1),
             Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == ErrorCode::ConstraintViolation
-                    && e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
             {
-                Ok(false)
+                Err(upload_busy(&record.source))
             }
             Err(e) => Err(db_error("cannot add the image", e)),
         }
@@ -449,6 +451,9 @@ mod tests {
         assert_eq!(store.schema_version().unwrap() as usize, MIGRATIONS.len());
         assert!(store.insert(&record("img-aaaaa"), &lease()).unwrap());
         assert!(!store.insert(&record("img-aaaaa"), &lease()).unwrap());
+        // The same upload again under another id, while the first is creating: refused.
+        let busy = store.insert(&record("img-ccccc"), &lease()).unwrap_err();
+        assert!(busy.to_string().contains("already being registered"), "{busy}");
         assert_eq!(
             store.creating().unwrap(),
             vec![("img-aaaaa".to_string(), lease())]
