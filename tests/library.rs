@@ -683,10 +683,21 @@ fn stale_registrations_are_failed_on_open(dir: &TestLibrary) {
                 ..live.clone()
             },
         ),
+        // Another process table under our host name (a reboot, or another machine or
+        // container of that name): judged by its expiry alone.
         (
             "img-boot0",
             Lease {
                 boot_id: "old-boot".into(),
+                expires_at: now - 1,
+                ..live.clone()
+            },
+        ),
+        (
+            "img-boot1",
+            Lease {
+                boot_id: "old-boot".into(),
+                expires_at: now + 600,
                 ..live.clone()
             },
         ),
@@ -745,7 +756,7 @@ fn stale_registrations_are_failed_on_open(dir: &TestLibrary) {
         assert!(record.reason.unwrap().contains("interrupted"), "{id}");
         assert!(!dir.path().join("tmp").join(id).exists(), "{id}");
     }
-    for id in ["img-far01", "img-live0"] {
+    for id in ["img-boot1", "img-far01", "img-live0"] {
         assert_eq!(status(id).status, Status::Creating, "{id}");
         assert!(dir.path().join("tmp").join(id).exists(), "{id}");
     }

@@ -29,7 +29,7 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row};
 
-use super::record::{unix_now, ImageRecord, Status};
+use super::record::{ImageRecord, Status};
 use super::store::{CatalogStore, Changes, Lease};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -164,12 +164,14 @@ impl PostgresStore {
             .config
             .connect(NoTls)
             .map_err(|e| self.error("cannot connect", e))?;
-        let before = unix_now();
-        let server_now: i64 = client
-            .query_one("SELECT floor(extract(epoch FROM clock_timestamp()))::bigint", &[])
+        let before = precise_now();
+        let server_now: f64 = client
+            .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
             .and_then(|row| row.try_get(0))
             .map_err(|e| self.error("cannot read the server's clock", e))?;
-        self.clock_offset = server_now - before;
+        let local_now = (before + precise_now()) / 2.0;
+        // Rounded to whole seconds, as leases are kept: hosts in step measure 0.
+        self.clock_offset = (server_now - local_now).round() as i64;
         Ok(self.client.insert(client))
     }
 
@@ -265,6 +267,13 @@ impl PostgresStore {
         }
         tx.commit().map_err(|e| fail("cannot commit the migration", e))
     }
+}
+
+/// This host's clock in Unix seconds, with its fraction.
+fn precise_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
 fn to_sql_size(value: u64) -> Result<i64> {

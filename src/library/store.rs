@@ -30,7 +30,8 @@ pub struct Lease {
     pub pid: u32,
     /// Host name of its machine.
     pub host: String,
-    /// Boot id of its machine (`/proc/sys/kernel/random/boot_id`): changes on every boot.
+    /// Its process table: the machine's boot id (`/proc/sys/kernel/random/boot_id`, new on
+    /// every boot) and its pid namespace, as [`HostIdentity`](super::HostIdentity) writes them.
     pub boot_id: String,
     /// The process's start time in clock ticks since boot, so a reused pid is not mistaken
     /// for the registering process.
