@@ -146,11 +146,10 @@ impl PostgresStore {
     }
 
     fn error(&self, what: &str, e: postgres::Error) -> Error {
-        let lost = e.is_closed() || e.as_db_error().is_none() && e.code().is_none();
-        let message = if lost {
+        let message = if connection_lost(&e) {
             format!(
-                "catalog database {}: {what}: the connection was lost (a write in flight is \
-                 applied whole or not at all)",
+                "catalog database {}: {what}: the connection was lost (a statement in flight is \
+                 applied whole or not at all; the next call connects again)",
                 self.shown
             )
         } else {
@@ -160,10 +159,13 @@ impl PostgresStore {
     }
 
     fn connect(&mut self) -> Result<&mut Client> {
-        let mut client = self
-            .config
-            .connect(NoTls)
-            .map_err(|e| self.error("cannot connect", e))?;
+        let mut client = self.config.connect(NoTls).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("catalog database {}: cannot connect", self.shown),
+            )
+            .with_source(e)
+        })?;
         let before = precise_now();
         let server_now: f64 = client
             .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
@@ -192,7 +194,7 @@ impl PostgresStore {
         mut work: impl FnMut(&mut Client) -> std::result::Result<T, postgres::Error>,
     ) -> Result<T> {
         match work(self.client()?) {
-            Err(e) if e.is_closed() || self.client.as_ref().is_some_and(Client::is_closed) => {
+            Err(e) if connection_lost(&e) => {
                 self.client = None;
                 work(self.client()?).map_err(|e| self.failed(what, e))
             }
@@ -200,20 +202,30 @@ impl PostgresStore {
         }
     }
 
-    /// Runs `work` (a write) on the connection once.
+    /// Runs `work` (a write) on the connection once, never twice: a write whose reply was lost
+    /// may have committed. The connection is checked first with an empty query, so a server
+    /// restarted since the last call costs a reconnection, not a failed write.
     fn write<T>(
         &mut self,
         what: &str,
         work: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
     ) -> Result<T> {
-        let result = work(self.client()?);
+        let result = work(self.live_client()?);
         result.map_err(|e| self.failed(what, e))
+    }
+
+    /// The connection, checked with an empty query and made again if it is gone.
+    fn live_client(&mut self) -> Result<&mut Client> {
+        if self.client()?.is_valid(CONNECT_TIMEOUT).is_err() {
+            self.client = None;
+        }
+        self.client()
     }
 
     /// The error for a failed statement; forgets a connection that is gone so the next call
     /// makes a new one.
     fn failed(&mut self, what: &str, e: postgres::Error) -> Error {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
+        if connection_lost(&e) || self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
         }
         self.error(what, e)
@@ -267,6 +279,19 @@ impl PostgresStore {
         }
         tx.commit().map_err(|e| fail("cannot commit the migration", e))
     }
+}
+
+/// Whether `e` means the connection is gone: closed, a socket error, or the server shutting
+/// down (`pg_ctl stop`, a crash).
+fn connection_lost(e: &postgres::Error) -> bool {
+    let shutdown = [
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+    ];
+    e.is_closed()
+        || e.code().is_some_and(|code| shutdown.contains(code))
+        || std::error::Error::source(e).is_some_and(|source| source.is::<std::io::Error>())
 }
 
 /// This host's clock in Unix seconds, with its fraction.
@@ -404,7 +429,7 @@ impl CatalogStore for PostgresStore {
              $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) \
              ON CONFLICT (id) DO NOTHING"
         );
-        let result = self.client()?.execute(
+        let result = self.live_client()?.execute(
             &sql,
             &[
                 &record.id,
