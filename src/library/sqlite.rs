@@ -11,9 +11,9 @@
 //! | `settings` | `key`, `value` (library settings: `operator`, `max_compressed_size`)     |
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
 
 use super::record::{ImageRecord, Status};
 use super::store::{upload_busy, CatalogStore, Changes, Lease};
@@ -139,9 +139,7 @@ impl SqliteStore {
             .map_err(|e| db_error("cannot set the busy timeout", e))?;
         // WAL lets listings run while a registration writes; FULL sync makes every committed
         // status change survive a power loss, which the source's deletion relies on.
-        self.conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| db_error("cannot switch to WAL mode", e))?;
+        self.switch_to_wal()?;
         self.conn
             .pragma_update(None, "synchronous", "FULL")
             .map_err(|e| db_error("cannot set synchronous mode", e))?;
@@ -149,6 +147,23 @@ impl SqliteStore {
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(|e| db_error("cannot enable foreign keys", e))?;
         Ok(())
+    }
+
+    /// Switches a new database to WAL mode. SQLite answers "busy" at once, without waiting
+    /// for the busy timeout, while another process is creating the same new database, so
+    /// this waits itself, up to the same timeout.
+    fn switch_to_wal(&self) -> Result<()> {
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match self.conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                result => return result.map_err(|e| db_error("cannot switch to WAL mode", e)),
+            }
+        }
     }
 
     /// The schema version of the open database.

@@ -84,11 +84,13 @@ impl TestLibrary {
         &self.catalog
     }
 
-    /// The catalog's connection string for `--catalog` / `IMGPACK_CATALOG`.
-    pub fn catalog_arg(&self) -> String {
-        match &self.catalog {
-            CatalogLocation::Sqlite(path) => format!("sqlite:{}", path.display()),
-            CatalogLocation::Postgres(url) => url.clone(),
+    /// What a process of this library gets as `IMGPACK_CATALOG`: nothing for the default
+    /// catalog (`catalog.db` in the library), else the catalog's connection string.
+    pub fn catalog_env(&self) -> Option<String> {
+        match (&self.catalog, self.backend.catalog) {
+            (_, Catalog::Sqlite) => None,
+            (CatalogLocation::Postgres(url), _) => Some(url.clone()),
+            (CatalogLocation::Sqlite(path), _) => Some(format!("sqlite:{}", path.display())),
         }
     }
 
