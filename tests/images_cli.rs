@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::library_fixture::TestLibrary;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,10 +15,19 @@ use serde_json::Value;
 const OWNER: &str = "acc-xxxxx";
 const OTHER: &str = "acc-yyyyy";
 
-fn imgpack(library: &Path, account: &str) -> Command {
+fn imgpack(lib: &TestLibrary, account: &str) -> Command {
+    imgpack_in(lib.path(), lib, account)
+}
+
+/// `imgpack images` on the library directory `root` with `lib`'s catalog.
+fn imgpack_in(root: &Path, lib: &TestLibrary, account: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_imgpack"));
+    match lib.catalog_env() {
+        Some(catalog) => command.env("IMGPACK_CATALOG", catalog),
+        None => command.env_remove("IMGPACK_CATALOG"),
+    };
     command
-        .env("IMGPACK_LIBRARY", library)
+        .env("IMGPACK_LIBRARY", root)
         .env("IMGPACK_ACCOUNT", account)
         .env_remove("IMGPACK_OPERATOR")
         .env_remove("IMGPACK_TEST_HOLD_CREATING_MS")
@@ -24,11 +35,18 @@ fn imgpack(library: &Path, account: &str) -> Command {
     command
 }
 
-fn run(library: &Path, account: &str, args: &[&str]) -> Output {
+/// `--catalog CATALOG` where the library's catalog is not the default one.
+fn catalog_flag(lib: &TestLibrary) -> Vec<String> {
+    lib.catalog_env()
+        .map(|catalog| vec!["--catalog".to_string(), catalog])
+        .unwrap_or_default()
+}
+
+fn run(library: &TestLibrary, account: &str, args: &[&str]) -> Output {
     imgpack(library, account).args(args).output().unwrap()
 }
 
-fn ok(library: &Path, account: &str, args: &[&str]) -> String {
+fn ok(library: &TestLibrary, account: &str, args: &[&str]) -> String {
     let out = run(library, account, args);
     assert!(
         out.status.success(),
@@ -39,7 +57,7 @@ fn ok(library: &Path, account: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn json(library: &Path, account: &str, args: &[&str]) -> Value {
+fn json(library: &TestLibrary, account: &str, args: &[&str]) -> Value {
     let mut args = args.to_vec();
     args.push("--json");
     let text = ok(library, account, &args);
@@ -47,8 +65,8 @@ fn json(library: &Path, account: &str, args: &[&str]) -> Value {
 }
 
 /// A raw disk in the account's incoming directory: `size` bytes, 256 KiB of noise at 1 MiB.
-fn upload(library: &Path, account: &str, name: &str, size: u64, seed: u64) -> PathBuf {
-    let dir = library.join("incoming").join(account);
+fn upload(library: &TestLibrary, account: &str, name: &str, size: u64, seed: u64) -> PathBuf {
+    let dir = library.path().join("incoming").join(account);
     fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     let file = fs::File::create(&path).unwrap();
@@ -60,10 +78,7 @@ fn upload(library: &Path, account: &str, name: &str, size: u64, seed: u64) -> Pa
     path
 }
 
-#[test]
-fn seeds_walkthrough_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
-    let lib = dir.path();
+fn seeds_walkthrough_through_the_cli(lib: &TestLibrary) {
     let source = upload(lib, OWNER, "slackware.img", 3 << 20, 1);
     let original = fs::read(&source).unwrap();
 
@@ -80,8 +95,10 @@ fn seeds_walkthrough_through_the_cli() {
             "Fresh slackware install",
         ])
         .args(["-s", "slackware.img", "--library"])
-        .arg(lib)
+        .arg(lib.path())
         .args(["--account", OWNER])
+        .args(catalog_flag(lib))
+        .env_remove("IMGPACK_CATALOG")
         .env_remove("IMGPACK_LIBRARY")
         .env_remove("IMGPACK_ACCOUNT")
         .output()
@@ -104,7 +121,9 @@ fn seeds_walkthrough_through_the_cli() {
     let listed = Command::new(env!("CARGO_BIN_EXE_imgpack"))
         .arg("images")
         .arg("--library")
-        .arg(lib)
+        .arg(lib.path())
+        .args(catalog_flag(lib))
+        .env_remove("IMGPACK_CATALOG")
         .args(["--account", OWNER, "list"])
         .output()
         .unwrap();
@@ -146,7 +165,7 @@ fn seeds_walkthrough_through_the_cli() {
     assert!(ok(lib, OTHER, &["list", "--show-all"]).contains(&id));
     assert!(ok(lib, OWNER, &["list"]).contains(" deprecated "));
 
-    let disk = lib.join("server.raw");
+    let disk = lib.path().join("server.raw");
     let small = run(
         lib,
         OTHER,
@@ -209,14 +228,11 @@ fn seeds_walkthrough_through_the_cli() {
 
     assert!(!run(lib, OTHER, &["destroy", &id]).status.success());
     assert_eq!(json(lib, OWNER, &["destroy", &id])["status"], "deleted");
-    assert!(!lib.join("images").join(format!("{id}.imgpack")).exists());
+    assert!(!lib.path().join("images").join(format!("{id}.imgpack")).exists());
     assert_eq!(ok(lib, OWNER, &["list", "--show-all"]).lines().count(), 1);
 }
 
-#[test]
-fn limit_turns_a_registration_into_failed() {
-    let dir = tempfile::tempdir().unwrap();
-    let lib = dir.path();
+fn limit_turns_a_registration_into_failed(lib: &TestLibrary) {
     let source = upload(lib, OWNER, "big.img", 2 << 20, 2);
     let out = run(
         lib,
@@ -245,7 +261,7 @@ fn limit_turns_a_registration_into_failed() {
     assert_eq!(record["status"], "failed");
     assert!(record["reason"].as_str().unwrap().contains("limit"));
     assert!(source.exists());
-    assert!(!lib.join("images").join(format!("{id}.imgpack")).exists());
+    assert!(!lib.path().join("images").join(format!("{id}.imgpack")).exists());
 }
 
 fn wait_all(children: Vec<Child>) -> Vec<Output> {
@@ -255,10 +271,7 @@ fn wait_all(children: Vec<Child>) -> Vec<Output> {
         .collect()
 }
 
-#[test]
-fn eight_processes_register_update_and_list_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let lib = dir.path();
+fn eight_processes_register_update_and_list_at_once(lib: &TestLibrary) {
     let accounts = [OWNER, OTHER];
     for n in 0..8 {
         upload(lib, accounts[n % 2], &format!("disk{n}.img"), 2 << 20, n as u64);
@@ -336,12 +349,13 @@ fn eight_processes_register_update_and_list_at_once() {
     assert_eq!(ids.len(), 8);
     for n in 0..8 {
         assert!(!lib
+            .path()
             .join("incoming")
             .join(accounts[n % 2])
             .join(format!("disk{n}.img"))
             .exists());
     }
-    let archives = fs::read_dir(lib.join("images")).unwrap().count();
+    let archives = fs::read_dir(lib.path().join("images")).unwrap().count();
     assert_eq!(archives, 9);
     let mine = json(lib, OWNER, &["list"]);
     assert_eq!(
@@ -375,10 +389,7 @@ fn eight_processes_register_update_and_list_at_once() {
     assert_eq!(json(lib, OWNER, &["show", &shared])["status"], "deleted");
 }
 
-#[test]
-fn a_registration_killed_with_sigkill_is_marked_failed_by_the_next_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let lib = dir.path();
+fn a_registration_killed_with_sigkill_is_marked_failed_by_the_next_command(lib: &TestLibrary) {
     let source = upload(lib, OWNER, "victim.img", 2 << 20, 5);
     let before = fs::read(&source).unwrap();
     let mut child = imgpack(lib, OWNER)
@@ -405,7 +416,7 @@ fn a_registration_killed_with_sigkill_is_marked_failed_by_the_next_command() {
     assert_eq!(creating["status"], "creating");
     let id = creating["id"].as_str().unwrap().to_string();
     assert!(
-        lib.join("tmp").join(&id).exists(),
+        lib.path().join("tmp").join(&id).exists(),
         "scratch space exists while creating"
     );
 
@@ -420,8 +431,8 @@ fn a_registration_killed_with_sigkill_is_marked_failed_by_the_next_command() {
         record["reason"].as_str().unwrap().contains("interrupted"),
         "{record}"
     );
-    assert!(!lib.join("tmp").join(&id).exists());
-    assert!(!lib.join("images").join(format!("{id}.imgpack")).exists());
+    assert!(!lib.path().join("tmp").join(&id).exists());
+    assert!(!lib.path().join("images").join(format!("{id}.imgpack")).exists());
     assert_eq!(fs::read(&source).unwrap(), before, "the upload is kept");
     assert!(ok(lib, OWNER, &["list"]).contains(" failed "));
 
@@ -435,13 +446,11 @@ fn a_registration_killed_with_sigkill_is_marked_failed_by_the_next_command() {
     assert!(!source.exists());
 }
 
-#[test]
-fn eight_processes_open_a_new_library_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let lib = dir.path().join("fresh");
+fn eight_processes_open_a_new_library_at_once(lib: &TestLibrary) {
+    let fresh = lib.path().join("fresh");
     let children: Vec<Child> = (0..8)
         .map(|n| {
-            imgpack(&lib, if n % 2 == 0 { OWNER } else { OTHER })
+            imgpack_in(&fresh, lib, if n % 2 == 0 { OWNER } else { OTHER })
                 .args(["list", "--json"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -453,7 +462,20 @@ fn eight_processes_open_a_new_library_at_once() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     }
-    let settings = json(&lib, OWNER, &["settings"]);
+    let settings = imgpack_in(&fresh, lib, OWNER)
+        .args(["settings", "--json"])
+        .output()
+        .unwrap();
+    assert!(settings.status.success());
+    let settings: Value = serde_json::from_slice(&settings.stdout).unwrap();
     assert_eq!(settings["operator"], "brightbox");
     assert_eq!(settings["max_compressed_size"], 50u64 << 30);
 }
+
+crate::every_backend!(
+    seeds_walkthrough_through_the_cli,
+    limit_turns_a_registration_into_failed,
+    eight_processes_register_update_and_list_at_once,
+    a_registration_killed_with_sigkill_is_marked_failed_by_the_next_command,
+    eight_processes_open_a_new_library_at_once,
+);

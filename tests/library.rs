@@ -3,14 +3,17 @@
 
 mod common;
 
+use common::library_fixture::TestLibrary;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use imgpack::library::catalog::open_catalog;
 use imgpack::library::store::Lease;
 use imgpack::library::{
-    Arch, CatalogStore, Changes, HostIdentity, ImageRecord, ImageUpdate, Library, LibraryOptions, Mode,
-    NewImage, RegisterRequest, SourceType, SqliteStore, Status,
+    Arch, CatalogLocation, Changes, HostIdentity, ImageRecord, ImageUpdate, Library, LibraryOptions, Mode,
+    NewImage, RegisterRequest, SourceType, Status,
 };
 use imgpack::{Control, ErrorKind};
 
@@ -35,10 +38,6 @@ fn upload(library: &Library, account: &str, name: &str, size: u64) -> PathBuf {
     path
 }
 
-fn open(dir: &Path) -> Library {
-    Library::open(dir, &LibraryOptions::default()).unwrap()
-}
-
 fn register(library: &Library, account: &str, name: &str, source: &str) -> imgpack::Result<ImageRecord> {
     library.register(
         account,
@@ -61,10 +60,8 @@ fn ids(images: &[ImageRecord]) -> Vec<&str> {
     images.iter().map(|r| r.id.as_str()).collect()
 }
 
-#[test]
-fn seeds_walkthrough() {
-    let dir = tempfile::tempdir().unwrap();
-    let library = open(dir.path());
+fn seeds_walkthrough(dir: &TestLibrary) {
+    let library = dir.open();
     let source = upload(&library, OWNER, "slackware.img", 8 << 20);
     let original = fs::read(&source).unwrap();
 
@@ -177,8 +174,8 @@ fn seeds_walkthrough() {
 }
 
 /// Fills a catalog with one image per status and public flag, owned by OWNER.
-fn matrix_library(dir: &Path) -> (Library, Vec<ImageRecord>) {
-    let mut store = SqliteStore::in_memory().unwrap();
+fn matrix_library(dir: &TestLibrary) -> (Library, Vec<ImageRecord>) {
+    let mut store = dir.open_store();
     let lease = HostIdentity::current().lease_for_self(i64::MAX / 2);
     let mut records = Vec::new();
     for (n, status) in Status::ALL.into_iter().enumerate() {
@@ -196,7 +193,8 @@ fn matrix_library(dir: &Path) -> (Library, Vec<ImageRecord>) {
                 public,
                 official: false,
                 username: None,
-                source: "x.img".to_string(),
+                // One upload per record: an upload is registered by one request at a time.
+                source: format!("{n}{public}.img"),
                 virtual_size: 1 << 20,
                 disk_size: 0,
                 compressed_size: 0,
@@ -223,14 +221,12 @@ fn matrix_library(dir: &Path) -> (Library, Vec<ImageRecord>) {
             records.push(ImageRecord { status, ..record });
         }
     }
-    let library = Library::with_store(dir, Box::new(store), &LibraryOptions::default()).unwrap();
+    let library = Library::with_store(dir.path(), store, &dir.options()).unwrap();
     (library, records)
 }
 
-#[test]
-fn visibility_matrix() {
-    let dir = tempfile::tempdir().unwrap();
-    let (library, records) = matrix_library(dir.path());
+fn visibility_matrix(dir: &TestLibrary) {
+    let (library, records) = matrix_library(dir);
     let unknown_show = library.show(OTHER, "img-zzzzz").unwrap_err().to_string();
     for caller in [OWNER, OTHER, OPERATOR] {
         let listed = library.list(caller, false).unwrap();
@@ -358,10 +354,8 @@ fn visibility_matrix() {
         .all(|r| r.status == Status::Creating));
 }
 
-#[test]
-fn transitions_outside_the_table_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (library, records) = matrix_library(dir.path());
+fn transitions_outside_the_table_are_refused(dir: &TestLibrary) {
+    let (library, records) = matrix_library(dir);
     let find = |status: Status| records.iter().find(|r| r.status == status).unwrap().id.clone();
     let deprecate = |flag| ImageUpdate {
         deprecated: Some(flag),
@@ -416,10 +410,8 @@ fn transitions_outside_the_table_are_refused() {
     refused(library.destroy(OWNER, &id), ErrorKind::Catalog, &is_deleted);
 }
 
-#[test]
-fn a_deleted_image_refuses_updates_that_would_otherwise_succeed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (library, records) = matrix_library(dir.path());
+fn a_deleted_image_refuses_updates_that_would_otherwise_succeed(dir: &TestLibrary) {
+    let (library, records) = matrix_library(dir);
     // Each of these succeeds on the available image, so only the deleted-image guard can
     // refuse them (an empty update would be refused as "nothing to update" anyway).
     let updates = [
@@ -451,10 +443,8 @@ fn a_deleted_image_refuses_updates_that_would_otherwise_succeed() {
     assert_eq!(library.show(OWNER, &deleted.id).unwrap(), *deleted, "unchanged");
 }
 
-#[test]
-fn compressed_size_limit_fails_the_registration_and_keeps_the_upload() {
-    let dir = tempfile::tempdir().unwrap();
-    let library = open(dir.path());
+fn compressed_size_limit_fails_the_registration_and_keeps_the_upload(dir: &TestLibrary) {
+    let library = dir.open();
     let source = upload(&library, OWNER, "big.img", 4 << 20);
     let before = fs::read(&source).unwrap();
     let mut request = RegisterRequest::new(NewImage::new("Big", Arch::X86_64), "big.img");
@@ -478,14 +468,14 @@ fn compressed_size_limit_fails_the_registration_and_keeps_the_upload() {
     assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     assert_eq!(library.list(OWNER, false).unwrap()[0].display_status(), "failed");
     // The library-wide setting applies too (operator only), and the same upload then registers.
-    let mut operator_view = open(dir.path());
+    let mut operator_view = dir.open();
     refused(
         operator_view.set_settings(OWNER, None, Some(1024)),
         ErrorKind::Catalog,
         "operator",
     );
     operator_view.set_settings(OPERATOR, None, Some(1024)).unwrap();
-    let limited = open(dir.path());
+    let limited = dir.open();
     assert_eq!(limited.settings().max_compressed_size, 1024);
     assert_eq!(
         register(&limited, OWNER, "Big", "big.img").unwrap_err().kind(),
@@ -495,18 +485,14 @@ fn compressed_size_limit_fails_the_registration_and_keeps_the_upload() {
         .set_settings(OPERATOR, None, Some(50 << 30))
         .unwrap();
     assert_eq!(
-        register(&open(dir.path()), OWNER, "Big", "big.img")
-            .unwrap()
-            .status,
+        register(&dir.open(), OWNER, "Big", "big.img").unwrap().status,
         Status::Available
     );
     assert!(!source.exists());
 }
 
-#[test]
-fn refused_input_fails_the_registration() {
-    let dir = tempfile::tempdir().unwrap();
-    let library = open(dir.path());
+fn refused_input_fails_the_registration(dir: &TestLibrary) {
+    let library = dir.open();
     let raw = dir.path().join("plain.raw");
     write_disk(&raw, 2 << 20, 4096, 1);
     let archive = library.incoming_dir(OWNER).unwrap().join("packed.img");
@@ -524,10 +510,8 @@ fn refused_input_fails_the_registration() {
     assert!(archive.exists());
 }
 
-#[test]
-fn sources_must_be_plain_files_in_the_callers_incoming_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    let library = open(dir.path());
+fn sources_must_be_plain_files_in_the_callers_incoming_directory(dir: &TestLibrary) {
+    let library = dir.open();
     let outside = dir.path().join("secret.raw");
     write_disk(&outside, 1 << 20, 4096, 3);
     let incoming = library.incoming_dir(OWNER).unwrap();
@@ -579,10 +563,8 @@ fn sources_must_be_plain_files_in_the_callers_incoming_directory() {
     );
 }
 
-#[test]
-fn only_the_operator_makes_official_images() {
-    let dir = tempfile::tempdir().unwrap();
-    let library = open(dir.path());
+fn only_the_operator_makes_official_images(dir: &TestLibrary) {
+    let library = dir.open();
     upload(&library, OWNER, "a.img", 1 << 20);
     let mut image = NewImage::new("Mine", Arch::X86_64);
     image.official = Some(true);
@@ -615,6 +597,7 @@ fn only_the_operator_makes_official_images() {
         dir.path(),
         &LibraryOptions {
             operator: Some("ops".to_string()),
+            ..dir.options()
         },
     )
     .unwrap();
@@ -626,13 +609,10 @@ fn only_the_operator_makes_official_images() {
     assert!(custom.list("ops", false).is_ok());
 }
 
-#[test]
-fn updates_of_different_fields_do_not_overwrite_each_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let library = open(dir.path());
+fn updates_of_different_fields_do_not_overwrite_each_other(dir: &TestLibrary) {
+    let library = dir.open();
     upload(&library, OWNER, "a.img", 1 << 20);
     let id = register(&library, OWNER, "Before", "a.img").unwrap().id;
-    let root = dir.path().to_path_buf();
     let updates = vec![
         ImageUpdate {
             name: Some("After".into()),
@@ -665,10 +645,10 @@ fn updates_of_different_fields_do_not_overwrite_each_other() {
     ];
     std::thread::scope(|scope| {
         for update in &updates {
-            let (root, id) = (&root, &id);
+            let id = &id;
             scope.spawn(move || {
                 // Each thread its own connection, as separate processes would have.
-                let library = Library::open(root, &LibraryOptions::default()).unwrap();
+                let library = dir.open();
                 library.update(OWNER, id, update).unwrap();
             });
         }
@@ -683,15 +663,13 @@ fn updates_of_different_fields_do_not_overwrite_each_other() {
     assert_eq!(record.arch, Arch::I686);
 }
 
-#[test]
-fn stale_registrations_are_failed_on_open() {
-    let dir = tempfile::tempdir().unwrap();
+fn stale_registrations_are_failed_on_open(dir: &TestLibrary) {
     let here = HostIdentity::current();
     if here.boot_id.is_empty() {
         common::skip("/proc/sys/kernel/random/boot_id not readable");
         return;
     }
-    drop(open(dir.path()));
+    drop(dir.open());
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = child.id();
     child.wait().unwrap();
@@ -705,10 +683,21 @@ fn stale_registrations_are_failed_on_open() {
                 ..live.clone()
             },
         ),
+        // Another process table under our host name (a reboot, or another machine or
+        // container of that name): judged by its expiry alone.
         (
             "img-boot0",
             Lease {
                 boot_id: "old-boot".into(),
+                expires_at: now - 1,
+                ..live.clone()
+            },
+        ),
+        (
+            "img-boot1",
+            Lease {
+                boot_id: "old-boot".into(),
+                expires_at: now + 600,
                 ..live.clone()
             },
         ),
@@ -731,7 +720,7 @@ fn stale_registrations_are_failed_on_open() {
         ("img-live0", live.clone()),
     ];
     {
-        let mut store = SqliteStore::open(&dir.path().join("catalog.db")).unwrap();
+        let mut store = dir.open_store();
         for (id, lease) in &leases {
             let record = ImageRecord {
                 id: id.to_string(),
@@ -746,7 +735,7 @@ fn stale_registrations_are_failed_on_open() {
                 public: false,
                 official: false,
                 username: None,
-                source: "x.img".to_string(),
+                source: format!("{id}.img"),
                 virtual_size: 0,
                 disk_size: 0,
                 compressed_size: 0,
@@ -759,7 +748,7 @@ fn stale_registrations_are_failed_on_open() {
             fs::write(dir.path().join("tmp").join(id).join("spill"), b"x").unwrap();
         }
     }
-    let library = open(dir.path());
+    let library = dir.open();
     let status = |id: &str| library.show(OWNER, id).unwrap();
     for id in ["img-dead0", "img-boot0", "img-far00"] {
         let record = status(id);
@@ -767,11 +756,48 @@ fn stale_registrations_are_failed_on_open() {
         assert!(record.reason.unwrap().contains("interrupted"), "{id}");
         assert!(!dir.path().join("tmp").join(id).exists(), "{id}");
     }
-    for id in ["img-far01", "img-live0"] {
+    for id in ["img-boot1", "img-far01", "img-live0"] {
         assert_eq!(status(id).status, Status::Creating, "{id}");
         assert!(dir.path().join("tmp").join(id).exists(), "{id}");
     }
     assert!(library.recover().unwrap().is_empty(), "recovery happens once");
+}
+
+/// Two requests for one upload: while the first is `creating`, the catalog refuses the second
+/// (whichever process or host it comes from), and the upload is kept for the first.
+fn one_upload_is_registered_by_one_request_at_a_time(dir: &TestLibrary) {
+    let library = dir.open();
+    let source = upload(&library, OWNER, "twice.img", 4 << 20);
+    let other_process = dir.open();
+    let mut second = None;
+    let first = library
+        .register(
+            OWNER,
+            &RegisterRequest::new(NewImage::new("First", Arch::X86_64), "twice.img"),
+            &mut |_created| {
+                second = Some(register(&other_process, OWNER, "Second", "twice.img"));
+            },
+        )
+        .unwrap();
+    assert_eq!(first.status, Status::Available);
+    refused(
+        second.expect("on_created was called"),
+        ErrorKind::Catalog,
+        "already being registered",
+    );
+    assert!(!source.exists());
+    let images = library.list(OWNER, true).unwrap();
+    assert_eq!(
+        ids(&images),
+        vec![first.id.as_str()],
+        "the refused request left no record"
+    );
+    // Once the first is done, the name is free for a new upload.
+    upload(&library, OWNER, "twice.img", 4 << 20);
+    assert_eq!(
+        register(&library, OWNER, "Again", "twice.img").unwrap().status,
+        Status::Available
+    );
 }
 
 /// Holds the conversion in its first progress report with data until the catalog shows a
@@ -779,7 +805,7 @@ fn stale_registrations_are_failed_on_open() {
 /// the record it saw. Gives up after a deadline, leaving `seen` empty, so the test fails
 /// instead of hanging.
 struct WatchCatalog {
-    root: PathBuf,
+    catalog: CatalogLocation,
     seen: std::sync::Mutex<Option<ImageRecord>>,
 }
 
@@ -790,7 +816,7 @@ impl imgpack::Progress for WatchCatalog {
             return;
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut store = SqliteStore::open(&self.root.join("catalog.db")).unwrap();
+        let mut store = open_catalog(&self.catalog).unwrap();
         while Instant::now() < deadline {
             let record = store.list().unwrap().into_iter().next();
             if record.as_ref().is_some_and(|r| r.disk_size > 0) {
@@ -802,13 +828,11 @@ impl imgpack::Progress for WatchCatalog {
     }
 }
 
-#[test]
-fn disk_size_grows_in_the_catalog_while_creating() {
-    let dir = tempfile::tempdir().unwrap();
-    let library = open(dir.path());
+fn disk_size_grows_in_the_catalog_while_creating(dir: &TestLibrary) {
+    let library = dir.open();
     upload(&library, OWNER, "watched.img", 4 << 20);
     let watch = std::sync::Arc::new(WatchCatalog {
-        root: dir.path().to_path_buf(),
+        catalog: dir.catalog().clone(),
         seen: std::sync::Mutex::new(None),
     });
     let mut request = RegisterRequest::new(NewImage::new("Watched", Arch::X86_64), "watched.img");
@@ -826,10 +850,8 @@ fn disk_size_grows_in_the_catalog_while_creating() {
     assert_eq!(done.disk_size, 512 << 10);
 }
 
-#[test]
-fn snapshots_record_a_server_disk_and_leave_it_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let library = open(dir.path());
+fn snapshots_record_a_server_disk_and_leave_it_alone(dir: &TestLibrary) {
+    let library = dir.open();
     let disk = dir.path().join("srv-abcde.raw");
     write_disk(&disk, 3 << 20, 64 << 10, 9);
     let before = fs::read(&disk).unwrap();
@@ -861,3 +883,19 @@ fn snapshots_record_a_server_disk_and_leave_it_alone() {
         "nope.raw",
     );
 }
+
+crate::every_backend!(
+    seeds_walkthrough,
+    visibility_matrix,
+    transitions_outside_the_table_are_refused,
+    a_deleted_image_refuses_updates_that_would_otherwise_succeed,
+    compressed_size_limit_fails_the_registration_and_keeps_the_upload,
+    refused_input_fails_the_registration,
+    sources_must_be_plain_files_in_the_callers_incoming_directory,
+    only_the_operator_makes_official_images,
+    updates_of_different_fields_do_not_overwrite_each_other,
+    stale_registrations_are_failed_on_open,
+    disk_size_grows_in_the_catalog_while_creating,
+    snapshots_record_a_server_disk_and_leave_it_alone,
+    one_upload_is_registered_by_one_request_at_a_time,
+);

@@ -1,7 +1,8 @@
 //! `imgpack images ...`: the image library's commands, mirroring `brightbox images`, over
 //! [`imgpack::library::Library`]. The library directory and the caller's account come from
 //! `--library`/`--account` (accepted before or after the subcommand) or `IMGPACK_LIBRARY`/
-//! `IMGPACK_ACCOUNT`; `IMGPACK_OPERATOR` overrides the library's operator account.
+//! `IMGPACK_ACCOUNT`; `IMGPACK_OPERATOR` overrides the library's operator account;
+//! `--catalog`/`IMGPACK_CATALOG` names the catalog (`sqlite:PATH` or `postgres://...`).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -29,6 +30,9 @@ pub struct ImagesArgs {
     /// The library directory [default: $IMGPACK_LIBRARY].
     #[arg(long, global = true, value_name = "DIR")]
     library: Option<PathBuf>,
+    /// The catalog: sqlite:PATH or postgres://... [default: $IMGPACK_CATALOG, else catalog.db in the library].
+    #[arg(long, global = true, value_name = "CATALOG")]
+    catalog: Option<String>,
     /// Your account id, acc-xxxxx [default: $IMGPACK_ACCOUNT].
     #[arg(long, global = true, value_name = "ACCOUNT")]
     account: Option<String>,
@@ -222,6 +226,12 @@ pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
         })?;
     let options = LibraryOptions {
         operator: std::env::var("IMGPACK_OPERATOR").ok().filter(|s| !s.is_empty()),
+        catalog: args
+            .catalog
+            .clone()
+            .or_else(|| std::env::var("IMGPACK_CATALOG").ok().filter(|s| !s.is_empty()))
+            .map(|text| text.parse())
+            .transpose()?,
     };
     let mut library = Library::open(&root, &options)?;
     let json = args.json;

@@ -1,9 +1,19 @@
 //! Telling whether the process that is creating an image is still alive.
 //!
-//! A registration stores a [`Lease`]: its pid, its host name and boot id, its start time (so
-//! a reused pid is not mistaken for it) and an expiry it keeps renewing. On the same host and
-//! boot, the process table is the truth; after a reboot every old lease is dead; for a process
-//! on another host (a library on shared storage) only the expiry can tell.
+//! A registration stores a [`Lease`]: its pid, its host name, its process table (boot id and
+//! pid namespace), its start time (so a reused pid is not mistaken for it) and an expiry it
+//! keeps renewing. The process table is consulted only when the lease was taken in the very
+//! process table we are in (same host name, boot id and pid namespace); every other lease is
+//! judged by its expiry alone. With a shared catalog (PostgreSQL) that is the rule for other
+//! hosts, and also for containers on this host (same boot id, other pid namespace) and for
+//! another machine that happens to share our host name (a different boot id does not prove a
+//! reboot of this machine, so it no longer counts as one).
+//!
+//! Timing, for registrars on many hosts: a lease lasts [`LEASE_SECONDS`] (60 s) and the
+//! registration renews it every 10 s, so six renewals in a row must fail (a catalog outage,
+//! a stalled host) before anyone may reap it. Expiries are compared in one clock: the
+//! PostgreSQL store stores them in the server's clock and converts on the way in and out, so
+//! hosts whose clocks disagree by minutes still agree on the expiry.
 
 use std::path::Path;
 
@@ -17,7 +27,8 @@ pub const LEASE_SECONDS: i64 = 60;
 pub struct HostIdentity {
     /// Host name (empty if unknown).
     pub host: String,
-    /// Boot id (empty if unknown).
+    /// The process table: the boot id, and the pid namespace after a `/` (`boot/pid:[4026531836]`);
+    /// empty if unknown.
     pub boot_id: String,
 }
 
@@ -26,7 +37,7 @@ impl HostIdentity {
     pub fn current() -> HostIdentity {
         HostIdentity {
             host: read_trimmed(Path::new("/proc/sys/kernel/hostname")).unwrap_or_default(),
-            boot_id: read_trimmed(Path::new("/proc/sys/kernel/random/boot_id")).unwrap_or_default(),
+            boot_id: process_table_id().unwrap_or_default(),
         }
     }
 
@@ -45,13 +56,7 @@ impl HostIdentity {
     /// Why the lease's holder is known to be gone, or `None` while it may still be working.
     pub fn why_stale(&self, lease: &Lease, now: i64) -> Option<String> {
         let same_host = !self.host.is_empty() && lease.host == self.host;
-        if same_host && !self.boot_id.is_empty() && !lease.boot_id.is_empty() {
-            if lease.boot_id != self.boot_id {
-                return Some(format!(
-                    "the registering process {} did not survive a restart of {}",
-                    lease.pid, lease.host
-                ));
-            }
+        if same_host && !self.boot_id.is_empty() && lease.boot_id == self.boot_id {
             return match process_start_time(lease.pid) {
                 Some(start) if start == lease.start_time => None,
                 _ => Some(format!("the registering process {} is gone", lease.pid)),
@@ -69,6 +74,14 @@ impl HostIdentity {
             )
         })
     }
+}
+
+/// This process's process table: the boot id and the pid namespace, or `None` if either is
+/// unknown (then every lease is judged by its expiry).
+fn process_table_id() -> Option<String> {
+    let boot = read_trimmed(Path::new("/proc/sys/kernel/random/boot_id"))?;
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{boot}/{}", namespace.to_string_lossy()))
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
@@ -118,11 +131,16 @@ mod tests {
             ..lease.clone()
         };
         assert!(here.why_stale(&reused, 0).is_some());
-        let rebooted = Lease {
-            boot_id: "another-boot".to_string(),
-            ..lease.clone()
-        };
-        assert!(here.why_stale(&rebooted, 0).unwrap().contains("restart"));
+        // Another boot or pid namespace under our host name: maybe this machine rebooted,
+        // maybe another machine or container of the same name; only the expiry can tell.
+        for boot_id in ["another-boot".to_string(), format!("{}x", here.boot_id)] {
+            let elsewhere = Lease {
+                boot_id,
+                ..lease.clone()
+            };
+            assert_eq!(here.why_stale(&elsewhere, elsewhere.expires_at), None);
+            assert!(here.why_stale(&elsewhere, elsewhere.expires_at + 1).is_some());
+        }
         let elsewhere = Lease {
             host: "other-host".to_string(),
             ..lease

@@ -28,10 +28,13 @@
 //! ```
 
 mod build;
+pub mod catalog;
 pub mod id;
 pub mod lease;
 mod lifecycle;
 pub mod policy;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod record;
 mod recovery;
 mod register;
@@ -47,6 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::convert::DEFAULT_MAX_COMPRESSED_SIZE;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 
+pub use catalog::CatalogLocation;
 pub use lease::HostIdentity;
 pub use record::{Arch, ImageRecord, Mode, SourceType, Status};
 pub use requests::{
@@ -95,8 +99,16 @@ impl Library {
     /// recovers registrations whose process is gone.
     pub fn open(root: &Path, options: &LibraryOptions) -> Result<Library> {
         create_layout(root)?;
-        let store = SqliteStore::open(&root.join("catalog.db"))?;
-        Library::with_store(root, Box::new(store), options)
+        let default_catalog;
+        let catalog = match &options.catalog {
+            Some(location) => location,
+            None => {
+                default_catalog = CatalogLocation::default_for(root);
+                &default_catalog
+            }
+        };
+        let store = catalog::open_catalog(catalog)?;
+        Library::with_store(root, store, options)
     }
 
     /// Opens the library at `root` over an already open catalog.

@@ -14,6 +14,9 @@ pub struct LibraryOptions {
     /// The operator account, overriding the library's setting (the CLI passes
     /// `IMGPACK_OPERATOR`). Default: the setting, else `brightbox`.
     pub operator: Option<String>,
+    /// The catalog (`--catalog`, `IMGPACK_CATALOG`). Default: `catalog.db` in the library's
+    /// directory.
+    pub catalog: Option<super::CatalogLocation>,
 }
 
 /// The library settings in force.

@@ -11,18 +11,19 @@
 //! | `settings` | `key`, `value` (library settings: `operator`, `max_compressed_size`)     |
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
 
 use super::record::{ImageRecord, Status};
-use super::store::{CatalogStore, Changes, Lease};
+use super::store::{upload_busy, CatalogStore, Changes, Lease};
 use crate::error::{Error, ErrorKind, Result};
 
 /// How long a writer waits for another's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Schema steps; `user_version` is the number applied.
+/// Schema steps; `user_version` is the number applied. Adding a column is one more line here,
+/// e.g. `"ALTER TABLE images ADD COLUMN digest TEXT"` (and the same in the PostgreSQL store).
 pub const MIGRATIONS: &[&str] = &[
     // 1: images and settings.
     "CREATE TABLE images (
@@ -54,6 +55,8 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX images_by_status ON images (status);
     CREATE TABLE settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);",
+    // 2: one registration at a time per upload.
+    super::store::ONE_REGISTRATION_PER_UPLOAD,
 ];
 
 const COLUMNS: &str = "id, owner, source_type, created_on, status, name, description, arch, \
@@ -136,9 +139,7 @@ impl SqliteStore {
             .map_err(|e| db_error("cannot set the busy timeout", e))?;
         // WAL lets listings run while a registration writes; FULL sync makes every committed
         // status change survive a power loss, which the source's deletion relies on.
-        self.conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| db_error("cannot switch to WAL mode", e))?;
+        self.switch_to_wal()?;
         self.conn
             .pragma_update(None, "synchronous", "FULL")
             .map_err(|e| db_error("cannot set synchronous mode", e))?;
@@ -146,6 +147,23 @@ impl SqliteStore {
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(|e| db_error("cannot enable foreign keys", e))?;
         Ok(())
+    }
+
+    /// Switches a new database to WAL mode. SQLite answers "busy" at once, without waiting
+    /// for the busy timeout, while another process is creating the same new database, so
+    /// this waits itself, up to the same timeout.
+    fn switch_to_wal(&self) -> Result<()> {
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match self.conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                result => return result.map_err(|e| db_error("cannot switch to WAL mode", e)),
+            }
+        }
     }
 
     /// The schema version of the open database.
@@ -186,7 +204,7 @@ impl CatalogStore for SqliteStore {
             &format!(
                 "INSERT INTO images ({COLUMNS}, lease_pid, lease_host, lease_boot_id, \
                  lease_start_time, lease_expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24) ON CONFLICT (id) DO NOTHING"
             ),
             params![
                 record.id,
@@ -216,12 +234,11 @@ impl CatalogStore for SqliteStore {
             ],
         );
         match result {
-            Ok(_) => Ok(true),
+            Ok(inserted) => Ok(inserted == 1),
             Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == ErrorCode::ConstraintViolation
-                    && e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
             {
-                Ok(false)
+                Err(upload_busy(&record.source))
             }
             Err(e) => Err(db_error("cannot add the image", e)),
         }
@@ -449,6 +466,9 @@ mod tests {
         assert_eq!(store.schema_version().unwrap() as usize, MIGRATIONS.len());
         assert!(store.insert(&record("img-aaaaa"), &lease()).unwrap());
         assert!(!store.insert(&record("img-aaaaa"), &lease()).unwrap());
+        // The same upload again under another id, while the first is creating: refused.
+        let busy = store.insert(&record("img-ccccc"), &lease()).unwrap_err();
+        assert!(busy.to_string().contains("already being registered"), "{busy}");
         assert_eq!(
             store.creating().unwrap(),
             vec![("img-aaaaa".to_string(), lease())]

@@ -5,8 +5,23 @@
 //! the image's status is still one of those the caller read, in one atomic step, so concurrent
 //! processes never lose each other's updates and never make a transition the policy forbids.
 
-use super::record::{Arch, ImageRecord, Mode, Status};
-use crate::error::Result;
+use super::record::{catalog_error, Arch, ImageRecord, Mode, Status};
+use crate::error::{Error, Result};
+
+/// The migration, the same in every backend, that lets one upload be registered by one
+/// process at a time: a second registration of the same upload while the first is
+/// `creating` is refused by the database itself ([`upload_busy`]), whichever host it runs on.
+pub const ONE_REGISTRATION_PER_UPLOAD: &str =
+    "CREATE UNIQUE INDEX images_one_registration_per_upload ON images (owner, source) \
+     WHERE status = 'creating' AND source_type = 'upload'";
+
+/// The refusal of a second registration of an upload that is being registered.
+pub fn upload_busy(source: &str) -> Error {
+    catalog_error(format!(
+        "{source:?} is already being registered by another request; wait for it to finish \
+         (images list shows it as creating)"
+    ))
+}
 
 /// Who is creating an image, so a later process can tell whether the work is still alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +30,8 @@ pub struct Lease {
     pub pid: u32,
     /// Host name of its machine.
     pub host: String,
-    /// Boot id of its machine (`/proc/sys/kernel/random/boot_id`): changes on every boot.
+    /// Its process table: the machine's boot id (`/proc/sys/kernel/random/boot_id`, new on
+    /// every boot) and its pid namespace, as [`HostIdentity`](super::HostIdentity) writes them.
     pub boot_id: String,
     /// The process's start time in clock ticks since boot, so a reused pid is not mistaken
     /// for the registering process.
@@ -66,7 +82,8 @@ impl Changes {
 /// Storage of image records and library settings.
 pub trait CatalogStore: Send {
     /// Adds a new record (its status is `creating`) with its lease. `Ok(false)` if the id is
-    /// taken: the caller draws another.
+    /// taken: the caller draws another. An error ([`upload_busy`]) if the same upload of the
+    /// same account is already `creating`.
     fn insert(&mut self, record: &ImageRecord, lease: &Lease) -> Result<bool>;
 
     /// The record with this id, if any.

@@ -4,7 +4,11 @@
 //! (`mod common;`), so what one binary leaves unused is not dead code.
 #![allow(dead_code, unused_imports)]
 
+#[cfg(feature = "library")]
+pub mod library_fixture;
 pub mod oracle;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod rng;
 
 pub use oracle::{have, have_all, qemu_img, qemu_raw, skip};
