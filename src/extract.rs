@@ -60,36 +60,53 @@ pub struct ExtractReport {
 }
 
 /// Writes the disk in `archive` to `output` (a path, or `-` for standard output). A file
-/// output is sparse and appears only when complete and every chunk passed its crc.
+/// output is sparse and appears only when complete and every chunk passed its crc. With
+/// feature `s3`, `archive` may be an object, `s3://BUCKET/KEY`.
 pub fn extract(archive: &Path, output: &Path, options: &ExtractOptions) -> Result<ExtractReport> {
     with_pool(options.threads, || {
         let start = Instant::now();
-        let reader = ArchiveReader::open_path(archive)?;
-        if output == Path::new("-") {
-            let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            stream_disk(&reader, &mut out, &options.control).map_err(|e| e.in_file(archive))?;
-            out.flush()
-                .map_err(|e| Error::io("writing to standard output", e))?;
-        } else {
-            let file = AtomicFile::create(output)?;
-            file.file()
-                .set_len(reader.virtual_size())
-                .context("sizing the output", output)?;
-            write_disk(&reader, file.file(), &options.control).map_err(|e| e.in_file(archive))?;
-            options.control.check()?;
-            file.commit()?;
+        // An `s3://BUCKET/KEY` archive is read in place by ranged GETs.
+        #[cfg(feature = "s3")]
+        if let Some(object) = crate::remote::open_url(archive)? {
+            let reader = ArchiveReader::open(object).map_err(|e| e.in_file(archive))?;
+            return extract_from(&reader, archive, output, options, start);
         }
-        Ok(ExtractReport {
-            input: archive.display().to_string(),
-            output: output.display().to_string(),
-            format: "imgpack".to_string(),
-            virtual_size: reader.virtual_size(),
-            disk_size: reader.disk_size(),
-            compressed_size: reader.compressed_size(),
-            chunk_size: reader.geometry().chunk_size(),
-            chunks: reader.records().len() as u64,
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        let reader = ArchiveReader::open_path(archive)?;
+        extract_from(&reader, archive, output, options, start)
+    })
+}
+
+fn extract_from<R: ReadAt>(
+    reader: &ArchiveReader<R>,
+    archive: &Path,
+    output: &Path,
+    options: &ExtractOptions,
+    start: Instant,
+) -> Result<ExtractReport> {
+    if output == Path::new("-") {
+        let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        stream_disk(reader, &mut out, &options.control).map_err(|e| e.in_file(archive))?;
+        out.flush()
+            .map_err(|e| Error::io("writing to standard output", e))?;
+    } else {
+        let file = AtomicFile::create(output)?;
+        file.file()
+            .set_len(reader.virtual_size())
+            .context("sizing the output", output)?;
+        write_disk(reader, file.file(), &options.control).map_err(|e| e.in_file(archive))?;
+        options.control.check()?;
+        file.commit()?;
+    }
+    Ok(ExtractReport {
+        input: archive.display().to_string(),
+        output: output.display().to_string(),
+        format: "imgpack".to_string(),
+        virtual_size: reader.virtual_size(),
+        disk_size: reader.disk_size(),
+        compressed_size: reader.compressed_size(),
+        chunk_size: reader.geometry().chunk_size(),
+        chunks: reader.records().len() as u64,
+        seconds: start.elapsed().as_secs_f64(),
     })
 }
 

@@ -226,19 +226,20 @@ impl Library {
         Ok(dir)
     }
 
-    /// Stores `body` as the upload `name` in `caller`'s incoming area, atomically (a failure
-    /// or cancellation leaves no upload; one already there is replaced only on success).
-    /// Returns the bytes stored.
+    /// Stores `body` (`size` bytes if known, for progress) as the upload `name` in `caller`'s
+    /// incoming area, atomically (a failure or cancellation leaves no upload; one already
+    /// there is replaced only on success). Returns the bytes stored.
     pub fn upload(
         &self,
         caller: &str,
         name: &str,
         body: &mut dyn Read,
+        size: Option<u64>,
         control: &crate::Control,
     ) -> Result<u64> {
         self.check_caller(caller)?;
         source::check_source_name(name)?;
-        self.objects.put_upload(caller, name, body, control)
+        self.objects.put_upload(caller, name, body, size, control)
     }
 
     fn store(&self) -> Result<MutexGuard<'_, Box<dyn CatalogStore>>> {

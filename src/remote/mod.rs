@@ -22,7 +22,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 
@@ -176,10 +176,21 @@ impl S3Client {
         let options = ClientOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(CONNECT_TIMEOUT);
-        let store = AmazonS3Builder::from_env()
+        // Our timeouts first, then every AWS_* variable (as `AmazonS3Builder::from_env` reads
+        // them), so AWS_ALLOW_HTTP and the like still apply.
+        let mut builder = AmazonS3Builder::new().with_client_options(options);
+        for (name, value) in std::env::vars_os() {
+            if let (Some(name), Some(value)) = (name.to_str(), value.to_str()) {
+                if name.starts_with("AWS_") {
+                    if let Ok(key) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                        builder = builder.with_config(key, value);
+                    }
+                }
+            }
+        }
+        let store = builder
             .with_bucket_name(bucket)
             .with_retry(retry)
-            .with_client_options(options)
             .build()
             .map_err(|e| {
                 Error::invalid_argument(redact(&format!(
@@ -281,6 +292,28 @@ impl S3Client {
             .into_iter()
             .map(|meta| (meta.location.to_string(), meta.size))
             .collect())
+    }
+}
+
+/// Opens `path` for ranged reads if it is an `s3://BUCKET/KEY` URL (`None` for a local
+/// path): how `extract`, `info` and `verify` read objects. A missing object is an error.
+pub fn open_url(path: &std::path::Path) -> Result<Option<S3ReadAt>> {
+    let Some(location) = path.to_str().map(S3Location::parse).transpose()?.flatten() else {
+        return Ok(None);
+    };
+    if location.key.is_empty() {
+        return Err(Error::invalid_argument(format!(
+            "{} names a bucket, not an object",
+            location.url()
+        )));
+    }
+    let client = S3Client::from_env(&location.bucket)?;
+    match S3ReadAt::open(&client, &location.key)? {
+        Some(object) => Ok(Some(object)),
+        None => Err(Error::invalid_argument(format!(
+            "there is no object {}",
+            location.url()
+        ))),
     }
 }
 

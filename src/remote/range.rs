@@ -2,10 +2,10 @@
 //! image readers (which take any [`ReadAt`]) read objects in place.
 //!
 //! Reads go through a cache of fixed-size blocks ([`BLOCK_SIZE`], at most [`CACHED_BLOCKS`]
-//! kept, least recently fetched evicted). A miss fetches the missing blocks of the read
-//! together, plus [`READ_AHEAD`] blocks when the reads run forward, in one `get_ranges` call:
-//! `object_store` coalesces neighbouring ranges into larger requests and bounds the requests
-//! in flight. Each block is fetched once even when several threads want it: the first one
+//! kept, least recently fetched evicted), so the many small reads of neighbouring chunks
+//! coalesce into one ranged GET per block. A miss fetches the missing blocks of the read
+//! together, plus [`READ_AHEAD`] blocks when that reader runs forward, as parallel GETs: at
+//! most `READ_AHEAD + 1` requests in flight per reading thread. Each block is fetched once even when several threads want it: the first one
 //! fetches, the others wait on the block's slot.
 
 use std::collections::{HashMap, VecDeque};
@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
+use object_store::ObjectStoreExt;
 
 use super::{object_path, redact, S3Client};
 use crate::error::{Error, ErrorKind, Result};
@@ -27,6 +27,8 @@ pub const BLOCK_SIZE: u64 = 2 << 20;
 pub const CACHED_BLOCKS: usize = 32;
 /// Blocks fetched ahead of a forward-running read.
 pub const READ_AHEAD: u64 = 8;
+/// Forward-running readers recognised at once.
+const STREAMS: usize = 16;
 
 type Fetched = std::result::Result<Bytes, String>;
 
@@ -65,8 +67,9 @@ impl Slot {
 struct Cache {
     blocks: HashMap<u64, Arc<Slot>>,
     order: VecDeque<u64>,
-    /// The block after the last one fetched: a miss there means the reads run forward.
-    next_expected: u64,
+    /// The block after each recent fetch: a miss at one of them means that reader runs
+    /// forward (several threads each walk their own part of an archive).
+    heads: VecDeque<u64>,
 }
 
 /// An object read by ranged GETs through a block cache.
@@ -121,7 +124,8 @@ impl S3ReadAt {
             let first_missing = blocks.clone().find(|b| !cache.blocks.contains_key(b));
             let mut wanted = blocks.clone();
             if let Some(first) = first_missing {
-                if first == cache.next_expected {
+                if let Some(at) = cache.heads.iter().position(|&head| head == first) {
+                    cache.heads.remove(at);
                     wanted.end = (blocks.end + READ_AHEAD).min(last_block + 1);
                 }
             }
@@ -134,7 +138,10 @@ impl S3ReadAt {
                 }
             }
             if let Some((last, _)) = to_fetch.last() {
-                cache.next_expected = last + 1;
+                cache.heads.push_back(last + 1);
+                if cache.heads.len() > STREAMS {
+                    cache.heads.pop_front();
+                }
             }
             let slots: Vec<Arc<Slot>> = blocks.map(|b| Arc::clone(&cache.blocks[&b])).collect();
             while cache.order.len() > CACHED_BLOCKS.max(to_fetch.len()) {
@@ -154,9 +161,17 @@ impl S3ReadAt {
     /// cache, so a later read asks again.
     fn fetch(&self, blocks: &[(u64, Arc<Slot>)]) {
         let ranges: Vec<Range<u64>> = blocks.iter().map(|(b, _)| self.block_range(*b)).collect();
-        let result = self
-            .client
-            .block_on(self.client.store().get_ranges(&self.path, &ranges));
+        // One request per block, all at once: a block already coalesces every read inside it,
+        // and parallel requests fill a link that one request leaves idle between round trips.
+        let store = self.client.store();
+        let result = self.client.block_on(async {
+            futures::future::try_join_all(
+                ranges
+                    .iter()
+                    .map(|range| store.get_range(&self.path, range.clone())),
+            )
+            .await
+        });
         let failure = match result {
             Ok(parts) if parts.len() == ranges.len() => {
                 let mut failure = None;

@@ -65,12 +65,19 @@ impl Objects for LocalObjects {
         Some(&self.root)
     }
 
-    fn put_upload(&self, account: &str, name: &str, body: &mut dyn Read, control: &Control) -> Result<u64> {
+    fn put_upload(
+        &self,
+        account: &str,
+        name: &str,
+        body: &mut dyn Read,
+        size: Option<u64>,
+        control: &Control,
+    ) -> Result<u64> {
         keys::upload(account, name)?;
         let target = self.incoming_dir(account)?.join(name);
         let out = AtomicFile::create(&target)?;
         let mut writer = io::BufWriter::with_capacity(1 << 20, out.file());
-        let copied = super::copy_with_progress(body, &mut writer, control)?;
+        let copied = super::copy_with_progress(body, &mut writer, size, control)?;
         writer.flush().context("writing the upload", &target)?;
         drop(writer);
         out.commit()?;

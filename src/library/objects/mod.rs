@@ -37,9 +37,17 @@ pub trait Objects: Send + Sync {
     /// The directory, for a library on the local file system.
     fn local_root(&self) -> Option<&Path>;
 
-    /// Stores `body` as upload `name` of `account` (both already validated), atomically: a
-    /// failure or interruption leaves no upload. Returns the bytes stored.
-    fn put_upload(&self, account: &str, name: &str, body: &mut dyn Read, control: &Control) -> Result<u64>;
+    /// Stores `body` (`size` bytes, if known, for progress) as upload `name` of `account`
+    /// (both already validated), atomically: a failure or interruption leaves no upload.
+    /// Returns the bytes stored.
+    fn put_upload(
+        &self,
+        account: &str,
+        name: &str,
+        body: &mut dyn Read,
+        size: Option<u64>,
+        control: &Control,
+    ) -> Result<u64>;
 
     /// Opens upload `name` of `account` for a registration.
     fn open_upload(&self, account: &str, name: &str) -> Result<Box<dyn StoredUpload>>;
@@ -182,8 +190,14 @@ pub fn is_remote(location: &Path) -> bool {
     location.to_str().is_some_and(|s| s.starts_with("s3://"))
 }
 
-/// Copies `body` into `out` in 1 MiB steps, checking for cancellation and reporting progress.
-pub(crate) fn copy_with_progress(body: &mut dyn Read, out: &mut dyn Write, control: &Control) -> Result<u64> {
+/// Copies `body` into `out` in 1 MiB steps, checking for cancellation and reporting progress
+/// (of `size` bytes, if known).
+pub(crate) fn copy_with_progress(
+    body: &mut dyn Read,
+    out: &mut dyn Write,
+    size: Option<u64>,
+    control: &Control,
+) -> Result<u64> {
     let mut buffer = vec![0u8; 1 << 20];
     let mut copied = 0u64;
     loop {
@@ -196,7 +210,7 @@ pub(crate) fn copy_with_progress(body: &mut dyn Read, out: &mut dyn Write, contr
         out.write_all(&buffer[..n])
             .map_err(|e| io_error("storing the upload", e))?;
         copied += n as u64;
-        control.report(copied, None, 0);
+        control.report(copied, size, 0);
     }
 }
 

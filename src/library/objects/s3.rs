@@ -74,10 +74,17 @@ impl Objects for S3Objects {
         None
     }
 
-    fn put_upload(&self, account: &str, name: &str, body: &mut dyn Read, control: &Control) -> Result<u64> {
+    fn put_upload(
+        &self,
+        account: &str,
+        name: &str,
+        body: &mut dyn Read,
+        size: Option<u64>,
+        control: &Control,
+    ) -> Result<u64> {
         let key = self.key(&keys::upload(account, name)?);
         let mut sink = MultipartSink::create(&self.client, &key, None)?;
-        let copied = super::copy_with_progress(body, &mut sink, control)?;
+        let copied = super::copy_with_progress(body, &mut sink, size, control)?;
         control.check()?;
         sink.finish()?;
         Ok(copied)
