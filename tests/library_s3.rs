@@ -192,8 +192,36 @@ fn every_library_command_works_on_s3_byte_exact() {
     }
     assert!(lib.server.multipart_uploads().is_empty());
 
+    // The qcow2 above was read in place by ranged GETs; spilled first, it is the same image.
+    lib.upload(OWNER, &qcow2, "spilled.qcow2");
+    let out = lib
+        .imgpack(OWNER)
+        .env("IMGPACK_S3_IMAGE_READ", "spill")
+        .args([
+            "images",
+            "register",
+            "-a",
+            "x86_64",
+            "-n",
+            "s",
+            "-s",
+            "spilled.qcow2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let spilled: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(spilled["format"], "qcow2");
+    assert_eq!(
+        spilled["disk_size"],
+        lib.json(OWNER, &["images", "show", &ids[1]])["disk_size"]
+    );
+    ids.push(spilled["id"].as_str().unwrap().to_string());
+
     let listed = lib.json(OWNER, &["images", "list"]);
-    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert_eq!(listed.as_array().unwrap().len(), 4);
     let shown = lib.json(OWNER, &["images", "show", &ids[1]]);
     assert_eq!(shown["format"], "qcow2");
 

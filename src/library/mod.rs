@@ -270,7 +270,7 @@ impl Library {
         source::check_source_name(&request.source)?;
         let mut upload = self.objects.open_upload(caller, &request.source)?;
         let source = SourceInput {
-            input: upload.input()?,
+            body: upload.body()?,
             name: request.source.clone(),
             source_type: SourceType::Upload,
         };
@@ -316,7 +316,7 @@ impl Library {
             |n| n.to_string_lossy().into_owned(),
         );
         let source = SourceInput {
-            input: crate::input::Input::file(file, name.clone()),
+            body: objects::UploadBody::Input(crate::input::Input::file(file, name.clone())),
             name,
             source_type: SourceType::Snapshot,
         };

@@ -9,13 +9,13 @@ use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::objects::UploadBody;
 use super::record::{catalog_error, timestamp_now, unix_now};
 use super::source::{check_text, check_username, SourceInput};
 use super::{id, lease, lock, not_found, Changes, ImageRecord, Library, NewImage, Status};
 use crate::control::{Control, Progress};
 use crate::convert::{convert_to, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
-use crate::input::Input;
 
 /// How often a registration writes its progress (`disk_size`) to the catalog.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -86,7 +86,7 @@ impl Library {
 
         let limit = max_compressed_size.unwrap_or(self.settings.max_compressed_size);
         let outcome =
-            prepared.and_then(|spill_dir| self.produce(&id, source.input, spill_dir, limit, control));
+            prepared.and_then(|spill_dir| self.produce(&id, source.body, spill_dir, limit, control));
         let failure = match outcome {
             Ok(report) => {
                 let changes = Changes {
@@ -134,7 +134,7 @@ impl Library {
     fn produce(
         &self,
         id: &str,
-        input: Input,
+        body: UploadBody,
         spill_dir: Option<PathBuf>,
         limit: u64,
         control: &Control,
@@ -176,10 +176,13 @@ impl Library {
                     }
                 }
             });
-            let report = self
-                .objects
-                .create_archive(id)
-                .and_then(|sink| convert_to(input, sink, &options));
+            let report = self.objects.create_archive(id).and_then(|sink| match body {
+                UploadBody::Input(input) => convert_to(input, sink, &options),
+                #[cfg(feature = "s3")]
+                UploadBody::Ranged(object, format, name) => {
+                    super::objects::s3::convert_in_place(object, format, &name, sink, &options)
+                }
+            });
             drop(stop);
             report
         })?;

@@ -11,13 +11,13 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode as FileMode, OFlags};
 
+use super::objects::UploadBody;
 use super::SourceType;
 use crate::error::{Error, Result};
-use crate::input::Input;
 
 /// The bytes being converted, and what the record says about them.
 pub(super) struct SourceInput {
-    pub(super) input: Input,
+    pub(super) body: UploadBody,
     pub(super) name: String,
     pub(super) source_type: SourceType,
 }

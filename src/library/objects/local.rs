@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{keys, ArchiveOut, ArchiveSource, Objects, StoredUpload};
+use super::{keys, ArchiveOut, ArchiveSource, Objects, StoredUpload, UploadBody};
 use crate::control::Control;
 use crate::error::{Error, IoContext, Result};
 use crate::input::Input;
@@ -149,14 +149,14 @@ impl Objects for LocalObjects {
 }
 
 impl StoredUpload for Upload {
-    fn input(&mut self) -> Result<Input> {
+    fn body(&mut self) -> Result<UploadBody> {
         // The very file already opened (and checked): a rename or symbolic link swapped in
         // meanwhile cannot redirect the read. Errors name the upload as the user knows it.
         let file = self
             .file
             .try_clone()
             .context("opening the upload", Path::new(&self.name))?;
-        Ok(Input::file(file, self.name.clone()))
+        Ok(UploadBody::Input(Input::file(file, self.name.clone())))
     }
 
     fn remove(&self) -> io::Result<()> {

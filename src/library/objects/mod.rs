@@ -79,11 +79,22 @@ pub trait Objects: Send + Sync {
 /// An upload opened for registration.
 pub trait StoredUpload: Send {
     /// The bytes to convert (consumed once).
-    fn input(&mut self) -> Result<Input>;
+    fn body(&mut self) -> Result<UploadBody>;
 
     /// Removes the upload (after its image is registered). A new upload stored under the same
     /// name meanwhile is left alone where the backend can tell.
     fn remove(&self) -> io::Result<()>;
+}
+
+/// How a registration reads an upload.
+pub enum UploadBody {
+    /// Through the engine's usual input: a local file read in place, or a stream (a
+    /// streaming GET) whose layers are peeled as it arrives.
+    Input(Input),
+    /// An image format that needs random access, read in place from the object store by
+    /// ranged GETs instead of being spilled to a temporary file first; with the upload's name.
+    #[cfg(feature = "s3")]
+    Ranged(crate::remote::S3ReadAt, crate::input::detect::Format, String),
 }
 
 /// Where an archive being registered goes: a [`LocalArchive`](local::LocalArchive) file or a

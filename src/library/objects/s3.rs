@@ -3,18 +3,25 @@
 //! Uploads are stored and archives written as multipart uploads ([`MultipartSink`]), so an
 //! object appears only when complete; a registration records its multipart upload's id in
 //! `tmp/<id>.multipart` first, so recovery can abort it when the registrar died. Registrations
-//! read uploads with one streaming GET ([`ObjectReader`]) through the layer-peeling pipeline
-//! (a random-access format inside is spilled to an unnamed temporary file within the
-//! virtual-size limit, as on standard input), and builds read archives by ranged GETs
-//! ([`S3ReadAt`]).
+//! read raw and compressed uploads with one streaming GET ([`ObjectReader`]) through the
+//! layer-peeling pipeline (a random-access format inside a compressed one is spilled to an
+//! unnamed temporary file within the virtual-size limit, as on standard input), and
+//! random-access formats (qcow2, VMDK, ...) in place by ranged GETs ([`S3ReadAt`]), as builds
+//! read archives.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use super::{keys, ArchiveOut, ArchiveSource, Objects, StoredUpload};
+use std::time::Instant;
+
+use super::{keys, ArchiveOut, ArchiveSource, Objects, StoredUpload, UploadBody};
 use crate::control::Control;
+use crate::convert::{encode, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
-use crate::input::Input;
+use crate::input::detect::Format;
+use crate::input::route::{open_image, route, Route};
+use crate::input::{detect_file, Body, Input, Opened};
+use crate::pipeline::with_pool;
 use crate::remote::{abort_recorded, MultipartSink, ObjectReader, S3Client, S3Location, S3ReadAt};
 use crate::sink::ArchiveSink;
 
@@ -92,12 +99,12 @@ impl Objects for S3Objects {
 
     fn open_upload(&self, account: &str, name: &str) -> Result<Box<dyn StoredUpload>> {
         let key = self.key(&keys::upload(account, name)?);
-        match ObjectReader::open(&self.client, &key)? {
-            Some(reader) => Ok(Box::new(S3Upload {
+        match S3ReadAt::open(&self.client, &key)? {
+            Some(object) => Ok(Box::new(S3Upload {
                 client: self.client.clone(),
                 key,
                 name: name.to_string(),
-                reader: Some(reader),
+                object: Some(object),
             })),
             None => Err(Error::invalid_argument(format!(
                 "there is no file {name:?} in your incoming directory"
@@ -142,21 +149,37 @@ impl Objects for S3Objects {
     }
 }
 
-/// An upload object, read once by a streaming GET.
+/// An upload object.
 struct S3Upload {
     client: S3Client,
     key: String,
     name: String,
-    reader: Option<ObjectReader>,
+    object: Option<S3ReadAt>,
 }
 
 impl StoredUpload for S3Upload {
-    fn input(&mut self) -> Result<Input> {
-        let reader = self
-            .reader
+    /// Random-access formats (qcow2, VMDK, ...) are read in place by ranged GETs; everything
+    /// else (raw, gzip, xz, zstd) by one streaming GET through the layer-peeling pipeline.
+    fn body(&mut self) -> Result<UploadBody> {
+        let object = self
+            .object
             .take()
             .ok_or_else(|| Error::invalid_argument("the upload was already read"))?;
-        Ok(Input::reader(reader, self.name.clone()))
+        if ranged_images() {
+            // A detection failure is left to the pipeline, which reports it as for any input.
+            if let Ok(format) = detect_file(&object) {
+                if route(format) == Route::Image {
+                    return Ok(UploadBody::Ranged(object, format, self.name.clone()));
+                }
+            }
+        }
+        let reader = ObjectReader::open(&self.client, &self.key)?.ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "{:?} was removed from your incoming directory",
+                self.name
+            ))
+        })?;
+        Ok(UploadBody::Input(Input::reader(reader, self.name.clone())))
     }
 
     fn remove(&self) -> io::Result<()> {
@@ -164,4 +187,48 @@ impl StoredUpload for S3Upload {
         // one was registered goes too (the local backend can tell them apart).
         self.client.delete(&self.key).map_err(io::Error::from)
     }
+}
+
+/// Environment variable choosing how random-access uploads are read: `ranged` (the default:
+/// in place, by ranged GETs) or `spill` (one streaming GET into an unnamed temporary file).
+pub const IMAGE_READ_ENV: &str = "IMGPACK_S3_IMAGE_READ";
+
+fn ranged_images() -> bool {
+    std::env::var(IMAGE_READ_ENV).map_or(true, |mode| mode != "spill")
+}
+
+/// Converts an image read in place from the store (`object`, of `format`) into `sink`, as
+/// `convert_to` does for a file: the sink is finished only when the archive is complete.
+pub(in crate::library) fn convert_in_place(
+    object: S3ReadAt,
+    format: Format,
+    name: &str,
+    sink: ArchiveOut,
+    options: &ConvertOptions,
+) -> Result<ConvertReport> {
+    with_pool(options.threads, || {
+        let start = Instant::now();
+        let output = sink.name();
+        let source = open_image(format, object, Path::new(name), &options.limits)?;
+        let opened = Opened {
+            layers: Vec::new(),
+            inner: format.name(),
+            body: Body::Source(source),
+        };
+        let format_name = opened.format_name();
+        let (sink, summary) = encode(opened, sink, options).map_err(|e| e.in_file(Path::new(name)))?;
+        options.control.check()?;
+        sink.finish()?;
+        Ok(ConvertReport {
+            input: name.to_string(),
+            output,
+            format: format_name,
+            virtual_size: summary.virtual_size,
+            disk_size: summary.disk_size,
+            compressed_size: summary.compressed_size,
+            chunk_size: options.chunk_size,
+            chunks: summary.chunks,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    })
 }
