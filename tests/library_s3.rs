@@ -482,6 +482,34 @@ fn a_registrar_killed_with_sigkill_leaves_a_multipart_upload_the_next_command_ab
 }
 
 #[test]
+fn sigterm_mid_registration_aborts_the_multipart_upload_and_keeps_the_upload() {
+    let Some(lib) = Lib::start() else { return };
+    let raw = lib.path("big.raw");
+    write_disk(&raw, 96 << 20, 80 << 20, 8);
+    lib.upload(OWNER, &raw, "big.raw");
+    let (mut child, id) = start_registration(&lib, "big.raw");
+    wait_for_key(&lib, &marker_key(&id), &mut child);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Aborted by the registrar itself, before it exited: nothing left for recovery.
+    assert!(lib.server.multipart_uploads().is_empty());
+    assert!(!lib.has_key(&marker_key(&id)));
+    assert!(!lib.has_key(&archive_key(&id)));
+    assert!(lib.has_key(&upload_key(OWNER, "big.raw")));
+    assert_eq!(lib.json(OWNER, &["images", "show", &id])["status"], "failed");
+}
+
+#[test]
 fn an_interrupted_upload_leaves_no_object() {
     let Some(mut lib) = Lib::start() else { return };
     let link = LinkCut::new(lib.server.port());
