@@ -423,6 +423,25 @@ fn an_outage_mid_registration_fails_the_image_keeps_the_upload_and_is_cleaned_up
     assert!(lib.has_key(&upload_key(OWNER, "big.raw")));
     let again = lib.register(OWNER, "big.raw");
     assert_eq!(again["status"], "available");
+    // An archive of 40 cache blocks and more: read-ahead, eviction and parallel chunk reads.
+    let disk = lib.path("again.raw");
+    let id = again["id"].as_str().unwrap();
+    lib.json(
+        OWNER,
+        &[
+            "images",
+            "build",
+            id,
+            "--disk",
+            disk.to_str().unwrap(),
+            "--disk-size",
+            "96M",
+        ],
+    );
+    assert!(
+        fs::read(&disk).unwrap() == fs::read(&raw).unwrap(),
+        "the build differs"
+    );
 }
 
 #[test]
