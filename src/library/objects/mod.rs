@@ -14,7 +14,7 @@
 //! that died ([`Objects::discard_scratch`]: scratch files, or multipart uploads).
 
 pub mod keys;
-mod local;
+pub mod local;
 #[cfg(feature = "s3")]
 pub mod s3;
 
