@@ -101,13 +101,18 @@ pub fn check_key(key: &str) -> Result<()> {
 
 /// Removes the values of secret `AWS_*` variables from `text`.
 pub fn redact(text: &str) -> String {
+    let secrets: Vec<String> = SECRET_VARIABLES
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .collect();
+    redact_values(text, &secrets)
+}
+
+/// `text` with every occurrence of each secret (of 4 bytes or more) replaced.
+fn redact_values(text: &str, secrets: &[String]) -> String {
     let mut text = text.to_string();
-    for name in SECRET_VARIABLES {
-        if let Ok(secret) = std::env::var(name) {
-            if secret.len() >= 4 {
-                text = text.replace(&secret, "[redacted]");
-            }
-        }
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        text = text.replace(secret.as_str(), "[redacted]");
     }
     text
 }
@@ -346,5 +351,15 @@ mod tests {
             assert!(S3Location::parse(bad).is_err(), "{bad:?}");
         }
         assert!(check_key(&"a".repeat(MAX_KEY_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn redaction_removes_the_secret_wherever_it_appears() {
+        let secret = "unit-test-secret-value".to_string();
+        let text = redact_values(
+            &format!("signature for {secret} failed; {secret}!"),
+            &[secret, "x".into()],
+        );
+        assert_eq!(text, "signature for [redacted] failed; [redacted]!");
     }
 }
