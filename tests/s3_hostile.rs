@@ -242,3 +242,68 @@ fn a_streaming_body_cut_short_fails_the_registration() {
         .unwrap();
     refused(&out, "s3://bkt/lib/incoming/acc-xxxxx/disk.raw at byte 1000");
 }
+
+/// Every request line the write-refusing store saw.
+static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+#[test]
+fn a_bucket_refusing_writes_fails_the_registration_and_keeps_the_upload() {
+    let port = serve(|request, _| {
+        SEEN.lock().unwrap().push(request.to_string());
+        let xml = |status: &str, body: &str| {
+            let mut reply = head(status, body.len(), "Content-Type: application/xml\r\n").into_bytes();
+            reply.extend(body.as_bytes());
+            reply
+        };
+        if request.starts_with("GET") && request.contains("list-type=2") {
+            return xml(
+                "200 OK",
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>bkt</Name><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated></ListBucketResult>",
+            );
+        }
+        if request.starts_with("HEAD") {
+            return head("200 OK", 65536, "").into_bytes();
+        }
+        if request.starts_with("GET") {
+            // The upload: a 64 KiB raw disk, served whole and correctly.
+            let mut reply = head("200 OK", 65536, "").into_bytes();
+            reply.extend(vec![9u8; 65536]);
+            return reply;
+        }
+        // Every write: what S3 answers a caller without write permission.
+        xml(
+            "403 Forbidden",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_imgpack"))
+            .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "AKIAHOSTILE")
+            .env("AWS_SECRET_ACCESS_KEY", "hostile-secret-never-printed")
+            .env(
+                "IMGPACK_CATALOG",
+                format!("sqlite:{}", dir.path().join("c.db").display()),
+            )
+            .args(["images", "--library", "s3://bkt/lib", "--account", "acc-xxxxx"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["register", "-a", "x86_64", "-n", "x", "-s", "disk.raw"]);
+    refused(&out, "starting the multipart upload of s3://bkt/lib/images/");
+    refused(&out, "privileges");
+    let listed = run(&["list", "--json"]);
+    let images: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(images[0]["status"], "failed", "{images}");
+    let seen = SEEN.lock().unwrap();
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r.contains("incoming") && (r.starts_with("DELETE") || r.contains("delete"))),
+        "the upload was deleted: {seen:?}"
+    );
+}
