@@ -80,49 +80,65 @@ pub struct ExtractReport {
 }
 
 /// Writes the disk in `archive` to `output` (a path, or `-` for standard output). A file
-/// output is sparse and appears only when complete and every chunk passed its crc.
+/// output is sparse and appears only when complete and every chunk passed its crc. With
+/// feature `s3`, `archive` may be an object, `s3://BUCKET/KEY`.
 pub fn extract(archive: &Path, output: &Path, options: &ExtractOptions) -> Result<ExtractReport> {
     with_pool(options.threads, || {
         let start = Instant::now();
-        let reader = ArchiveReader::open_path(archive)?;
-        let mut sha256 = None;
-        if output == Path::new("-") {
-            let out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            let mut out = HashingWriter {
-                out,
-                hasher: options.sha256.then(Sha256::new),
-            };
-            stream_disk(&reader, &mut out, &options.control).map_err(|e| e.in_file(archive))?;
-            out.flush()
-                .map_err(|e| Error::io("writing to standard output", e))?;
-            sha256 = out.hasher.map(|h| to_hex(&h.finalize()));
-        } else {
-            let file = AtomicFile::create(output)?;
-            file.file()
-                .set_len(reader.virtual_size())
-                .context("sizing the output", output)?;
-            if options.sha256 {
-                let sum = write_disk_hashed(&reader, file.file(), &options.control)
-                    .map_err(|e| e.in_file(archive))?;
-                sha256 = Some(sum);
-            } else {
-                write_disk(&reader, file.file(), &options.control).map_err(|e| e.in_file(archive))?;
-            }
-            options.control.check()?;
-            file.commit()?;
+        // An `s3://BUCKET/KEY` archive is read in place by ranged GETs.
+        #[cfg(feature = "s3")]
+        if let Some(object) = crate::remote::open_url(archive)? {
+            let reader = ArchiveReader::open(object).map_err(|e| e.in_file(archive))?;
+            return extract_from(&reader, archive, output, options, start);
         }
-        Ok(ExtractReport {
-            input: archive.display().to_string(),
-            output: output.display().to_string(),
-            format: "imgpack".to_string(),
-            virtual_size: reader.virtual_size(),
-            disk_size: reader.disk_size(),
-            compressed_size: reader.compressed_size(),
-            chunk_size: reader.geometry().chunk_size(),
-            chunks: reader.records().len() as u64,
-            sha256,
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        let reader = ArchiveReader::open_path(archive)?;
+        extract_from(&reader, archive, output, options, start)
+    })
+}
+
+fn extract_from<R: ReadAt>(
+    reader: &ArchiveReader<R>,
+    archive: &Path,
+    output: &Path,
+    options: &ExtractOptions,
+    start: Instant,
+) -> Result<ExtractReport> {
+    let mut sha256 = None;
+    if output == Path::new("-") {
+        let out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        let mut out = HashingWriter {
+            out,
+            hasher: options.sha256.then(Sha256::new),
+        };
+        stream_disk(reader, &mut out, &options.control).map_err(|e| e.in_file(archive))?;
+        out.flush()
+            .map_err(|e| Error::io("writing to standard output", e))?;
+        sha256 = out.hasher.map(|h| to_hex(&h.finalize()));
+    } else {
+        let file = AtomicFile::create(output)?;
+        file.file()
+            .set_len(reader.virtual_size())
+            .context("sizing the output", output)?;
+        if options.sha256 {
+            let sum = write_disk_hashed(reader, file.file(), &options.control).map_err(|e| e.in_file(archive))?;
+            sha256 = Some(sum);
+        } else {
+            write_disk(reader, file.file(), &options.control).map_err(|e| e.in_file(archive))?;
+        }
+        options.control.check()?;
+        file.commit()?;
+    }
+    Ok(ExtractReport {
+        input: archive.display().to_string(),
+        output: output.display().to_string(),
+        format: "imgpack".to_string(),
+        virtual_size: reader.virtual_size(),
+        disk_size: reader.disk_size(),
+        compressed_size: reader.compressed_size(),
+        chunk_size: reader.geometry().chunk_size(),
+        chunks: reader.records().len() as u64,
+        sha256,
+        seconds: start.elapsed().as_secs_f64(),
     })
 }
 

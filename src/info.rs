@@ -55,8 +55,13 @@ pub struct InfoOptions {
     pub control: Control,
 }
 
-/// Describes the file at `path`.
+/// Describes the file at `path`. With feature `s3`, `path` may be an archive in an object
+/// store, `s3://BUCKET/KEY`, read by ranged GETs.
 pub fn info(path: &Path, options: &InfoOptions) -> Result<ImageInfo> {
+    #[cfg(feature = "s3")]
+    if let Some(object) = crate::remote::open_url(path)? {
+        return remote_info(path, object);
+    }
     let options = &OpenOptions {
         limits: options.limits,
         control: options.control.clone(),
@@ -115,6 +120,33 @@ pub fn info(path: &Path, options: &InfoOptions) -> Result<ImageInfo> {
         }
     }
     Ok(info)
+}
+
+/// `info` of an object: archives only (an image would have to be downloaded to be measured).
+#[cfg(feature = "s3")]
+fn remote_info(path: &Path, object: crate::remote::S3ReadAt) -> Result<ImageInfo> {
+    let format = input::detect_file(&object).map_err(|e| e.in_file(path))?;
+    if format != Format::Imgpack {
+        return Err(Error::unsupported(format!(
+            "info reads archives in object stores; this object is {}",
+            format.name()
+        ))
+        .in_file(path));
+    }
+    let file_size = crate::read_at::ReadAt::size(&object);
+    let reader = ArchiveReader::open(object).map_err(|e| e.in_file(path))?;
+    Ok(ImageInfo {
+        input: path.display().to_string(),
+        format: format.name().to_string(),
+        file_size,
+        virtual_size: Some(reader.virtual_size()),
+        disk_size: Some(reader.disk_size()),
+        compressed_size: Some(reader.compressed_size()),
+        chunk_size: Some(reader.geometry().chunk_size()),
+        chunks: Some(reader.records().len() as u64),
+        refusal: None,
+        details: serde_json::Map::new(),
+    })
 }
 
 /// Counts the bytes of non-zero 4 KiB blocks of a disk, skipping what it knows is zero.

@@ -79,6 +79,8 @@ pub mod library;
 pub(crate) mod output;
 pub(crate) mod pipeline;
 pub mod read_at;
+#[cfg(feature = "s3")]
+pub mod remote;
 pub mod sink;
 #[allow(unsafe_code)]
 pub(crate) mod sys;

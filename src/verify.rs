@@ -69,56 +69,71 @@ pub struct VerifyOptions {
     pub control: Control,
 }
 
-/// Checks the archive at `path`. Header, footer or index damage is an `Err`; damaged chunks
-/// and a stored digest that is not the content's are in the report, whose `ok` is then false.
+/// Checks the archive at `path` (with feature `s3`, also an object, `s3://BUCKET/KEY`).
+/// Header, footer or index damage is an `Err`; damaged chunks and a stored digest that is not
+/// the content's are in the report, whose `ok` is then false.
 pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport> {
-    let control = &options.control;
     with_pool(options.threads, || {
         let start = Instant::now();
-        let reader = ArchiveReader::open_path(path)?;
-        let mut bad_chunks = Vec::new();
-        let total = reader.virtual_size();
-        let chunk_size = reader.geometry().chunk_size();
-        for window in reader.records().chunks(64) {
-            control.check()?;
-            let results: Vec<Option<BadChunk>> = window
-                .par_iter()
-                .map(|record| {
-                    reader.with_payload(record, |_| Ok(())).err().map(|e| BadChunk {
-                        chunk: record.chunk,
-                        stored_offset: record.stored_offset,
-                        error: e.to_string(),
-                    })
-                })
-                .collect();
-            bad_chunks.extend(results.into_iter().flatten());
-            if let Some(last) = window.last() {
-                control.report(
-                    ((last.chunk + 1) * chunk_size).min(total),
-                    Some(total),
-                    reader.disk_size(),
-                );
-            }
+        // An `s3://BUCKET/KEY` archive is read in place by ranged GETs.
+        #[cfg(feature = "s3")]
+        if let Some(object) = crate::remote::open_url(path)? {
+            let reader = ArchiveReader::open(object).map_err(|e| e.in_file(path))?;
+            return verify_reader(&reader, path, &options.control, start);
         }
-        let stored = reader.image_digest();
-        let digest_ok = match stored {
-            Some(stored) if bad_chunks.is_empty() => Some(content_digest(&reader, control)? == stored),
-            _ => None,
-        };
-        Ok(VerifyReport {
-            input: path.display().to_string(),
-            format: "imgpack".to_string(),
-            ok: bad_chunks.is_empty() && digest_ok != Some(false),
-            virtual_size: total,
-            disk_size: reader.disk_size(),
-            compressed_size: reader.compressed_size(),
-            chunk_size,
-            chunks: reader.records().len() as u64,
-            bad_chunks,
-            digest: stored.map(|d| d.to_string()),
-            digest_ok,
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        let reader = ArchiveReader::open_path(path)?;
+        verify_reader(&reader, path, &options.control, start)
+    })
+}
+
+fn verify_reader<R: ReadAt + Send + Sync>(
+    reader: &ArchiveReader<R>,
+    path: &Path,
+    control: &Control,
+    start: Instant,
+) -> Result<VerifyReport> {
+    let mut bad_chunks = Vec::new();
+    let total = reader.virtual_size();
+    let chunk_size = reader.geometry().chunk_size();
+    for window in reader.records().chunks(64) {
+        control.check()?;
+        let results: Vec<Option<BadChunk>> = window
+            .par_iter()
+            .map(|record| {
+                reader.with_payload(record, |_| Ok(())).err().map(|e| BadChunk {
+                    chunk: record.chunk,
+                    stored_offset: record.stored_offset,
+                    error: e.to_string(),
+                })
+            })
+            .collect();
+        bad_chunks.extend(results.into_iter().flatten());
+        if let Some(last) = window.last() {
+            control.report(
+                ((last.chunk + 1) * chunk_size).min(total),
+                Some(total),
+                reader.disk_size(),
+            );
+        }
+    }
+    let stored = reader.image_digest();
+    let digest_ok = match stored {
+        Some(stored) if bad_chunks.is_empty() => Some(content_digest(reader, control)? == stored),
+        _ => None,
+    };
+    Ok(VerifyReport {
+        input: path.display().to_string(),
+        format: "imgpack".to_string(),
+        ok: bad_chunks.is_empty() && digest_ok != Some(false),
+        virtual_size: total,
+        disk_size: reader.disk_size(),
+        compressed_size: reader.compressed_size(),
+        chunk_size,
+        chunks: reader.records().len() as u64,
+        bad_chunks,
+        digest: stored.map(|d| d.to_string()),
+        digest_ok,
+        seconds: start.elapsed().as_secs_f64(),
     })
 }
 

@@ -5,6 +5,7 @@
 //! | layer | modules                                                           |
 //! |-------|-------------------------------------------------------------------|
 //! | 0     | error, units, control, read_at, sys, zero, output, sink (helpers)  |
+//! | 0     | remote (objects in S3-compatible stores, feature `s3`)            |
 //! | 1     | archive                                                           |
 //! | 2     | input                                                             |
 //! | 3     | pipeline                                                          |
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 fn layer_of(module: &str) -> Option<u8> {
     Some(match module {
         "error" | "units" | "control" | "read_at" | "sys" | "zero" | "output" | "sink" => 0,
+        "remote" => 0,
         "archive" => 1,
         "input" => 2,
         "pipeline" => 3,

@@ -4,10 +4,11 @@
 //! `IMGPACK_ACCOUNT`; `IMGPACK_OPERATOR` overrides the library's operator account;
 //! `--catalog`/`IMGPACK_CATALOG` names the catalog (`sqlite:PATH` or `postgres://...`).
 
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -27,8 +28,9 @@ const HOLD_CREATING_ENV: &str = "IMGPACK_TEST_HOLD_CREATING_MS";
 /// Arguments of `imgpack images`.
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
-    /// The library directory [default: $IMGPACK_LIBRARY].
-    #[arg(long, global = true, value_name = "DIR")]
+    /// The library: a directory or s3://BUCKET/PREFIX (endpoint and credentials from the
+    /// AWS_* variables; catalog from IMGPACK_CATALOG=sqlite:PATH) [default: $IMGPACK_LIBRARY].
+    #[arg(long, global = true, value_name = "DIR|s3://BUCKET/PREFIX")]
     library: Option<PathBuf>,
     /// The catalog: sqlite:PATH or postgres://... [default: $IMGPACK_CATALOG, else catalog.db in the library].
     #[arg(long, global = true, value_name = "CATALOG")]
@@ -64,6 +66,26 @@ enum ImagesCommand {
     Build(BuildArgs),
     /// Show the library settings, or change them (operator only).
     Settings(SettingsArgs),
+    /// Store a file in your incoming/ area (atomically: an interrupted upload leaves nothing).
+    Upload(UploadArgs),
+}
+
+#[derive(Debug, Args)]
+struct UploadArgs {
+    /// The file to upload.
+    file: PathBuf,
+    /// Its name in your incoming/ area [default: the file's name].
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// What `images upload` stored. Field names are part of the `--json` contract.
+#[derive(Debug, Serialize)]
+struct UploadReport {
+    account: String,
+    name: String,
+    size: u64,
+    seconds: f64,
 }
 
 #[derive(Debug, Args)]
@@ -340,6 +362,7 @@ pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
             }
             Ok(0)
         }
+        ImagesCommand::Upload(a) => upload(&library, &account, a, &common, cancel),
         ImagesCommand::Settings(a) => {
             let settings = if a.operator.is_some() || a.max_compressed_size.is_some() {
                 library.set_settings(&account, a.operator.as_deref(), a.max_compressed_size)?
@@ -359,6 +382,54 @@ pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// Stores a file in the caller's incoming area, with a progress bar.
+fn upload(
+    library: &Library,
+    account: &str,
+    args: UploadArgs,
+    common: &Common,
+    cancel: Arc<AtomicBool>,
+) -> Result<u8> {
+    let start = Instant::now();
+    let name = match args.name {
+        Some(name) => name,
+        None => args
+            .file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| Error::invalid_argument("give the upload a --name"))?,
+    };
+    let mut file =
+        File::open(&args.file).map_err(|e| Error::io("opening the file to upload", e).in_file(&args.file))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("reading the file to upload", e).in_file(&args.file))?;
+    if !meta.is_file() {
+        return Err(Error::invalid_argument("not a regular file").in_file(&args.file));
+    }
+    let bar = ProgressReport::new(common);
+    let stored = library.upload(account, &name, &mut file, Some(meta.len()), &bar.control(cancel));
+    bar.finish();
+    let report = UploadReport {
+        account: account.to_string(),
+        name,
+        size: stored?,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    if common.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "Uploaded {} to your incoming area as {:?} ({})",
+            args.file.display(),
+            report.name,
+            format_size(report.size)
+        );
+    }
+    Ok(0)
 }
 
 /// Runs a registration or snapshot: prints the `creating` record at once, then the result.

@@ -1,13 +1,13 @@
 //! Building a server disk from an image, as the server build system does.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::record::catalog_error;
 use super::{policy, BuildReport, Library};
 use crate::archive::reader::ArchiveReader;
 use crate::control::Control;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::extract::write_disk;
 use crate::output::AtomicFile;
 
@@ -47,8 +47,15 @@ impl Library {
                     .in_file(disk),
             );
         }
-        let archive_path = self.archive_path(id);
-        let reader = match ArchiveReader::open_path(&archive_path) {
+        let archive_name = match self.objects.local_root() {
+            Some(_) => self.archive_path(id),
+            None => PathBuf::from(format!("{}/images/{id}.imgpack", self.objects.location())),
+        };
+        let opened = self.objects.open_archive(id).and_then(|source| match source {
+            Some(source) => ArchiveReader::open(source).map_err(|e| e.in_file(&archive_name)),
+            None => Err(Error::new(ErrorKind::Io, "the archive is missing").in_file(&archive_name)),
+        });
+        let reader = match opened {
             Ok(reader) => reader,
             // Destroyed since it was read: say so rather than name a missing file.
             Err(_) if !self.status_of(id)?.is_some_and(policy::usable_status) => {
@@ -61,7 +68,7 @@ impl Library {
         out.file()
             .set_len(disk_size)
             .context("sizing the server disk", disk)?;
-        write_disk(&reader, out.file(), control).map_err(|e| e.in_file(&archive_path))?;
+        write_disk(&reader, out.file(), control).map_err(|e| e.in_file(&archive_name))?;
         control.check()?;
         out.commit()?;
         Ok(BuildReport {

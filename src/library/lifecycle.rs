@@ -1,13 +1,10 @@
 //! Changing and deleting an image: ownership, the metadata checks, the deprecation rule, and
 //! compare-and-swap status changes that re-decide when another process got there first.
 
-use std::io;
-
 use super::record::catalog_error;
 use super::source::{check_text, check_username};
 use super::{not_found, policy, Changes, ImageRecord, ImageUpdate, Library, Status};
-use crate::error::{Error, IoContext, Result};
-use crate::sys::sync_dir;
+use crate::error::{Error, Result};
 
 impl Library {
     /// The caller's own image, refusing others' without revealing private ones.
@@ -87,14 +84,7 @@ impl Library {
         {
             return Err(catalog_error(format!("{id} was changed or destroyed meanwhile")));
         }
-        let archive = self.archive_path(id);
-        match std::fs::remove_file(&archive) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("removing the archive", e).in_file(&archive)),
-        }
-        let images = self.root.join("images");
-        sync_dir(&images).context("flushing the images directory", &images)?;
+        self.objects.delete_archive(id)?;
         self.store()?.get(id)?.ok_or_else(|| not_found(id))
     }
 }

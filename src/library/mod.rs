@@ -1,6 +1,7 @@
 //! The image library: a catalog of registered images around the conversion engine.
 //!
-//! A library is a directory:
+//! A library is a directory, or a prefix in an S3-compatible bucket (`s3://BUCKET/PREFIX`,
+//! feature `s3`; its catalog is then named separately), with the same layout ([`objects`]):
 //!
 //! | path                          | what                                                         |
 //! |-------------------------------|--------------------------------------------------------------|
@@ -32,6 +33,7 @@ pub mod catalog;
 pub mod id;
 pub mod lease;
 mod lifecycle;
+pub mod objects;
 pub mod policy;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -44,6 +46,7 @@ pub mod sqlite;
 pub mod store;
 
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -60,6 +63,7 @@ pub use source::check_source_name;
 pub use sqlite::SqliteStore;
 pub use store::{CatalogStore, Changes};
 
+use objects::Objects;
 use record::catalog_error;
 use source::SourceInput;
 
@@ -75,6 +79,7 @@ type SharedStore = Arc<Mutex<Box<dyn CatalogStore>>>;
 /// An open image library.
 pub struct Library {
     root: PathBuf,
+    objects: Box<dyn Objects>,
     store: SharedStore,
     host: HostIdentity,
     settings: LibrarySettings,
@@ -96,8 +101,12 @@ fn not_found(id: &str) -> Error {
 
 impl Library {
     /// Opens the library at `root` (creating its directories and catalog if needed) and
-    /// recovers registrations whose process is gone.
+    /// recovers registrations whose process is gone. `root` may be `s3://BUCKET/PREFIX`
+    /// (feature `s3`), whose catalog is named by `IMGPACK_CATALOG`.
     pub fn open(root: &Path, options: &LibraryOptions) -> Result<Library> {
+        if objects::is_remote(root) {
+            return Library::with_store(root, remote_catalog()?, options);
+        }
         create_layout(root)?;
         let default_catalog;
         let catalog = match &options.catalog {
@@ -111,15 +120,17 @@ impl Library {
         Library::with_store(root, store, options)
     }
 
-    /// Opens the library at `root` over an already open catalog.
+    /// Opens the library at `root` (a directory, or `s3://BUCKET/PREFIX` with feature `s3`)
+    /// over an already open catalog.
     pub fn with_store(
         root: &Path,
         store: Box<dyn CatalogStore>,
         options: &LibraryOptions,
     ) -> Result<Library> {
-        create_layout(root)?;
+        let objects = objects::open(root)?;
         let mut library = Library {
             root: root.to_path_buf(),
+            objects,
             store: Arc::new(Mutex::new(store)),
             host: HostIdentity::current(),
             settings: LibrarySettings {
@@ -159,9 +170,14 @@ impl Library {
         })
     }
 
-    /// The library's directory.
+    /// The library's location: its directory, or its `s3://` URL.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Where the library keeps uploads and archives.
+    pub fn objects(&self) -> &dyn Objects {
+        self.objects.as_ref()
     }
 
     /// The settings in force.
@@ -202,21 +218,40 @@ impl Library {
         Ok(self.settings.clone())
     }
 
-    /// Where a registered image's archive lives.
+    /// Where a registered image's archive lives (in a local library).
     pub fn archive_path(&self, id: &str) -> PathBuf {
         self.root.join("images").join(format!("{id}.imgpack"))
     }
 
-    /// The account's upload directory (created if missing).
+    /// The account's upload directory (created if missing), in a local library; a library in
+    /// an object store has none (use [`Library::upload`]).
     pub fn incoming_dir(&self, account: &str) -> Result<PathBuf> {
         self.check_caller(account)?;
-        let dir = self.root.join("incoming").join(account);
+        let Some(root) = self.objects.local_root() else {
+            return Err(Error::invalid_argument(format!(
+                "the library {} is in an object store; store uploads with `images upload`",
+                self.objects.location()
+            )));
+        };
+        let dir = root.join("incoming").join(account);
         std::fs::create_dir_all(&dir).context("creating the incoming directory", &dir)?;
         Ok(dir)
     }
 
-    fn scratch_dir(&self, id: &str) -> PathBuf {
-        self.root.join("tmp").join(id)
+    /// Stores `body` (`size` bytes if known, for progress) as the upload `name` in `caller`'s
+    /// incoming area, atomically (a failure or cancellation leaves no upload; one already
+    /// there is replaced only on success). Returns the bytes stored.
+    pub fn upload(
+        &self,
+        caller: &str,
+        name: &str,
+        body: &mut dyn Read,
+        size: Option<u64>,
+        control: &crate::Control,
+    ) -> Result<u64> {
+        self.check_caller(caller)?;
+        source::check_source_name(name)?;
+        self.objects.put_upload(caller, name, body, size, control)
     }
 
     fn store(&self) -> Result<MutexGuard<'_, Box<dyn CatalogStore>>> {
@@ -244,9 +279,10 @@ impl Library {
         on_created: &mut dyn FnMut(&ImageRecord),
     ) -> Result<ImageRecord> {
         self.check_caller(caller)?;
-        let upload = self.open_upload(caller, &request.source)?;
+        source::check_source_name(&request.source)?;
+        let mut upload = self.objects.open_upload(caller, &request.source)?;
         let source = SourceInput {
-            file: &upload.file,
+            body: upload.body()?,
             name: request.source.clone(),
             source_type: SourceType::Upload,
         };
@@ -292,7 +328,7 @@ impl Library {
             |n| n.to_string_lossy().into_owned(),
         );
         let source = SourceInput {
-            file: &file,
+            body: objects::UploadBody::Input(crate::input::Input::file(file, name.clone())),
             name,
             source_type: SourceType::Snapshot,
         };
@@ -352,6 +388,22 @@ fn create_layout(root: &Path) -> Result<()> {
         std::fs::create_dir_all(&dir).context("creating the library directory", &dir)?;
     }
     Ok(())
+}
+
+/// The catalog of a library in an object store, until catalogs are chosen with `--catalog`:
+/// `IMGPACK_CATALOG=sqlite:PATH`.
+fn remote_catalog() -> Result<Box<dyn CatalogStore>> {
+    match std::env::var("IMGPACK_CATALOG") {
+        Ok(name) => match name.strip_prefix("sqlite:") {
+            Some(path) if !path.is_empty() => Ok(Box::new(SqliteStore::open(Path::new(path))?)),
+            _ => Err(Error::invalid_argument(format!(
+                "IMGPACK_CATALOG {name:?} is not sqlite:PATH"
+            ))),
+        },
+        Err(_) => Err(Error::invalid_argument(
+            "a library in an object store needs a catalog: set IMGPACK_CATALOG=sqlite:PATH",
+        )),
+    }
 }
 
 fn lock(store: &SharedStore) -> Result<MutexGuard<'_, Box<dyn CatalogStore>>> {

@@ -1,12 +1,10 @@
-//! Recovery after a crash: registrations whose process is gone become `failed`, and the
-//! scratch directories and archives that no live image needs are removed.
-
-use std::io;
-use std::path::Path;
+//! Recovery after a crash: registrations whose process is gone become `failed`, their
+//! multipart uploads are aborted, and the scratch directories and archives that no live image
+//! needs are removed.
 
 use super::record::unix_now;
-use super::{id, Changes, Library, Status};
-use crate::error::{Error, Result};
+use super::{Changes, Library, Status};
+use crate::error::Result;
 
 impl Library {
     /// Marks `creating` images whose registering process is gone (or whose lease expired) as
@@ -36,22 +34,18 @@ impl Library {
         Ok(recovered)
     }
 
-    /// Removes scratch directories of images no longer `creating`, and archives of images that
-    /// are `failed` or `deleted` (left by a process that died between two steps).
+    /// Removes the scratch state (directories, multipart uploads) of images no longer
+    /// `creating`, and archives of images that are `failed` or `deleted` (left by a process
+    /// that died between two steps).
     fn sweep(&self) -> Result<()> {
-        let tmp = self.root.join("tmp");
-        for entry in read_dir_names(&tmp)? {
-            if id::is_image_id(&entry) && self.status_of(&entry)? != Some(Status::Creating) {
-                let _ = std::fs::remove_dir_all(tmp.join(&entry));
+        for id in self.objects.scratch_ids()? {
+            if self.status_of(&id)? != Some(Status::Creating) {
+                let _ = self.objects.discard_scratch(&id);
             }
         }
-        let images = self.root.join("images");
-        for entry in read_dir_names(&images)? {
-            let Some(id) = entry.strip_suffix(".imgpack").filter(|id| id::is_image_id(id)) else {
-                continue;
-            };
-            if matches!(self.status_of(id)?, Some(Status::Failed | Status::Deleted)) {
-                let _ = std::fs::remove_file(images.join(&entry));
+        for id in self.objects.archive_ids()? {
+            if matches!(self.status_of(&id)?, Some(Status::Failed | Status::Deleted)) {
+                let _ = self.objects.delete_archive(&id);
             }
         }
         Ok(())
@@ -61,20 +55,10 @@ impl Library {
         Ok(self.store()?.get(id)?.map(|r| r.status))
     }
 
+    /// Removes everything a failed registration left: scratch state (aborting a multipart
+    /// upload) and an archive that was completed after all.
     pub(super) fn remove_outputs(&self, id: &str) {
-        let _ = std::fs::remove_dir_all(self.scratch_dir(id));
-        let _ = std::fs::remove_file(self.archive_path(id));
+        let _ = self.objects.discard_scratch(id);
+        let _ = self.objects.delete_archive(id);
     }
-}
-
-fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("reading the library directory", e).in_file(dir)),
-    };
-    Ok(entries
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| entry.file_name().into_string().ok())
-        .collect())
 }

@@ -1,24 +1,21 @@
-//! A registration's steps: a `creating` record with a lease, the conversion into the scratch
-//! directory with progress written to the catalog, then `available` (or `failed` with a
+//! A registration's steps: a `creating` record with a lease, the conversion into an archive
+//! that appears only when complete (a file, or a multipart upload) with progress written to
+//! the catalog, then `available` (or `failed` with a
 //! reason) by compare-and-swap, so a registration another process judged dead stays failed.
 
-use std::fs::{File, Permissions};
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::objects::UploadBody;
 use super::record::{catalog_error, timestamp_now, unix_now};
 use super::source::{check_text, check_username, SourceInput};
 use super::{id, lease, lock, not_found, Changes, ImageRecord, Library, NewImage, Status};
 use crate::control::{Control, Progress};
 use crate::convert::{convert_to, ConvertOptions, ConvertReport};
-use crate::error::{Error, IoContext, Result};
-use crate::input::Input;
-use crate::sink::FileSink;
-use crate::sys::sync_dir;
+use crate::error::{Error, Result};
 
 /// How often a registration writes its progress (`disk_size`) to the catalog.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -32,7 +29,7 @@ impl Library {
         &self,
         caller: &str,
         image: &NewImage,
-        source: SourceInput<'_>,
+        source: SourceInput,
         max_compressed_size: Option<u64>,
         control: &Control,
         on_created: &mut dyn FnMut(&ImageRecord),
@@ -84,13 +81,12 @@ impl Library {
             return Err(catalog_error("could not find an unused image id"));
         }
         let id = record.id.clone();
-        let scratch = self.scratch_dir(&id);
-        let scratch_made = std::fs::create_dir(&scratch).context("creating the scratch directory", &scratch);
+        let prepared = self.objects.prepare(&id);
         on_created(&record);
 
         let limit = max_compressed_size.unwrap_or(self.settings.max_compressed_size);
         let outcome =
-            scratch_made.and_then(|()| self.produce(&id, source.file, &source.name, limit, control));
+            prepared.and_then(|spill_dir| self.produce(&id, source.body, spill_dir, limit, control));
         let failure = match outcome {
             Ok(report) => {
                 let changes = Changes {
@@ -107,7 +103,7 @@ impl Library {
                     Some(Status::Available),
                     &changes,
                 )? {
-                    let _ = std::fs::remove_dir_all(self.scratch_dir(&id));
+                    let _ = self.objects.discard_scratch(&id);
                     return self.store()?.get(&id)?.ok_or_else(|| not_found(&id));
                 }
                 // Another process judged this registration dead and failed it: its verdict
@@ -133,37 +129,29 @@ impl Library {
         Err(Error::new(failure.kind(), format!("{id} failed: {reason}")))
     }
 
-    /// Converts `input` (via the scratch directory) into `images/<id>.imgpack`, writing progress
-    /// into the catalog.
+    /// Converts `input` into the archive `images/<id>.imgpack` (which appears only when
+    /// complete), writing progress into the catalog.
     fn produce(
         &self,
         id: &str,
-        input: &File,
-        name: &str,
+        body: UploadBody,
+        spill_dir: Option<PathBuf>,
         limit: u64,
         control: &Control,
     ) -> Result<ConvertReport> {
-        let scratch = self.scratch_dir(id);
-        let staged = scratch.join(format!("{id}.imgpack"));
         let progress = Arc::new(CatalogProgress {
             disk_size: AtomicU64::new(0),
             forward: control.progress.clone(),
         });
         let options = ConvertOptions {
             max_compressed_size: limit,
-            temp_dir: Some(scratch.clone()),
+            temp_dir: spill_dir,
             control: Control {
                 cancel: control.cancel.clone(),
                 progress: Some(Arc::clone(&progress) as Arc<dyn Progress>),
             },
             ..ConvertOptions::default()
         };
-        // The very file already opened (and checked): a rename or symbolic link swapped in
-        // meanwhile cannot redirect the read. Errors name the upload as the user knows it.
-        let input = Input::file(
-            input.try_clone().context("opening the upload", Path::new(name))?,
-            name,
-        );
         let (stop, stopped) = channel::<()>();
         let report = std::thread::scope(|scope| {
             let store = Arc::clone(&self.store);
@@ -188,16 +176,16 @@ impl Library {
                     }
                 }
             });
-            let report = FileSink::create(&staged).and_then(|sink| convert_to(input, sink, &options));
+            let report = self.objects.create_archive(id).and_then(|sink| match body {
+                UploadBody::Input(input) => convert_to(input, sink, &options),
+                #[cfg(feature = "s3")]
+                UploadBody::Ranged(object, format, name) => {
+                    super::objects::s3::convert_in_place(object, format, &name, sink, &options)
+                }
+            });
             drop(stop);
             report
         })?;
-        let archive = self.archive_path(id);
-        std::fs::set_permissions(&staged, Permissions::from_mode(0o444))
-            .context("making the archive read-only", &staged)?;
-        std::fs::rename(&staged, &archive).context("moving the archive into images/", &archive)?;
-        let images = self.root.join("images");
-        sync_dir(&images).context("flushing the images directory", &images)?;
         Ok(report)
     }
 }

@@ -1,20 +1,23 @@
-//! Where a registration's bytes come from: an upload in `incoming/<account>/`, opened so that
-//! no path trick (symbolic links, hard links, `..`, a swapped file) can make the library read
-//! or remove another file, and the checks on the names and texts a caller supplies.
+//! Where a registration's bytes come from: an upload in a local library's
+//! `incoming/<account>/`, opened so that no path trick (symbolic links, hard links, `..`, a
+//! swapped file) can make the library read or remove another file, and the checks on the
+//! names and texts a caller supplies.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode as FileMode, OFlags};
 
-use super::{Library, SourceType};
+use super::objects::UploadBody;
+use super::SourceType;
 use crate::error::{Error, Result};
 
-/// The file being converted, and what the record says about it.
-pub(super) struct SourceInput<'a> {
-    pub(super) file: &'a File,
+/// The bytes being converted, and what the record says about them.
+pub(super) struct SourceInput {
+    pub(super) body: UploadBody,
     pub(super) name: String,
     pub(super) source_type: SourceType,
 }
@@ -45,55 +48,52 @@ impl Upload {
     }
 }
 
-impl Library {
-    /// Opens `name` in `caller`'s incoming directory: a regular file with no other hard link,
-    /// never through a symbolic link, together with that directory.
-    pub(super) fn open_upload(&self, caller: &str, name: &str) -> Result<Upload> {
-        check_source_name(name)?;
-        let dir_path = self.incoming_dir(caller)?;
-        let dir = rustix::fs::open(
-            &dir_path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            FileMode::empty(),
-        )
-        .map_err(|e| Error::io("opening the incoming directory", e.into()).in_file(&dir_path))?;
-        let fd = rustix::fs::openat(
-            &dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            FileMode::empty(),
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::LOOP => Error::invalid_argument(format!(
-                "{name:?} in your incoming directory is a symbolic link; upload the file itself"
-            )),
-            rustix::io::Errno::NOENT => {
-                Error::invalid_argument(format!("there is no file {name:?} in your incoming directory"))
-            }
-            e => Error::io(format!("opening {name:?} in your incoming directory"), e.into()),
-        })?;
-        let file = File::from(fd);
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io(format!("reading {name:?}"), e))?;
-        if !meta.file_type().is_file() {
-            return Err(Error::invalid_argument(format!(
-                "{name:?} in your incoming directory is not a regular file"
-            )));
+/// Opens `name` in the incoming directory `dir_path`: a regular file with no other hard link,
+/// never through a symbolic link, together with that directory.
+pub(super) fn open_upload_file(dir_path: &Path, name: &str) -> Result<Upload> {
+    check_source_name(name)?;
+    let dir = rustix::fs::open(
+        dir_path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        FileMode::empty(),
+    )
+    .map_err(|e| Error::io("opening the incoming directory", e.into()).in_file(dir_path))?;
+    let fd = rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        FileMode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP => Error::invalid_argument(format!(
+            "{name:?} in your incoming directory is a symbolic link; upload the file itself"
+        )),
+        rustix::io::Errno::NOENT => {
+            Error::invalid_argument(format!("there is no file {name:?} in your incoming directory"))
         }
-        if meta.nlink() != 1 {
-            return Err(Error::invalid_argument(format!(
-                "{name:?} in your incoming directory has other hard links; upload a copy"
-            )));
-        }
-        Ok(Upload {
-            dir,
-            name: name.to_string(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-            file,
-        })
+        e => Error::io(format!("opening {name:?} in your incoming directory"), e.into()),
+    })?;
+    let file = File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {name:?}"), e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::invalid_argument(format!(
+            "{name:?} in your incoming directory is not a regular file"
+        )));
     }
+    if meta.nlink() != 1 {
+        return Err(Error::invalid_argument(format!(
+            "{name:?} in your incoming directory has other hard links; upload a copy"
+        )));
+    }
+    Ok(Upload {
+        dir,
+        name: name.to_string(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+        file,
+    })
 }
 
 /// Refuses anything but one plain file name: no path, no `.`/`..`, nothing hidden in it.

@@ -10,6 +10,7 @@ pub mod oracle;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod rng;
+pub mod s3;
 
 pub use oracle::{have, have_all, qemu_img, qemu_raw, skip};
 pub use rng::{damage, mutations, Rng};

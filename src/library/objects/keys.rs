@@ -1,0 +1,92 @@
+//! The library's layout as object keys, built only from validated parts, so no caller-given
+//! text can reach outside its account's area (`..`, a leading `/`, control characters and
+//! over-long names are refused before any key exists).
+//!
+//! | key                               | what                                      |
+//! |-----------------------------------|-------------------------------------------|
+//! | `incoming/<account>/<name>`       | an upload                                 |
+//! | `images/<image-id>.imgpack`       | a registered archive                      |
+//! | `tmp/<image-id>.multipart`        | the multipart upload of a registration in progress (S3 only) |
+
+use super::super::id;
+use super::super::source::check_source_name;
+use crate::error::{Error, Result};
+
+/// The prefix of every upload.
+pub const INCOMING: &str = "incoming";
+/// The prefix of every archive.
+pub const IMAGES: &str = "images";
+/// The prefix of scratch state.
+pub const SCRATCH: &str = "tmp";
+/// The archive's file name suffix.
+pub const ARCHIVE_SUFFIX: &str = ".imgpack";
+/// The multipart marker's suffix.
+pub const MARKER_SUFFIX: &str = ".multipart";
+
+/// `incoming/<account>/<name>`, for a valid account (an account id or an operator name) and
+/// a valid upload name.
+pub fn upload(account: &str, name: &str) -> Result<String> {
+    if !(id::is_account_id(account) || id::is_operator_name(account)) {
+        return Err(Error::invalid_argument(format!("{account:?} is not an account")));
+    }
+    check_source_name(name)?;
+    Ok(format!("{INCOMING}/{account}/{name}"))
+}
+
+/// `images/<id>.imgpack`, for a valid image id.
+pub fn archive(image: &str) -> Result<String> {
+    check_image(image)?;
+    Ok(format!("{IMAGES}/{image}{ARCHIVE_SUFFIX}"))
+}
+
+/// `tmp/<id>.multipart`, for a valid image id.
+pub fn marker(image: &str) -> Result<String> {
+    check_image(image)?;
+    Ok(format!("{SCRATCH}/{image}{MARKER_SUFFIX}"))
+}
+
+/// The image id in a stored name (`img-xxxxx.imgpack` with `suffix`), if it is one.
+pub fn image_of<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
+    name.strip_suffix(suffix).filter(|id| id::is_image_id(id))
+}
+
+fn check_image(image: &str) -> Result<()> {
+    if id::is_image_id(image) {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(format!("{image:?} is not an image id")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_only_from_valid_parts() {
+        assert_eq!(
+            upload("acc-xxxxx", "disk.img").unwrap(),
+            "incoming/acc-xxxxx/disk.img"
+        );
+        assert_eq!(archive("img-abcde").unwrap(), "images/img-abcde.imgpack");
+        assert_eq!(marker("img-abcde").unwrap(), "tmp/img-abcde.multipart");
+        for (account, name) in [
+            ("acc-xxxxx", "../x"),
+            ("acc-xxxxx", ".."),
+            ("acc-xxxxx", "a/b"),
+            ("acc-xxxxx", "a\nb"),
+            ("../acc", "x"),
+            ("acc-xxxxx/..", "x"),
+            ("", "x"),
+        ] {
+            assert!(upload(account, name).is_err(), "{account:?} {name:?}");
+        }
+        assert!(upload("acc-xxxxx", &"a".repeat(256)).is_err());
+        for bad in ["img-abcde/..", "../img-abcde", "img-ABCDE", ""] {
+            assert!(archive(bad).is_err(), "{bad:?}");
+            assert!(marker(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(image_of("img-abcde.imgpack", ARCHIVE_SUFFIX), Some("img-abcde"));
+        assert_eq!(image_of("img-abcde.imgpack.x", ARCHIVE_SUFFIX), None);
+    }
+}

@@ -1,0 +1,215 @@
+//! [`LocalObjects`]: a library in a local directory, as it always was. Uploads are opened so
+//! that no path trick can redirect the read (see `source.rs`), archives are written unnamed in
+//! the registration's scratch directory `tmp/<id>/`, fsynced, made read-only and renamed into
+//! `images/` only when complete, and spill files go to that scratch directory.
+
+use std::fs::Permissions;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::{keys, ArchiveOut, ArchiveSource, Objects, StoredUpload, UploadBody};
+use crate::control::Control;
+use crate::error::{Error, IoContext, Result};
+use crate::input::Input;
+use crate::output::AtomicFile;
+use crate::read_at::FileAt;
+use crate::sink::{ArchiveSink, FileSink};
+use crate::sys::sync_dir;
+
+use super::super::source::{open_upload_file, Upload};
+
+/// A library directory: `incoming/`, `images/`, `tmp/` (and the catalog beside them).
+#[derive(Debug)]
+pub struct LocalObjects {
+    root: PathBuf,
+}
+
+impl LocalObjects {
+    /// The library at `root`, creating its directories where missing.
+    pub fn open(root: &Path) -> Result<LocalObjects> {
+        for dir in [
+            root.to_path_buf(),
+            root.join(keys::INCOMING),
+            root.join(keys::IMAGES),
+            root.join(keys::SCRATCH),
+        ] {
+            std::fs::create_dir_all(&dir).context("creating the library directory", &dir)?;
+        }
+        Ok(LocalObjects {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn archive_path(&self, id: &str) -> Result<PathBuf> {
+        Ok(self.root.join(keys::archive(id)?))
+    }
+
+    fn scratch_dir(&self, id: &str) -> PathBuf {
+        self.root.join(keys::SCRATCH).join(id)
+    }
+
+    fn incoming_dir(&self, account: &str) -> Result<PathBuf> {
+        let dir = self.root.join(keys::INCOMING).join(account);
+        std::fs::create_dir_all(&dir).context("creating the incoming directory", &dir)?;
+        Ok(dir)
+    }
+}
+
+impl Objects for LocalObjects {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
+    fn put_upload(
+        &self,
+        account: &str,
+        name: &str,
+        body: &mut dyn Read,
+        size: Option<u64>,
+        control: &Control,
+    ) -> Result<u64> {
+        keys::upload(account, name)?;
+        let target = self.incoming_dir(account)?.join(name);
+        let out = AtomicFile::create(&target)?;
+        let mut writer = io::BufWriter::with_capacity(1 << 20, out.file());
+        let copied = super::copy_with_progress(body, &mut writer, size, control)?;
+        writer.flush().context("writing the upload", &target)?;
+        drop(writer);
+        out.commit()?;
+        Ok(copied)
+    }
+
+    fn open_upload(&self, account: &str, name: &str) -> Result<Box<dyn StoredUpload>> {
+        keys::upload(account, name)?;
+        let upload = open_upload_file(&self.incoming_dir(account)?, name)?;
+        Ok(Box::new(upload))
+    }
+
+    fn prepare(&self, id: &str) -> Result<Option<PathBuf>> {
+        let scratch = self.scratch_dir(id);
+        std::fs::create_dir(&scratch).context("creating the scratch directory", &scratch)?;
+        Ok(Some(scratch))
+    }
+
+    fn create_archive(&self, id: &str) -> Result<ArchiveOut> {
+        let staged = self.scratch_dir(id).join(format!("{id}{}", keys::ARCHIVE_SUFFIX));
+        Ok(ArchiveOut::Local(LocalArchive {
+            sink: FileSink::create(&staged)?,
+            staged,
+            target: self.archive_path(id)?,
+        }))
+    }
+
+    fn open_archive(&self, id: &str) -> Result<Option<ArchiveSource>> {
+        let path = self.archive_path(id)?;
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("opening the archive", e).in_file(&path)),
+        };
+        let file = FileAt::new(file).context("reading the archive", &path)?;
+        Ok(Some(ArchiveSource::File(file)))
+    }
+
+    fn delete_archive(&self, id: &str) -> Result<()> {
+        let archive = self.archive_path(id)?;
+        match std::fs::remove_file(&archive) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("removing the archive", e).in_file(&archive)),
+        }
+        let images = self.root.join(keys::IMAGES);
+        sync_dir(&images).context("flushing the images directory", &images)
+    }
+
+    fn archive_ids(&self) -> Result<Vec<String>> {
+        Ok(read_dir_names(&self.root.join(keys::IMAGES))?
+            .iter()
+            .filter_map(|name| keys::image_of(name, keys::ARCHIVE_SUFFIX))
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn scratch_ids(&self) -> Result<Vec<String>> {
+        Ok(read_dir_names(&self.root.join(keys::SCRATCH))?
+            .into_iter()
+            .filter(|name| super::super::id::is_image_id(name))
+            .collect())
+    }
+
+    fn discard_scratch(&self, id: &str) -> Result<()> {
+        let _ = std::fs::remove_dir_all(self.scratch_dir(id));
+        Ok(())
+    }
+}
+
+impl StoredUpload for Upload {
+    fn body(&mut self) -> Result<UploadBody> {
+        // The very file already opened (and checked): a rename or symbolic link swapped in
+        // meanwhile cannot redirect the read. Errors name the upload as the user knows it.
+        let file = self
+            .file
+            .try_clone()
+            .context("opening the upload", Path::new(&self.name))?;
+        Ok(UploadBody::Input(Input::file(file, self.name.clone())))
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        Upload::remove(self)
+    }
+}
+
+/// An archive file staged in the scratch directory and moved into `images/`, read-only, when
+/// finished.
+pub struct LocalArchive {
+    sink: FileSink,
+    staged: PathBuf,
+    target: PathBuf,
+}
+
+impl Write for LocalArchive {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sink.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
+    }
+}
+
+impl ArchiveSink for LocalArchive {
+    fn name(&self) -> String {
+        self.sink.name()
+    }
+
+    fn spill_dir(&self) -> Option<PathBuf> {
+        self.sink.spill_dir()
+    }
+
+    fn finish(self) -> Result<()> {
+        self.sink.finish()?;
+        let staged = &self.staged;
+        std::fs::set_permissions(staged, Permissions::from_mode(0o444))
+            .context("making the archive read-only", staged)?;
+        std::fs::rename(staged, &self.target).context("moving the archive into images/", &self.target)?;
+        let images = crate::output::parent_dir(&self.target);
+        sync_dir(&images).context("flushing the images directory", &images)
+    }
+}
+
+fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("reading the library directory", e).in_file(dir)),
+    };
+    Ok(entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect())
+}

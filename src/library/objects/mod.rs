@@ -1,0 +1,236 @@
+//! Where a library keeps its files: uploads and archives behind one small trait,
+//! [`Objects`], with two backends chosen by the library's location: a local directory
+//! ([`LocalObjects`], as it always was) and an S3-compatible bucket under a prefix
+//! ([`S3Objects`](s3::S3Objects), feature `s3`, for `s3://BUCKET/PREFIX`).
+//!
+//! Both keep the same layout ([`keys`]): `incoming/<account>/<name>` for uploads and
+//! `images/<image-id>.imgpack` for archives, which are never rewritten once registered.
+//! Every key is built from a validated account id, image id or upload name only.
+//!
+//! The operations are what the library does with files: store an upload atomically
+//! ([`Objects::put_upload`]), open one for a registration ([`Objects::open_upload`]), write
+//! an archive that appears only when complete ([`Objects::create_archive`]), open one for
+//! random access ([`Objects::open_archive`]), delete, list, and clean up after registrations
+//! that died ([`Objects::discard_scratch`]: scratch files, or multipart uploads).
+
+pub mod keys;
+pub mod local;
+#[cfg(feature = "s3")]
+pub mod s3;
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::control::Control;
+use crate::error::{Error, Result};
+use crate::input::Input;
+use crate::read_at::{FileAt, ReadAt};
+use crate::sink::ArchiveSink;
+
+pub use local::LocalObjects;
+
+/// What a library does with its files; see the module docs.
+pub trait Objects: Send + Sync {
+    /// The library's location as the user gave it (a directory or `s3://BUCKET/PREFIX`).
+    fn location(&self) -> String;
+
+    /// The directory, for a library on the local file system.
+    fn local_root(&self) -> Option<&Path>;
+
+    /// Stores `body` (`size` bytes, if known, for progress) as upload `name` of `account`
+    /// (both already validated), atomically: a failure or interruption leaves no upload.
+    /// Returns the bytes stored.
+    fn put_upload(
+        &self,
+        account: &str,
+        name: &str,
+        body: &mut dyn Read,
+        size: Option<u64>,
+        control: &Control,
+    ) -> Result<u64>;
+
+    /// Opens upload `name` of `account` for a registration.
+    fn open_upload(&self, account: &str, name: &str) -> Result<Box<dyn StoredUpload>>;
+
+    /// Prepares registration `id`'s scratch space; returns where spill files should go
+    /// (`None`: the system's temporary directory).
+    fn prepare(&self, id: &str) -> Result<Option<PathBuf>>;
+
+    /// Starts archive `id`, which appears (read-only) only when the sink is finished.
+    fn create_archive(&self, id: &str) -> Result<ArchiveOut>;
+
+    /// Opens archive `id` for random access; `None` if it does not exist.
+    fn open_archive(&self, id: &str) -> Result<Option<ArchiveSource>>;
+
+    /// Deletes archive `id`; a missing one is not an error.
+    fn delete_archive(&self, id: &str) -> Result<()>;
+
+    /// The ids of the archives stored.
+    fn archive_ids(&self) -> Result<Vec<String>>;
+
+    /// The ids of registrations with scratch state left (directories, multipart uploads).
+    fn scratch_ids(&self) -> Result<Vec<String>>;
+
+    /// Removes registration `id`'s scratch state: its scratch directory, or aborts its
+    /// multipart upload. Never touches a completed archive.
+    fn discard_scratch(&self, id: &str) -> Result<()>;
+}
+
+/// An upload opened for registration.
+pub trait StoredUpload: Send {
+    /// The bytes to convert (consumed once).
+    fn body(&mut self) -> Result<UploadBody>;
+
+    /// Removes the upload (after its image is registered). A new upload stored under the same
+    /// name meanwhile is left alone where the backend can tell.
+    fn remove(&self) -> io::Result<()>;
+}
+
+/// How a registration reads an upload.
+pub enum UploadBody {
+    /// Through the engine's usual input: a local file read in place, or a stream (a
+    /// streaming GET) whose layers are peeled as it arrives.
+    Input(Input),
+    /// An image format that needs random access, read in place from the object store by
+    /// ranged GETs instead of being spilled to a temporary file first; with the upload's name.
+    #[cfg(feature = "s3")]
+    Ranged(crate::remote::S3ReadAt, crate::input::detect::Format, String),
+}
+
+/// Where an archive being registered goes: a [`LocalArchive`](local::LocalArchive) file or a
+/// multipart upload.
+pub enum ArchiveOut {
+    /// A file in the library directory.
+    Local(local::LocalArchive),
+    /// A multipart upload into the bucket.
+    #[cfg(feature = "s3")]
+    S3(crate::remote::MultipartSink),
+}
+
+impl Write for ArchiveOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ArchiveOut::Local(sink) => sink.write(buf),
+            #[cfg(feature = "s3")]
+            ArchiveOut::S3(sink) => sink.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ArchiveOut::Local(sink) => sink.flush(),
+            #[cfg(feature = "s3")]
+            ArchiveOut::S3(sink) => sink.flush(),
+        }
+    }
+}
+
+impl ArchiveSink for ArchiveOut {
+    fn name(&self) -> String {
+        match self {
+            ArchiveOut::Local(sink) => sink.name(),
+            #[cfg(feature = "s3")]
+            ArchiveOut::S3(sink) => sink.name(),
+        }
+    }
+
+    fn spill_dir(&self) -> Option<PathBuf> {
+        match self {
+            ArchiveOut::Local(sink) => sink.spill_dir(),
+            #[cfg(feature = "s3")]
+            ArchiveOut::S3(sink) => sink.spill_dir(),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            ArchiveOut::Local(sink) => sink.finish(),
+            #[cfg(feature = "s3")]
+            ArchiveOut::S3(sink) => sink.finish(),
+        }
+    }
+}
+
+/// A stored archive opened for random access.
+pub enum ArchiveSource {
+    /// A file.
+    File(FileAt),
+    /// An object read by ranged GETs.
+    #[cfg(feature = "s3")]
+    S3(crate::remote::S3ReadAt),
+}
+
+impl ReadAt for ArchiveSource {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self {
+            ArchiveSource::File(file) => file.read_exact_at(buf, offset),
+            #[cfg(feature = "s3")]
+            ArchiveSource::S3(object) => object.read_exact_at(buf, offset),
+        }
+    }
+
+    fn read_at_most(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self {
+            ArchiveSource::File(file) => file.read_at_most(buf, offset),
+            #[cfg(feature = "s3")]
+            ArchiveSource::S3(object) => object.read_at_most(buf, offset),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            ArchiveSource::File(file) => file.size(),
+            #[cfg(feature = "s3")]
+            ArchiveSource::S3(object) => object.size(),
+        }
+    }
+}
+
+/// The backend for a library location: `s3://BUCKET/PREFIX` (feature `s3`) or a directory
+/// (created with its layout if missing).
+pub fn open(location: &Path) -> Result<Box<dyn Objects>> {
+    #[cfg(feature = "s3")]
+    if let Some(objects) = s3::S3Objects::open(location)? {
+        return Ok(Box::new(objects));
+    }
+    Ok(Box::new(LocalObjects::open(location)?))
+}
+
+/// Whether `location` names a library in an object store rather than a directory.
+pub fn is_remote(location: &Path) -> bool {
+    location.to_str().is_some_and(|s| s.starts_with("s3://"))
+}
+
+/// Copies `body` into `out` in 1 MiB steps, checking for cancellation and reporting progress
+/// (of `size` bytes, if known).
+pub(crate) fn copy_with_progress(
+    body: &mut dyn Read,
+    out: &mut dyn Write,
+    size: Option<u64>,
+    control: &Control,
+) -> Result<u64> {
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut copied = 0u64;
+    loop {
+        control.check()?;
+        let n = crate::input::read_full(&mut &mut *body, &mut buffer)
+            .map_err(|e| io_error("reading the upload", e))?;
+        if n == 0 {
+            return Ok(copied);
+        }
+        out.write_all(&buffer[..n])
+            .map_err(|e| io_error("storing the upload", e))?;
+        copied += n as u64;
+        control.report(copied, size, 0);
+    }
+}
+
+/// An I/O error as an imgpack error: one that carries an imgpack error comes back out whole,
+/// any other is described as `what` failing.
+fn io_error(what: &str, e: io::Error) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        Error::from(e)
+    } else {
+        Error::io(what, e)
+    }
+}

@@ -1,0 +1,234 @@
+//! [`S3Objects`]: a library in an S3-compatible bucket under a prefix (`s3://BUCKET/PREFIX`).
+//!
+//! Uploads are stored and archives written as multipart uploads ([`MultipartSink`]), so an
+//! object appears only when complete; a registration records its multipart upload's id in
+//! `tmp/<id>.multipart` first, so recovery can abort it when the registrar died. Registrations
+//! read raw and compressed uploads with one streaming GET ([`ObjectReader`]) through the
+//! layer-peeling pipeline (a random-access format inside a compressed one is spilled to an
+//! unnamed temporary file within the virtual-size limit, as on standard input), and
+//! random-access formats (qcow2, VMDK, ...) in place by ranged GETs ([`S3ReadAt`]), as builds
+//! read archives.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use std::time::Instant;
+
+use super::{keys, ArchiveOut, ArchiveSource, Objects, StoredUpload, UploadBody};
+use crate::control::Control;
+use crate::convert::{encode, ConvertOptions, ConvertReport};
+use crate::error::{Error, Result};
+use crate::input::detect::Format;
+use crate::input::route::{open_image, route, Route};
+use crate::input::{detect_file, Body, Input, Opened};
+use crate::pipeline::with_pool;
+use crate::remote::{abort_recorded, MultipartSink, ObjectReader, S3Client, S3Location, S3ReadAt};
+use crate::sink::ArchiveSink;
+
+/// A library in a bucket.
+#[derive(Debug)]
+pub struct S3Objects {
+    client: S3Client,
+    location: S3Location,
+}
+
+impl S3Objects {
+    /// The library at `location` if it is an `s3://` URL (`None` for a local path); the
+    /// client is configured from the `AWS_*` environment variables.
+    pub fn open(location: &Path) -> Result<Option<S3Objects>> {
+        let Some(text) = location.to_str() else {
+            return Ok(None);
+        };
+        let Some(location) = S3Location::parse(text)? else {
+            return Ok(None);
+        };
+        Ok(Some(S3Objects {
+            client: S3Client::from_env(&location.bucket)?,
+            location,
+        }))
+    }
+
+    /// The full key of a library-relative key.
+    fn key(&self, relative: &str) -> String {
+        if self.location.key.is_empty() {
+            relative.to_string()
+        } else {
+            format!("{}/{relative}", self.location.key)
+        }
+    }
+
+    /// The image ids of the objects directly under `prefix` whose names end in `suffix`.
+    fn ids_under(&self, prefix: &str, suffix: &str) -> Result<Vec<String>> {
+        let prefix = self.key(prefix);
+        Ok(self
+            .client
+            .list(&prefix)?
+            .into_iter()
+            .filter_map(|(key, _)| {
+                let name = key.strip_prefix(&prefix)?.strip_prefix('/')?;
+                keys::image_of(name, suffix).map(str::to_string)
+            })
+            .collect())
+    }
+}
+
+impl Objects for S3Objects {
+    fn location(&self) -> String {
+        self.location.url()
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
+
+    fn put_upload(
+        &self,
+        account: &str,
+        name: &str,
+        body: &mut dyn Read,
+        size: Option<u64>,
+        control: &Control,
+    ) -> Result<u64> {
+        let key = self.key(&keys::upload(account, name)?);
+        let mut sink = MultipartSink::create(&self.client, &key, None)?;
+        let copied = super::copy_with_progress(body, &mut sink, size, control)?;
+        control.check()?;
+        sink.finish()?;
+        Ok(copied)
+    }
+
+    fn open_upload(&self, account: &str, name: &str) -> Result<Box<dyn StoredUpload>> {
+        let key = self.key(&keys::upload(account, name)?);
+        match S3ReadAt::open(&self.client, &key)? {
+            Some(object) => Ok(Box::new(S3Upload {
+                client: self.client.clone(),
+                key,
+                name: name.to_string(),
+                object: Some(object),
+            })),
+            None => Err(Error::invalid_argument(format!(
+                "there is no file {name:?} in your incoming directory"
+            ))),
+        }
+    }
+
+    fn prepare(&self, _id: &str) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
+
+    fn create_archive(&self, id: &str) -> Result<ArchiveOut> {
+        let key = self.key(&keys::archive(id)?);
+        let marker = self.key(&keys::marker(id)?);
+        Ok(ArchiveOut::S3(MultipartSink::create(
+            &self.client,
+            &key,
+            Some(&marker),
+        )?))
+    }
+
+    fn open_archive(&self, id: &str) -> Result<Option<ArchiveSource>> {
+        let key = self.key(&keys::archive(id)?);
+        Ok(S3ReadAt::open(&self.client, &key)?.map(ArchiveSource::S3))
+    }
+
+    fn delete_archive(&self, id: &str) -> Result<()> {
+        self.client.delete(&self.key(&keys::archive(id)?))
+    }
+
+    fn archive_ids(&self) -> Result<Vec<String>> {
+        self.ids_under(keys::IMAGES, keys::ARCHIVE_SUFFIX)
+    }
+
+    fn scratch_ids(&self) -> Result<Vec<String>> {
+        self.ids_under(keys::SCRATCH, keys::MARKER_SUFFIX)
+    }
+
+    fn discard_scratch(&self, id: &str) -> Result<()> {
+        let archive = self.key(&keys::archive(id)?);
+        abort_recorded(&self.client, &self.key(&keys::marker(id)?), &archive).map(|_| ())
+    }
+}
+
+/// An upload object.
+struct S3Upload {
+    client: S3Client,
+    key: String,
+    name: String,
+    object: Option<S3ReadAt>,
+}
+
+impl StoredUpload for S3Upload {
+    /// Random-access formats (qcow2, VMDK, ...) are read in place by ranged GETs; everything
+    /// else (raw, gzip, xz, zstd) by one streaming GET through the layer-peeling pipeline.
+    fn body(&mut self) -> Result<UploadBody> {
+        let object = self
+            .object
+            .take()
+            .ok_or_else(|| Error::invalid_argument("the upload was already read"))?;
+        if ranged_images() {
+            // A detection failure is left to the pipeline, which reports it as for any input.
+            if let Ok(format) = detect_file(&object) {
+                if route(format) == Route::Image {
+                    return Ok(UploadBody::Ranged(object, format, self.name.clone()));
+                }
+            }
+        }
+        let reader = ObjectReader::open(&self.client, &self.key)?.ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "{:?} was removed from your incoming directory",
+                self.name
+            ))
+        })?;
+        Ok(UploadBody::Input(Input::reader(reader, self.name.clone())))
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        // S3 has no conditional delete: an upload stored again under the same name while this
+        // one was registered goes too (the local backend can tell them apart).
+        self.client.delete(&self.key).map_err(io::Error::from)
+    }
+}
+
+/// Environment variable choosing how random-access uploads are read: `ranged` (the default:
+/// in place, by ranged GETs) or `spill` (one streaming GET into an unnamed temporary file).
+pub const IMAGE_READ_ENV: &str = "IMGPACK_S3_IMAGE_READ";
+
+fn ranged_images() -> bool {
+    std::env::var(IMAGE_READ_ENV).map_or(true, |mode| mode != "spill")
+}
+
+/// Converts an image read in place from the store (`object`, of `format`) into `sink`, as
+/// `convert_to` does for a file: the sink is finished only when the archive is complete.
+pub(in crate::library) fn convert_in_place(
+    object: S3ReadAt,
+    format: Format,
+    name: &str,
+    sink: ArchiveOut,
+    options: &ConvertOptions,
+) -> Result<ConvertReport> {
+    with_pool(options.threads, || {
+        let start = Instant::now();
+        let output = sink.name();
+        let source = open_image(format, object, Path::new(name), &options.limits)?;
+        let opened = Opened {
+            layers: Vec::new(),
+            inner: format.name(),
+            body: Body::Source(source),
+        };
+        let format_name = opened.format_name();
+        let (sink, summary) = encode(opened, sink, options).map_err(|e| e.in_file(Path::new(name)))?;
+        options.control.check()?;
+        sink.finish()?;
+        Ok(ConvertReport {
+            input: name.to_string(),
+            output,
+            format: format_name,
+            virtual_size: summary.virtual_size,
+            disk_size: summary.disk_size,
+            compressed_size: summary.compressed_size,
+            chunk_size: options.chunk_size,
+            chunks: summary.chunks,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    })
+}

@@ -1,0 +1,263 @@
+//! [`S3ReadAt`]: random access to an object by ranged GETs, so the archive reader and the
+//! image readers (which take any [`ReadAt`]) read objects in place.
+//!
+//! Reads go through a cache of fixed-size blocks ([`BLOCK_SIZE`], at most [`CACHED_BLOCKS`]
+//! kept, least recently fetched evicted), so the many small reads of neighbouring chunks
+//! coalesce into one ranged GET per block. A miss fetches the missing blocks of the read
+//! together, plus [`READ_AHEAD`] blocks when that reader runs forward, as parallel GETs: at
+//! most `READ_AHEAD + 1` requests in flight per reading thread. Each block is fetched once even when several threads want it: the first one
+//! fetches, the others wait on the block's slot.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::ops::Range;
+use std::sync::{Arc, Condvar, Mutex};
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStoreExt;
+
+use super::{object_path, redact, S3Client};
+use crate::error::{Error, ErrorKind, Result};
+use crate::read_at::ReadAt;
+
+/// Bytes per cached block.
+pub const BLOCK_SIZE: u64 = 2 << 20;
+/// Blocks kept in the cache (64 MiB).
+pub const CACHED_BLOCKS: usize = 32;
+/// Blocks fetched ahead of a forward-running read.
+pub const READ_AHEAD: u64 = 8;
+/// Forward-running readers recognised at once.
+const STREAMS: usize = 16;
+
+type Fetched = std::result::Result<Bytes, String>;
+
+/// One block: empty until its fetch ends.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<Option<Fetched>>,
+    ready: Condvar,
+}
+
+impl Slot {
+    fn fill(&self, value: Fetched) {
+        if let Ok(mut state) = self.state.lock() {
+            *state = Some(value);
+        }
+        self.ready.notify_all();
+    }
+
+    fn wait(&self) -> Fetched {
+        let Ok(mut state) = self.state.lock() else {
+            return Err("a block fetch panicked".to_string());
+        };
+        loop {
+            if let Some(value) = state.as_ref() {
+                return value.clone();
+            }
+            state = match self.ready.wait(state) {
+                Ok(state) => state,
+                Err(_) => return Err("a block fetch panicked".to_string()),
+            };
+        }
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    blocks: HashMap<u64, Arc<Slot>>,
+    order: VecDeque<u64>,
+    /// The block after each recent fetch: a miss at one of them means that reader runs
+    /// forward (several threads each walk their own part of an archive).
+    heads: VecDeque<u64>,
+}
+
+/// An object read by ranged GETs through a block cache.
+pub struct S3ReadAt {
+    client: S3Client,
+    path: ObjectPath,
+    url: String,
+    size: u64,
+    cache: Mutex<Cache>,
+}
+
+impl std::fmt::Debug for S3ReadAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3ReadAt")
+            .field("url", &self.url)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl S3ReadAt {
+    /// Opens `key` (one HEAD for its length); `Ok(None)` if there is no such object.
+    pub fn open(client: &S3Client, key: &str) -> Result<Option<S3ReadAt>> {
+        let Some(size) = client.head(key)? else {
+            return Ok(None);
+        };
+        Ok(Some(S3ReadAt {
+            client: client.clone(),
+            path: object_path(key)?,
+            url: client.url(key),
+            size,
+            cache: Mutex::new(Cache::default()),
+        }))
+    }
+
+    /// `s3://BUCKET/KEY`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn block_range(&self, block: u64) -> Range<u64> {
+        let start = block * BLOCK_SIZE;
+        start..(start + BLOCK_SIZE).min(self.size)
+    }
+
+    /// The slots of `blocks`, fetching those not cached (with read-ahead) first.
+    fn slots(&self, blocks: Range<u64>) -> io::Result<Vec<Arc<Slot>>> {
+        let last_block = (self.size.max(1) - 1) / BLOCK_SIZE;
+        let mut to_fetch = Vec::new();
+        let slots = {
+            let mut cache = self.cache.lock().map_err(|_| poisoned())?;
+            let first_missing = blocks.clone().find(|b| !cache.blocks.contains_key(b));
+            let mut wanted = blocks.clone();
+            if let Some(first) = first_missing {
+                if let Some(at) = cache.heads.iter().position(|&head| head == first) {
+                    cache.heads.remove(at);
+                    wanted.end = (blocks.end + READ_AHEAD).min(last_block + 1);
+                }
+            }
+            for block in wanted {
+                if let std::collections::hash_map::Entry::Vacant(entry) = cache.blocks.entry(block) {
+                    let slot = Arc::new(Slot::default());
+                    entry.insert(Arc::clone(&slot));
+                    cache.order.push_back(block);
+                    to_fetch.push((block, slot));
+                }
+            }
+            if let Some((last, _)) = to_fetch.last() {
+                cache.heads.push_back(last + 1);
+                if cache.heads.len() > STREAMS {
+                    cache.heads.pop_front();
+                }
+            }
+            let slots: Vec<Arc<Slot>> = blocks.map(|b| Arc::clone(&cache.blocks[&b])).collect();
+            while cache.order.len() > CACHED_BLOCKS.max(to_fetch.len()) {
+                if let Some(old) = cache.order.pop_front() {
+                    cache.blocks.remove(&old);
+                }
+            }
+            slots
+        };
+        if !to_fetch.is_empty() {
+            self.fetch(&to_fetch);
+        }
+        Ok(slots)
+    }
+
+    /// Fetches blocks into their slots; on failure every slot gets the error and leaves the
+    /// cache, so a later read asks again.
+    fn fetch(&self, blocks: &[(u64, Arc<Slot>)]) {
+        let ranges: Vec<Range<u64>> = blocks.iter().map(|(b, _)| self.block_range(*b)).collect();
+        // One request per block, all at once: a block already coalesces every read inside it,
+        // and parallel requests fill a link that one request leaves idle between round trips.
+        let store = self.client.store();
+        let result = self.client.block_on(async {
+            futures::future::try_join_all(
+                ranges
+                    .iter()
+                    .map(|range| store.get_range(&self.path, range.clone())),
+            )
+            .await
+        });
+        let failure = match result {
+            Ok(parts) if parts.len() == ranges.len() => {
+                let mut failure = None;
+                for ((range, (block, slot)), bytes) in ranges.iter().zip(blocks).zip(parts) {
+                    if bytes.len() as u64 != range.end - range.start {
+                        let why = format!(
+                            "reading {} bytes {}-{}: the store sent {} bytes",
+                            self.url,
+                            range.start,
+                            range.end,
+                            bytes.len()
+                        );
+                        failure.get_or_insert((*block, why.clone()));
+                        slot.fill(Err(why));
+                    } else {
+                        slot.fill(Ok(bytes));
+                    }
+                }
+                failure.map(|(_, why)| why)
+            }
+            Ok(parts) => Some(format!(
+                "reading {}: {} ranges asked, {} answered",
+                self.url,
+                ranges.len(),
+                parts.len()
+            )),
+            Err(e) => Some(redact(&format!("reading {}: {e}", self.url))),
+        };
+        if let Some(why) = failure {
+            for (_, slot) in blocks {
+                let unfilled = slot.state.lock().map(|state| state.is_none()).unwrap_or(true);
+                if unfilled {
+                    slot.fill(Err(why.clone()));
+                }
+            }
+            if let Ok(mut cache) = self.cache.lock() {
+                for (block, _) in blocks {
+                    cache.blocks.remove(block);
+                    cache.order.retain(|b| b != block);
+                }
+            }
+        }
+    }
+}
+
+fn poisoned() -> io::Error {
+    io::Error::other("the block cache was poisoned by a panic")
+}
+
+impl ReadAt for S3ReadAt {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let n = self.read_at_most(buf, offset)?;
+        if n < buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} ends at byte {}", self.url, self.size),
+            ));
+        }
+        Ok(())
+    }
+
+    fn read_at_most(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if offset >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = offset.saturating_add(buf.len() as u64).min(self.size);
+        let blocks = offset / BLOCK_SIZE..(end - 1) / BLOCK_SIZE + 1;
+        let slots = self.slots(blocks.clone())?;
+        for (block, slot) in blocks.zip(slots) {
+            let bytes = slot
+                .wait()
+                .map_err(|why| io::Error::other(Error::new(ErrorKind::Io, why)))?;
+            let block_start = block * BLOCK_SIZE;
+            let from = offset.max(block_start);
+            let to = end.min(block_start + bytes.len() as u64);
+            if from >= to {
+                continue;
+            }
+            let source = &bytes[(from - block_start) as usize..(to - block_start) as usize];
+            let at = (from - offset) as usize;
+            buf[at..at + source.len()].copy_from_slice(source);
+        }
+        Ok((end - offset) as usize)
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
