@@ -13,6 +13,7 @@
 //! |------|------|---------|--------|
 //! | [`convert()`], [`convert_to`], [`convert_reader`] | an image into an archive | [`ConvertOptions`] | [`ConvertReport`] |
 //! | [`extract()`] | an archive back to the raw disk | [`ExtractOptions`] | [`ExtractReport`] |
+//! | [`export()`] | an archive out as raw, qcow2, VMDK, VHD or VHDX | [`ExportOptions`] | [`ExportReport`] |
 //! | [`info()`] | what a file is, and why `convert` would refuse it | [`InfoOptions`] | [`ImageInfo`] |
 //! | [`verify()`] | every chunk of an archive decoded and checked | [`VerifyOptions`] | [`VerifyReport`] |
 //! | [`batch::run`] | many files, sharing one pool of workers | [`batch::BatchOptions`] | [`batch::BatchReport`] |
@@ -70,6 +71,7 @@ pub mod batch;
 mod control;
 pub mod convert;
 mod error;
+pub mod export;
 pub mod extract;
 pub mod info;
 #[cfg(feature = "library")]
@@ -96,6 +98,7 @@ pub mod zero;
 pub use control::{Control, Progress};
 pub use convert::{convert, convert_reader, convert_to, ConvertOptions, ConvertReport};
 pub use error::{Error, ErrorKind, Result};
+pub use export::{export, ExportOptions, ExportReport};
 pub use extract::{extract, ExtractOptions, ExtractReport};
 pub use info::{info, ImageInfo, InfoOptions};
 pub use input::{Input, InputLimits, ReadMode};

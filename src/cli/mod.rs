@@ -1,6 +1,7 @@
 //! The command-line interface: argument parsing and output formatting over library calls.
 //! `main.rs` only calls [`run`]; everything a registrar might need is in the library instead.
 
+mod export;
 mod images;
 
 use std::io::IsTerminal;
@@ -42,6 +43,8 @@ enum Command {
     Info(InfoArgs),
     /// Decode every chunk of an archive and check every crc; exit 0 only if intact.
     Verify(VerifyArgs),
+    /// Write the disk held in an archive as raw, qcow2, vmdk, vhd or vhdx.
+    Export(export::ExportArgs),
     /// Convert many images (files, or directories of them) into a directory of archives.
     Batch(batch::BatchArgs),
     /// The image library: register, list, show, update, destroy and build from images.
@@ -183,6 +186,7 @@ pub fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<u8> {
         Command::Extract(args) => extract(args, cancel),
         Command::Info(args) => info(args, cancel),
         Command::Verify(args) => verify(args, cancel),
+        Command::Export(args) => export::run(args, cancel),
         Command::Batch(args) => batch::run(args, cancel),
         Command::Images(args) => images::run(args, cancel),
     }
