@@ -260,6 +260,14 @@ fn plan(virtual_size: u64, options: &ExportOptions) -> Result<Plan> {
         }
         Ok(())
     };
+    if size == 0 && matches!(format, ExportFormat::Vmdk | ExportFormat::Vhd | ExportFormat::Vhdx) {
+        // A VMDK of capacity 0 defers to its descriptor, a fixed VHD's lone footer reads as a
+        // dynamic disk's copy, and qemu refuses a VHDX of size 0.
+        return Err(Error::unsupported(format!(
+            "{} cannot hold an empty disk (virtual size 0)",
+            format.name()
+        )));
+    }
     match format {
         ExportFormat::Vhd => limit(2040 * GIB, "a VHD (at most 2040 GiB)")?,
         ExportFormat::Vhdx => limit(64 * TIB, "a VHDX (at most 64 TiB)")?,

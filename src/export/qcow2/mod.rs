@@ -115,7 +115,7 @@ impl Settings {
     }
 
     fn l1_clusters(&self) -> u64 {
-        (self.l1_entries() * 8).div_ceil(self.cluster_size).max(1)
+        (self.l1_entries() * 8).div_ceil(self.cluster_size)
     }
 
     /// The refcount table's and blocks' cluster counts for a file whose other clusters number
