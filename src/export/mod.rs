@@ -260,7 +260,12 @@ fn plan(virtual_size: u64, options: &ExportOptions) -> Result<Plan> {
         }
         Ok(())
     };
-    if size == 0 && matches!(format, ExportFormat::Vmdk | ExportFormat::Vhd | ExportFormat::Vhdx) {
+    if size == 0
+        && matches!(
+            format,
+            ExportFormat::Vmdk | ExportFormat::Vhd | ExportFormat::Vhdx
+        )
+    {
         // A VMDK of capacity 0 defers to its descriptor, a fixed VHD's lone footer reads as a
         // dynamic disk's copy, and qemu refuses a VHDX of size 0.
         return Err(Error::unsupported(format!(

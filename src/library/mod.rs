@@ -28,6 +28,7 @@
 //! ```
 
 mod build;
+mod download;
 pub mod id;
 pub mod lease;
 mod lifecycle;
