@@ -301,7 +301,13 @@ fn write_file<R: ReadAt>(disk: &Disk<R>, plan: &Plan, file: &File, control: &Con
         ExportFormat::Vmdk if plan.subformat == Some(Subformat::MonolithicSparse) => {
             vmdk::write_monolithic(disk, file, plan.virtual_size, control)
         }
-        ExportFormat::Vmdk => vmdk::write_stream(disk, file, plan.virtual_size, control).map(|_| ()),
+        ExportFormat::Vmdk => vmdk::write_stream(
+            disk,
+            appender::WritebackFile::new(file),
+            plan.virtual_size,
+            control,
+        )
+        .map(|_| ()),
         ExportFormat::Vhd => vhd::write(disk, file, plan.virtual_size, fixed, control),
         ExportFormat::Vhdx => vhdx::write(disk, file, plan.virtual_size, fixed, control),
     }

@@ -1,23 +1,28 @@
 //! Compressed qcow2 (`-c`): clusters are compressed in parallel a window at a time and
-//! appended in disk order, packed byte by byte as qemu packs them; each L2 table follows the
-//! data it maps, and the L1 table and the refcounts, which only then are known, go at the end.
-//! The header is written last, at offset 0. Memory: a window, one L2 table, the L1 table and
-//! a 16-bit refcount per cluster of the file.
+//! written in disk order, packed byte by byte as qemu packs them (`qcow2_alloc_bytes`): a
+//! compressed cluster continues in the partly used cluster of the previous one, and a cluster
+//! stored whole or a table takes the next free cluster without breaking the packing. Each L2
+//! table follows the data it maps; the L1 table and the refcounts, known only then, go at the
+//! end, the header last at offset 0. Memory: a window, one L2 table, the L1 table and a 16-bit
+//! refcount per cluster of the file. Writeback to disk starts every 8 MiB, so the fsync before
+//! the output appears has little left to flush.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
 use super::header::{self, Tables};
 use super::{be_bytes, Settings, COMPRESSED, COPIED};
 use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::export::appender::Appender;
 use crate::export::compress::{compress, Codec};
 use crate::export::data::walk_clusters;
 use crate::export::data::Disk;
 use crate::export::options::CompressionType;
 use crate::read_at::ReadAt;
+use crate::sys;
+
+/// Bytes written between two starts of writeback.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// A cluster as it will be stored.
 enum Stored {
@@ -26,55 +31,83 @@ enum Stored {
     Plain(Vec<u8>),
 }
 
-/// The file being appended to, with the refcount of each of its clusters.
+/// The file being filled, cluster by cluster, with the refcount of each cluster.
 struct Output<'a> {
-    out: Appender<&'a File>,
+    file: &'a File,
     cluster_size: u64,
+    /// One per cluster allocated so far (cluster 0, the header, included).
     refcounts: Vec<u16>,
+    /// Where the next compressed cluster would continue (0: start a fresh cluster).
+    cursor: u64,
+    /// The end of the range whose writeback has been started.
+    written_back: u64,
 }
 
 impl Output<'_> {
-    /// Counts one more reference to every cluster `from..to` overlaps.
-    fn reference(&mut self, from: u64, to: u64) {
-        let (first, last) = (from / self.cluster_size, (to - 1) / self.cluster_size);
-        if self.refcounts.len() <= last as usize {
-            self.refcounts.resize(last as usize + 1, 0);
-        }
-        for count in &mut self.refcounts[first as usize..=last as usize] {
-            *count += 1;
-        }
+    fn next_free(&self) -> u64 {
+        self.refcounts.len() as u64 * self.cluster_size
     }
 
-    /// Appends `bytes` at the next cluster boundary; returns their offset.
+    fn write_at(&self, bytes: &[u8], at: u64) -> Result<()> {
+        self.file
+            .write_all_at(bytes, at)
+            .map_err(|e| Error::io("writing the output", e).at(at))
+    }
+
+    /// Stores `bytes` in fresh whole clusters; returns their offset.
     fn append_aligned(&mut self, bytes: &[u8]) -> Result<u64> {
-        self.out.align(self.cluster_size)?;
-        let at = self.out.position();
-        if bytes.is_empty() {
-            return Ok(at); // an empty L1 table (a disk of size 0) takes no cluster
-        }
-        self.out.write(bytes)?;
-        self.out.align(self.cluster_size)?;
-        self.reference(at, self.out.position());
+        let at = self.next_free();
+        let clusters = (bytes.len() as u64).div_ceil(self.cluster_size);
+        self.refcounts.resize(self.refcounts.len() + clusters as usize, 1);
+        self.write_at(bytes, at)?;
         Ok(at)
     }
 
-    /// Appends compressed bytes right after the previous ones; returns their offset.
+    /// Stores compressed `bytes` right after the previous ones where they can continue (in
+    /// the same cluster, or growing into the next if that one is still free); returns their
+    /// offset.
     fn append_packed(&mut self, bytes: &[u8]) -> Result<u64> {
-        let current = (self.out.position() / self.cluster_size) as usize;
-        if self.refcounts.get(current) == Some(&u16::MAX) {
-            self.out.align(self.cluster_size)?; // a 16-bit refcount cannot count one more
+        let cs = self.cluster_size;
+        let len = bytes.len() as u64;
+        let mut at = self.cursor;
+        let current = at / cs;
+        let partly_used = at % cs != 0;
+        let fits = at + len <= (current + 1) * cs;
+        let can_grow = (current + 1) * cs == self.next_free();
+        // A 16-bit refcount cannot count one more reference.
+        let countable = self
+            .refcounts
+            .get(current as usize)
+            .is_some_and(|&c| c < u16::MAX);
+        if !(partly_used && (fits || can_grow) && countable) {
+            at = self.next_free();
         }
-        let at = self.out.position();
-        self.out.write(bytes)?;
-        self.reference(at, at + bytes.len() as u64);
+        let (first, last) = (at / cs, (at + len - 1) / cs);
+        for cluster in first..=last {
+            match self.refcounts.get_mut(cluster as usize) {
+                Some(count) => *count += 1,
+                None => self.refcounts.push(1),
+            }
+        }
+        self.write_at(bytes, at)?;
+        self.cursor = at + len;
         Ok(at)
+    }
+
+    /// Starts writeback of what was written since the last time, every few MiB.
+    fn write_back(&mut self) {
+        let end = self.next_free().saturating_sub(self.cluster_size);
+        if end >= self.written_back + WRITEBACK_EVERY {
+            sys::start_writeback(self.file, self.written_back, end - self.written_back);
+            self.written_back = end;
+        }
     }
 }
 
 /// Writes the compressed qcow2 into `file`.
 pub fn write<R: ReadAt>(
     disk: &Disk<R>,
-    mut file: &File,
+    file: &File,
     settings: &Settings,
     compression: CompressionType,
     control: &Control,
@@ -84,12 +117,12 @@ pub fn write<R: ReadAt>(
         CompressionType::Zstd => Codec::Zstd,
         CompressionType::Zlib => Codec::RawDeflate,
     };
-    file.seek(SeekFrom::Start(cs))
-        .map_err(|e| Error::io("positioning the output", e))?;
     let mut output = Output {
-        out: Appender::new(file, cs),
+        file,
         cluster_size: cs,
         refcounts: vec![1], // the header
+        cursor: 0,
+        written_back: 0,
     };
     let l2_entries = settings.l2_entries();
     let mut l1 = vec![0u64; settings.l1_entries() as usize];
@@ -129,6 +162,7 @@ pub fn write<R: ReadAt>(
                     COMPRESSED | (sectors << sector_bits) | at
                 }
             };
+            output.write_back();
             Ok(())
         },
     )?;
@@ -137,27 +171,27 @@ pub fn write<R: ReadAt>(
     }
     let l1_at = output.append_aligned(&be_bytes(&l1, (settings.l1_clusters() * cs) as usize))?;
 
-    let others = output.out.position() / cs;
-    debug_assert_eq!(output.refcounts.len() as u64, others);
+    let others = output.refcounts.len() as u64;
     let (table_clusters, block_clusters) = settings.refcount_clusters(others)?;
     let total = others + table_clusters + block_clusters;
     output.refcounts.resize(total as usize, 1);
     let table_at = others * cs;
     let blocks_at = table_at + table_clusters * cs;
     let block_offsets: Vec<u64> = (0..block_clusters).map(|b| blocks_at + b * cs).collect();
-    output
-        .out
-        .write(&be_bytes(&block_offsets, (table_clusters * cs) as usize))?;
+    output.write_at(
+        &be_bytes(&block_offsets, (table_clusters * cs) as usize),
+        table_at,
+    )?;
     let mut block = vec![0u8; cs as usize];
-    for counts in output.refcounts.chunks((cs / 2) as usize) {
+    for (b, counts) in output.refcounts.chunks((cs / 2) as usize).enumerate() {
         block.fill(0);
         for (slot, count) in block.chunks_exact_mut(2).zip(counts) {
             slot.copy_from_slice(&count.to_be_bytes());
         }
-        output.out.write(&block)?;
+        output.write_at(&block, blocks_at + b as u64 * cs)?;
     }
-    debug_assert_eq!(output.out.position(), total * cs);
-    output.out.finish()?;
+    file.set_len(total * cs)
+        .map_err(|e| Error::io("sizing the output", e))?;
     let header = header::encode(
         settings,
         &Tables {
