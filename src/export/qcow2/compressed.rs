@@ -71,7 +71,7 @@ impl Output<'_> {
         let len = bytes.len() as u64;
         let mut at = self.cursor;
         let current = at / cs;
-        let partly_used = at % cs != 0;
+        let partly_used = !at.is_multiple_of(cs);
         let fits = at + len <= (current + 1) * cs;
         let can_grow = (current + 1) * cs == self.next_free();
         // A 16-bit refcount cannot count one more reference.
