@@ -320,3 +320,52 @@ fn write_stream<R: ReadAt, W: Write>(disk: &Disk<R>, plan: &Plan, out: W, contro
         _ => vmdk::write_stream(disk, out, plan.virtual_size, control),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(format: ExportFormat) -> ExportOptions {
+        ExportOptions {
+            format,
+            ..ExportOptions::default()
+        }
+    }
+
+    #[test]
+    fn each_format_refuses_what_it_cannot_hold_naming_the_limit() {
+        for (format, size, limit) in [
+            (ExportFormat::Vhd, 2040 * GIB + 512, "2040 GiB"),
+            (ExportFormat::Vmdk, 2040 * GIB + 512, "2 TiB"),
+            (ExportFormat::Vhdx, 64 * TIB + 512, "64 TiB"),
+        ] {
+            let err = plan(size, &options(format)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
+            assert!(err.to_string().contains(limit), "{err}");
+            plan(size - 512, &options(format)).unwrap();
+        }
+        // 32 MiB of L1 entries, each mapping 64 KiB * 8192 = 512 MiB: 2 PiB is the edge.
+        plan(4 << 20 << 29, &options(ExportFormat::Qcow2)).unwrap();
+        let err = plan((4 << 20 << 29) + 512, &options(ExportFormat::Qcow2)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
+    }
+
+    #[test]
+    fn sizes_are_rounded_to_sectors_or_to_a_mib_for_azure_and_the_report_says_so() {
+        let p = plan(1000, &options(ExportFormat::Vhdx)).unwrap();
+        assert_eq!(p.virtual_size, 1024);
+        assert!(p.note.unwrap().contains("512-byte sectors"));
+        assert_eq!(
+            plan(1000, &options(ExportFormat::Raw)).unwrap().virtual_size,
+            1000
+        );
+        let azure = ExportOptions {
+            force_size: true,
+            ..options(ExportFormat::Vhd)
+        };
+        let p = plan(MIB + 512, &azure).unwrap();
+        assert_eq!(p.virtual_size, 2 * MIB);
+        assert!(p.note.unwrap().contains("whole MiB"));
+        assert!(plan(2 * MIB, &azure).unwrap().note.is_none());
+    }
+}
