@@ -13,6 +13,7 @@
 //! |------|------|---------|--------|
 //! | [`convert()`], [`convert_to`], [`convert_reader`] | an image into an archive | [`ConvertOptions`] | [`ConvertReport`] |
 //! | [`extract()`] | an archive back to the raw disk | [`ExtractOptions`] | [`ExtractReport`] |
+//! | [`export()`] | an archive out as raw, qcow2, VMDK, VHD or VHDX | [`ExportOptions`] | [`ExportReport`] |
 //! | [`info()`] | what a file is, and why `convert` would refuse it | [`InfoOptions`] | [`ImageInfo`] |
 //! | [`verify()`] | every chunk of an archive decoded and checked | [`VerifyOptions`] | [`VerifyReport`] |
 //! | [`digest()`] | the image digest of any input, no archive written | [`DigestOptions`] | [`DigestReport`] |
@@ -72,6 +73,7 @@ mod control;
 pub mod convert;
 pub mod digest;
 mod error;
+pub mod export;
 pub mod extract;
 pub mod info;
 #[cfg(feature = "library")]
@@ -101,6 +103,7 @@ pub use control::{Control, Progress};
 pub use convert::{convert, convert_reader, convert_to, ConvertOptions, ConvertReport};
 pub use digest::{digest, DigestOptions, DigestReport};
 pub use error::{Error, ErrorKind, Result};
+pub use export::{export, ExportOptions, ExportReport};
 pub use extract::{extract, ExtractOptions, ExtractReport};
 pub use info::{info, ImageInfo, InfoOptions};
 pub use input::{Input, InputLimits, ReadMode};

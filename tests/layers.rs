@@ -9,7 +9,7 @@
 //! | 1     | archive                                                           |
 //! | 2     | input                                                             |
 //! | 3     | pipeline                                                          |
-//! | 4     | convert, extract, info, verify, digest (the operations)           |
+//! | 4     | convert, extract, info, verify, digest, export (the operations)   |
 //! | 5     | library, batch                                                    |
 //! | 6     | the binary: main.rs, cli/                                         |
 //!
@@ -25,7 +25,7 @@ fn layer_of(module: &str) -> Option<u8> {
         "archive" => 1,
         "input" => 2,
         "pipeline" => 3,
-        "convert" | "extract" | "info" | "verify" | "digest" => 4,
+        "convert" | "extract" | "info" | "verify" | "digest" | "export" => 4,
         "library" | "batch" => 5,
         "cli" | "main" => 6,
         _ => return None,

@@ -64,6 +64,8 @@ enum ImagesCommand {
     Destroy(IdArg),
     /// Write an image onto a new server disk, as the server build system does.
     Build(BuildArgs),
+    /// Download an image as raw, qcow2, vmdk, vhd or vhdx (-o - streams raw and vmdk).
+    Download(DownloadArgs),
     /// Show the library settings, or change them (operator only).
     Settings(SettingsArgs),
     /// Store a file in your incoming/ area (atomically: an interrupted upload leaves nothing).
@@ -190,6 +192,17 @@ struct BuildArgs {
     /// Size of the server disk; at least the image's virtual size.
     #[arg(long, value_parser = size_arg)]
     disk_size: u64,
+}
+
+#[derive(Debug, Args)]
+struct DownloadArgs {
+    /// The image id (img-xxxxx).
+    id: String,
+    /// The file to write (- writes standard output: raw and vmdk streamOptimized only).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    format: super::export::FormatArgs,
 }
 
 #[derive(Debug, Args)]
@@ -363,6 +376,14 @@ pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
             Ok(0)
         }
         ImagesCommand::Upload(a) => upload(&library, &account, a, &common, cancel),
+        ImagesCommand::Download(a) => {
+            let bar = ProgressReport::new(&common);
+            let options = a.format.options(None, bar.control(cancel));
+            let report = library.download(&account, &a.id, &a.output, &options);
+            bar.finish();
+            super::export::report_export(&report?, json)?;
+            Ok(0)
+        }
         ImagesCommand::Settings(a) => {
             let settings = if a.operator.is_some() || a.max_compressed_size.is_some() {
                 library.set_settings(&account, a.operator.as_deref(), a.max_compressed_size)?

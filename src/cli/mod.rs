@@ -1,6 +1,7 @@
 //! The command-line interface: argument parsing and output formatting over library calls.
 //! `main.rs` only calls [`run`]; everything a registrar might need is in the library instead.
 
+mod export;
 mod images;
 
 use std::io::IsTerminal;
@@ -44,6 +45,8 @@ enum Command {
     Verify(VerifyArgs),
     /// Print the image digest (sha256-tree) of any image or archive, without converting it.
     Digest(DigestArgs),
+    /// Write the disk held in an archive as raw, qcow2, vmdk, vhd or vhdx.
+    Export(export::ExportArgs),
     /// Convert many images (files, or directories of them) into a directory of archives.
     Batch(batch::BatchArgs),
     /// The image library: register, list, show, update, destroy and build from images.
@@ -211,6 +214,7 @@ pub fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<u8> {
         Command::Info(args) => info(args, cancel),
         Command::Verify(args) => verify(args, cancel),
         Command::Digest(args) => digest(args, cancel),
+        Command::Export(args) => export::run(args, cancel),
         Command::Batch(args) => batch::run(args, cancel),
         Command::Images(args) => images::run(args, cancel),
     }

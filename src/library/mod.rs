@@ -30,6 +30,7 @@
 
 mod build;
 pub mod catalog;
+mod download;
 pub mod id;
 pub mod lease;
 mod lifecycle;

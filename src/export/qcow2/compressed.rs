@@ -1,0 +1,205 @@
+//! Compressed qcow2 (`-c`): clusters are compressed in parallel a window at a time and
+//! written in disk order, packed byte by byte as qemu packs them (`qcow2_alloc_bytes`): a
+//! compressed cluster continues in the partly used cluster of the previous one, and a cluster
+//! stored whole or a table takes the next free cluster without breaking the packing. Each L2
+//! table follows the data it maps; the L1 table and the refcounts, known only then, go at the
+//! end, the header last at offset 0. Memory: a window, one L2 table, the L1 table and a 16-bit
+//! refcount per cluster of the file. Writeback to disk starts every 8 MiB, so the fsync before
+//! the output appears has little left to flush.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use super::header::{self, Tables};
+use super::{be_bytes, Settings, COMPRESSED, COPIED};
+use crate::control::Control;
+use crate::error::{Error, Result};
+use crate::export::compress::{compress, Codec};
+use crate::export::data::walk_clusters;
+use crate::export::data::Disk;
+use crate::export::options::CompressionType;
+use crate::read_at::ReadAt;
+use crate::sys;
+
+/// Bytes written between two starts of writeback.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// A cluster as it will be stored.
+enum Stored {
+    Compressed(Vec<u8>),
+    /// Did not shrink: stored whole (padded to the cluster size).
+    Plain(Vec<u8>),
+}
+
+/// The file being filled, cluster by cluster, with the refcount of each cluster.
+struct Output<'a> {
+    file: &'a File,
+    cluster_size: u64,
+    /// One per cluster allocated so far (cluster 0, the header, included).
+    refcounts: Vec<u16>,
+    /// Where the next compressed cluster would continue (0: start a fresh cluster).
+    cursor: u64,
+    /// The end of the range whose writeback has been started.
+    written_back: u64,
+}
+
+impl Output<'_> {
+    fn next_free(&self) -> u64 {
+        self.refcounts.len() as u64 * self.cluster_size
+    }
+
+    fn write_at(&self, bytes: &[u8], at: u64) -> Result<()> {
+        self.file
+            .write_all_at(bytes, at)
+            .map_err(|e| Error::io("writing the output", e).at(at))
+    }
+
+    /// Stores `bytes` in fresh whole clusters; returns their offset.
+    fn append_aligned(&mut self, bytes: &[u8]) -> Result<u64> {
+        let at = self.next_free();
+        let clusters = (bytes.len() as u64).div_ceil(self.cluster_size);
+        self.refcounts.resize(self.refcounts.len() + clusters as usize, 1);
+        self.write_at(bytes, at)?;
+        Ok(at)
+    }
+
+    /// Stores compressed `bytes` right after the previous ones where they can continue (in
+    /// the same cluster, or growing into the next if that one is still free); returns their
+    /// offset.
+    fn append_packed(&mut self, bytes: &[u8]) -> Result<u64> {
+        let cs = self.cluster_size;
+        let len = bytes.len() as u64;
+        let mut at = self.cursor;
+        let current = at / cs;
+        let partly_used = !at.is_multiple_of(cs);
+        let fits = at + len <= (current + 1) * cs;
+        let can_grow = (current + 1) * cs == self.next_free();
+        // A 16-bit refcount cannot count one more reference.
+        let countable = self
+            .refcounts
+            .get(current as usize)
+            .is_some_and(|&c| c < u16::MAX);
+        if !(partly_used && (fits || can_grow) && countable) {
+            at = self.next_free();
+        }
+        let (first, last) = (at / cs, (at + len - 1) / cs);
+        for cluster in first..=last {
+            match self.refcounts.get_mut(cluster as usize) {
+                Some(count) => *count += 1,
+                None => self.refcounts.push(1),
+            }
+        }
+        self.write_at(bytes, at)?;
+        self.cursor = at + len;
+        Ok(at)
+    }
+
+    /// Starts writeback of what was written since the last time, every few MiB.
+    fn write_back(&mut self) {
+        let end = self.next_free().saturating_sub(self.cluster_size);
+        if end >= self.written_back + WRITEBACK_EVERY {
+            sys::start_writeback(self.file, self.written_back, end - self.written_back);
+            self.written_back = end;
+        }
+    }
+}
+
+/// Writes the compressed qcow2 into `file`.
+pub fn write<R: ReadAt>(
+    disk: &Disk<R>,
+    file: &File,
+    settings: &Settings,
+    compression: CompressionType,
+    control: &Control,
+) -> Result<()> {
+    let cs = settings.cluster_size;
+    let codec = match compression {
+        CompressionType::Zstd => Codec::Zstd,
+        CompressionType::Zlib => Codec::RawDeflate,
+    };
+    let mut output = Output {
+        file,
+        cluster_size: cs,
+        refcounts: vec![1], // the header
+        cursor: 0,
+        written_back: 0,
+    };
+    let l2_entries = settings.l2_entries();
+    let mut l1 = vec![0u64; settings.l1_entries() as usize];
+    let mut l2: Option<(u64, Vec<u64>)> = None;
+    let sector_bits = 62 - (settings.cluster_bits() - 8);
+
+    walk_clusters(
+        disk,
+        cs,
+        control,
+        |_, bytes| {
+            let mut padded;
+            let whole = if bytes.len() as u64 == cs {
+                bytes
+            } else {
+                padded = bytes.to_vec(); // qemu inflates exactly one cluster
+                padded.resize(cs as usize, 0);
+                &padded[..]
+            };
+            Ok(Some(match compress(codec, whole, cs as usize)? {
+                Some(small) => Stored::Compressed(small),
+                None => Stored::Plain(whole.to_vec()),
+            }))
+        },
+        |cluster, stored| {
+            let table = cluster / l2_entries;
+            if l2.as_ref().is_some_and(|(t, _)| *t != table) {
+                let (t, entries) = l2.take().expect("checked above");
+                l1[t as usize] = output.append_aligned(&be_bytes(&entries, cs as usize))? | COPIED;
+            }
+            let (_, entries) = l2.get_or_insert_with(|| (table, vec![0; l2_entries as usize]));
+            entries[(cluster % l2_entries) as usize] = match stored {
+                Stored::Plain(bytes) => output.append_aligned(&bytes)? | COPIED,
+                Stored::Compressed(bytes) => {
+                    let at = output.append_packed(&bytes)?;
+                    let sectors = ((at + bytes.len() as u64 - 1) >> 9) - (at >> 9);
+                    COMPRESSED | (sectors << sector_bits) | at
+                }
+            };
+            output.write_back();
+            Ok(())
+        },
+    )?;
+    if let Some((t, entries)) = l2.take() {
+        l1[t as usize] = output.append_aligned(&be_bytes(&entries, cs as usize))? | COPIED;
+    }
+    let l1_at = output.append_aligned(&be_bytes(&l1, (settings.l1_clusters() * cs) as usize))?;
+
+    let others = output.refcounts.len() as u64;
+    let (table_clusters, block_clusters) = settings.refcount_clusters(others)?;
+    let total = others + table_clusters + block_clusters;
+    output.refcounts.resize(total as usize, 1);
+    let table_at = others * cs;
+    let blocks_at = table_at + table_clusters * cs;
+    let block_offsets: Vec<u64> = (0..block_clusters).map(|b| blocks_at + b * cs).collect();
+    output.write_at(
+        &be_bytes(&block_offsets, (table_clusters * cs) as usize),
+        table_at,
+    )?;
+    let mut block = vec![0u8; cs as usize];
+    for (b, counts) in output.refcounts.chunks((cs / 2) as usize).enumerate() {
+        block.fill(0);
+        for (slot, count) in block.chunks_exact_mut(2).zip(counts) {
+            slot.copy_from_slice(&count.to_be_bytes());
+        }
+        output.write_at(&block, blocks_at + b as u64 * cs)?;
+    }
+    file.set_len(total * cs)
+        .map_err(|e| Error::io("sizing the output", e))?;
+    let header = header::encode(
+        settings,
+        &Tables {
+            l1_offset: l1_at,
+            refcount_table_offset: table_at,
+            refcount_table_clusters: table_clusters,
+        },
+    );
+    file.write_all_at(&header, 0)
+        .map_err(|e| Error::io("writing the qcow2 header", e).at(0))
+}
