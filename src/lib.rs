@@ -75,8 +75,10 @@ pub mod info;
 #[cfg(feature = "library")]
 pub mod library;
 pub(crate) mod output;
+pub mod overlay;
 pub(crate) mod pipeline;
 pub mod read_at;
+pub mod serve;
 pub mod sink;
 #[allow(unsafe_code)]
 pub(crate) mod sys;

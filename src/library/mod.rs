@@ -36,6 +36,7 @@ pub mod record;
 mod recovery;
 mod register;
 mod requests;
+mod serve_source;
 mod source;
 pub mod sqlite;
 pub mod store;
