@@ -4,8 +4,9 @@
 //! Reads come out as [`Piece`]s (data, or a range of zeros) so that the protocol layer can
 //! send holes as holes; block status comes out as extents of the `base:allocation` kind.
 
+use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::cache::{ChunkBytes, ChunkCache};
 use super::stats::ServeStats;
@@ -51,7 +52,14 @@ pub struct Export<R: ReadAt> {
     overlay: Option<Overlay>,
     stats: Arc<ServeStats>,
     read_ahead_chunks: u64,
+    /// Where recent reads ended, from every connection: a client reading sequentially over
+    /// several connections (nbdcopy, qemu with multi-conn) interleaves its requests, so one
+    /// connection's history alone would not see the sequence.
+    recent_ends: Mutex<VecDeque<u64>>,
 }
+
+/// How many recent read ends are remembered.
+const RECENT_READS: usize = 32;
 
 impl<R: ReadAt + 'static> Export<R> {
     /// The export of `cache`'s archive, writable into `overlay` if there is one.
@@ -72,6 +80,7 @@ impl<R: ReadAt + 'static> Export<R> {
             overlay,
             stats,
             read_ahead_chunks,
+            recent_ends: Mutex::new(VecDeque::with_capacity(RECENT_READS)),
         }
     }
 
@@ -138,12 +147,26 @@ impl<R: ReadAt + 'static> Export<R> {
         Ok(())
     }
 
-    /// Starts decoding the chunks after `end`: called when a client reads sequentially.
-    pub fn read_ahead(&self, end: u64) {
-        if self.read_ahead_chunks == 0 || end >= self.size() {
+    /// Notes a read of `offset..offset + len`; if it continues a recent read (within a chunk
+    /// of where one ended), starts decoding the chunks after it on the decoder threads.
+    pub fn read_ahead(&self, offset: u64, len: u64) {
+        let end = offset + len;
+        let chunk_size = self.chunk_size();
+        let sequential = {
+            let mut recent = self.recent_ends.lock().unwrap_or_else(|e| e.into_inner());
+            let sequential = recent
+                .iter()
+                .any(|&e| offset <= e.saturating_add(chunk_size) && offset.saturating_add(chunk_size) >= e);
+            if recent.len() == RECENT_READS {
+                recent.pop_front();
+            }
+            recent.push_back(end);
+            sequential
+        };
+        if !sequential || self.read_ahead_chunks == 0 || end >= self.size() {
             return;
         }
-        let next = end.div_ceil(self.chunk_size());
+        let next = end.div_ceil(chunk_size);
         self.cache.prefetch(next..next + self.read_ahead_chunks, true);
     }
 

@@ -167,7 +167,6 @@ fn serve_connection<R: ReadAt + 'static>(
         export,
         negotiated,
         max_payload: max_request,
-        last_read_end: u64::MAX,
     }
     .run();
     socket.shutdown();

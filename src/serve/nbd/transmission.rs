@@ -37,8 +37,6 @@ pub struct Transmission<'a, R: ReadAt, In: BufRead, Out: Write> {
     pub negotiated: Negotiated,
     /// Largest request length accepted.
     pub max_payload: u32,
-    /// Where the previous read ended: a read starting there is sequential.
-    pub last_read_end: u64,
 }
 
 impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> {
@@ -97,10 +95,7 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
             return self.reply_error(request, NBD_EINVAL);
         }
         let (offset, len) = (request.offset, u64::from(request.length));
-        if offset == self.last_read_end && offset != 0 {
-            self.export.read_ahead(offset + len);
-        }
-        self.last_read_end = offset + len;
+        self.export.read_ahead(offset, len);
         let stats = self.export.stats();
         let structured = self.negotiated.structured;
         let one_chunk = !structured || request.flags & NBD_CMD_FLAG_DF != 0;
