@@ -22,12 +22,38 @@ use crate::read_at::ReadAt;
 /// The default cache size (64 MiB).
 pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
 
-/// A decoded chunk: its logical bytes (zero blocks filled in), in an anonymous memory map of
-/// its own. Chunks are large and short-lived (evicted as clients move on); with the
-/// allocator's heap, freed chunks left its arenas fragmented and the process grew ~50% past
-/// the cache size in a whole-disk copy, while a map is returned to the system the moment the
-/// last reader drops it, so resident memory follows the cache setting.
-pub type ChunkBytes = Arc<memmap2::MmapMut>;
+/// A decoded chunk: its logical bytes (zero blocks filled in).
+pub type ChunkBytes = Arc<ChunkBuffer>;
+
+/// Buffers kept for reuse once no chunk holds them.
+const SPARE_BUFFERS: usize = 8;
+
+/// A decoded chunk's buffer; when the last reader lets go of it, it goes back to the spares
+/// (up to [`SPARE_BUFFERS`]) for the next decode. Chunks are large and short-lived (evicted as
+/// clients move on): allocating each anew left the allocator's arenas fragmented, and a
+/// whole-disk copy grew the process ~50% past the cache size; anonymous maps per chunk fixed
+/// that but serialised the decoders on the kernel's map lock (page faults against
+/// map/unmap). Reuse gives both: no churn, and no faults.
+pub struct ChunkBuffer {
+    bytes: Vec<u8>,
+    spares: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl std::ops::Deref for ChunkBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for ChunkBuffer {
+    fn drop(&mut self) {
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.len() < SPARE_BUFFERS {
+            spares.push(std::mem::take(&mut self.bytes));
+        }
+    }
+}
 
 /// Decoded chunks of one archive, shared by every connection.
 pub struct ChunkCache<R: ReadAt> {
@@ -37,6 +63,7 @@ pub struct ChunkCache<R: ReadAt> {
     decoded: Condvar,
     pool: rayon::ThreadPool,
     stats: Arc<ServeStats>,
+    spares: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 #[derive(Default)]
@@ -69,6 +96,7 @@ impl<R: ReadAt + 'static> ChunkCache<R> {
             decoded: Condvar::new(),
             pool,
             stats,
+            spares: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -155,8 +183,10 @@ impl<R: ReadAt + 'static> ChunkCache<R> {
             .archive
             .record_of(chunk)
             .ok_or_else(|| Error::new(ErrorKind::Io, format!("chunk {chunk} is not stored")))?;
-        let mut out = memmap2::MmapMut::map_anon(self.archive.chunk_len(record))
-            .map_err(|e| Error::io(format!("allocating memory for chunk {chunk}"), e))?;
+        let spare = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut out = spare.unwrap_or_default();
+        // Every byte is overwritten by expand_payload; resizing only zeroes a fresh buffer.
+        out.resize(self.archive.chunk_len(record), 0);
         let result = self.archive.with_payload(record, |payload| {
             expand_payload(record, payload, &mut out);
             Ok(())
@@ -168,7 +198,10 @@ impl<R: ReadAt + 'static> ChunkCache<R> {
         }
         ServeStats::add(&self.stats.chunks_decoded, 1);
         ServeStats::add(&self.stats.bytes_decoded, out.len() as u64);
-        Ok(Arc::new(out))
+        Ok(Arc::new(ChunkBuffer {
+            bytes: out,
+            spares: Arc::clone(&self.spares),
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, CacheState> {
@@ -219,11 +252,14 @@ mod tests {
     #[test]
     fn lru_evicts_the_oldest_and_stays_within_capacity() {
         let mut state = CacheState::default();
-        let chunk = |n: u8| -> ChunkBytes {
-            let mut map = memmap2::MmapMut::map_anon(10).unwrap();
-            map.fill(n);
-            Arc::new(map)
+        let spares = Arc::new(Mutex::new(Vec::new()));
+        let buffer = |bytes: Vec<u8>| -> ChunkBytes {
+            Arc::new(ChunkBuffer {
+                bytes,
+                spares: Arc::clone(&spares),
+            })
         };
+        let chunk = |n: u8| buffer(vec![n; 10]);
         state.insert(1, chunk(1), 25);
         state.insert(2, chunk(2), 25);
         assert!(state.touch(1).is_some()); // 2 is now the oldest
@@ -232,8 +268,10 @@ mod tests {
         assert_eq!(state.touch(1).unwrap()[0], 1);
         assert_eq!(state.touch(3).unwrap()[0], 3);
         assert_eq!(state.used, 20);
-        state.insert(4, Arc::new(memmap2::MmapMut::map_anon(30).unwrap()), 25); // larger than the cache: not kept
+        state.insert(4, buffer(vec![0u8; 30]), 25); // larger than the cache: not kept
         assert!(state.touch(4).is_none());
         assert_eq!(state.used, 20);
+        // Evicted and dropped buffers are kept for reuse.
+        assert_eq!(spares.lock().unwrap().len(), 2);
     }
 }
