@@ -79,10 +79,12 @@ pub mod info;
 #[cfg(feature = "library")]
 pub mod library;
 pub(crate) mod output;
+pub mod overlay;
 pub(crate) mod pipeline;
 pub mod read_at;
 #[cfg(feature = "s3")]
 pub mod remote;
+pub mod serve;
 pub mod sink;
 #[allow(unsafe_code)]
 pub(crate) mod sys;

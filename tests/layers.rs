@@ -10,7 +10,9 @@
 //! | 2     | input                                                             |
 //! | 3     | pipeline                                                          |
 //! | 4     | convert, extract, info, verify, digest, export (the operations)   |
+//! | 4     | overlay (copy-on-write overlays and their commit)                 |
 //! | 5     | library, batch                                                    |
+//! | 5     | serve (NBD server over archives and overlays)                     |
 //! | 6     | the binary: main.rs, cli/                                         |
 //!
 //! A module may use its own layer's modules only in layer 0; `fuzz_targets` (test entry points
@@ -27,6 +29,8 @@ fn layer_of(module: &str) -> Option<u8> {
         "pipeline" => 3,
         "convert" | "extract" | "info" | "verify" | "digest" | "export" => 4,
         "library" | "batch" => 5,
+        "overlay" => 4,
+        "serve" => 5,
         "cli" | "main" => 6,
         _ => return None,
     })

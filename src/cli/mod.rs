@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod batch;
+mod serve;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,6 +52,10 @@ enum Command {
     Batch(batch::BatchArgs),
     /// The image library: register, list, show, update, destroy and build from images.
     Images(images::ImagesArgs),
+    /// Serve an archive (or a library image) over NBD, lazily, optionally writable through an overlay.
+    Serve(serve::ServeArgs),
+    /// Copy-on-write overlays of served archives: commit one into a new archive.
+    Overlay(serve::OverlayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +222,8 @@ pub fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<u8> {
         Command::Export(args) => export::run(args, cancel),
         Command::Batch(args) => batch::run(args, cancel),
         Command::Images(args) => images::run(args, cancel),
+        Command::Serve(args) => serve::run_serve(args, cancel),
+        Command::Overlay(args) => serve::run_overlay(args, cancel),
     }
 }
 

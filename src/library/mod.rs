@@ -42,6 +42,7 @@ pub mod record;
 mod recovery;
 mod register;
 mod requests;
+mod serve_source;
 mod source;
 pub mod sqlite;
 pub mod store;

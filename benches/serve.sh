@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# `imgpack serve` against `qemu-nbd -r`, with the same NBD clients, on the corpus disk:
+#
+#   IMGPACK_CORPUS=/work/bench-corpus benches/serve.sh [--reps N] [--reads N] [--imgpack PATH]
+#
+# - whole disk: `nbdcopy URI null:` (reads every data extent, skipping holes by block status)
+#   from imgpack serving debian.imgpack, and from qemu-nbd -r serving debian-zstd.qcow2 and
+#   debian.qcow2;
+# - random 4 KiB reads: one qemu-io process reading a fixed random sequence of N 4 KiB blocks
+#   (the same sequence, the same client, for every server), default cache;
+# - time to first byte: from starting `imgpack serve` to its `listening` event, and to the end
+#   of a first 4 KiB read by qemu-io (which includes qemu-io's own start-up);
+# - bytes the clients read against bytes the server decoded, from the server's exit summary.
+# Runs are interleaved, medians of --reps; the machine is shared, so treat ratios as noisy.
+set -euo pipefail
+# shellcheck source=SCRIPTDIR/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+REPS=3 READS=2000 IMGPACK=$REPO_DIR/target/release/imgpack
+while (($#)); do
+  case $1 in
+    --reps) REPS=${2:?}; shift ;;
+    --reads) READS=${2:?}; shift ;;
+    --imgpack) IMGPACK=${2:?}; shift ;;
+    *) die "unknown argument $1" ;;
+  esac
+  shift
+done
+[[ -x $IMGPACK ]] || (cd "$REPO_DIR" && cargo build --release)
+for tool in qemu-nbd qemu-io nbdcopy; do
+  command -v "$tool" >/dev/null || die "$tool missing (qemu-utils, libnbd-bin)"
+done
+C=$CORPUS_ROOT
+[[ -f $C/debian.raw && -f $C/debian.qcow2 && -f $C/debian-zstd.qcow2 ]] || die "no corpus in $C (benches/corpus.sh)"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+ARCHIVE=$C/cache/debian.imgpack
+[[ -f $ARCHIVE ]] || { log "converting debian.raw"; mkdir -p "$C/cache"; "$IMGPACK" convert --quiet "$C/debian.raw" -o "$ARCHIVE"; }
+SIZE=$(stat -c %s "$C/debian.raw")
+
+# The fixed random sequence of 4 KiB reads, as qemu-io commands.
+awk -v n="$READS" -v blocks=$((SIZE / 4096)) 'BEGIN { srand(12345); for (i = 0; i < n; i++) printf "read %d 4096\n", int(rand() * blocks) * 4096 }' >"$WORK/reads.txt"
+mapfile -t READ_ARGS < <(sed 's/^/-c\n/' "$WORK/reads.txt")
+
+# Seconds since $1, to the millisecond.
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
+
+wait_socket() { for _ in $(seq 500); do [[ -S $1 ]] && return 0; sleep 0.01; done; die "no socket $1"; }
+
+# start NAME: starts server NAME on $WORK/NAME.sock; sets URI.
+start() {
+  local sock=$WORK/$1.sock
+  rm -f "$sock"
+  case $1 in
+    imgpack) "$IMGPACK" serve "$ARCHIVE" --socket "$sock" --json >"$WORK/imgpack.out" 2>&1 & ;;
+    qemu-zstd) qemu-nbd -r -f qcow2 --socket "$sock" --persistent --shared=8 "$C/debian-zstd.qcow2" & ;;
+    qemu-plain) qemu-nbd -r -f qcow2 --socket "$sock" --persistent --shared=8 "$C/debian.qcow2" & ;;
+  esac
+  SERVER=$!
+  PIDS+=("$SERVER")
+  wait_socket "$sock"
+  URI="nbd+unix:///?socket=$sock"
+}
+stop() { kill -INT "$SERVER"; wait "$SERVER" 2>/dev/null || true; }
+
+declare -A T
+for rep in $(seq "$REPS"); do
+  for server in imgpack qemu-zstd qemu-plain; do
+    start "$server"
+    t0=$(now); nbdcopy "$URI" null:; T[$server,copy,$rep]=$(since "$t0")
+    stop
+    start "$server"
+    t0=$(now); qemu-io -r -f raw "${READ_ARGS[@]}" "$URI" >/dev/null; T[$server,random,$rep]=$(since "$t0")
+    stop
+    if [[ $server == imgpack ]]; then
+      grep '"event":"stopped"' "$WORK/imgpack.out" >"$WORK/random-summary.json" || true
+    fi
+  done
+  log "rep $rep done"
+done
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+row() { local s=$1 k=$2 v=(); for r in $(seq "$REPS"); do v+=("${T[$s,$k,$r]}"); done; median "${v[@]}"; }
+
+# Time to first byte, and the bytes read against decoded for a whole-disk copy.
+sock=$WORK/ttfb.sock
+t0=$(now)
+"$IMGPACK" serve "$ARCHIVE" --socket "$sock" --json >"$WORK/ttfb.out" 2>&1 &
+SERVER=$!; PIDS+=("$SERVER")
+until grep -q listening "$WORK/ttfb.out" 2>/dev/null; do sleep 0.001; done
+listening=$(since "$t0")
+qemu-io -r -f raw -c 'read 0 4096' "nbd+unix:///?socket=$sock" >/dev/null
+first_read=$(since "$t0")
+nbdcopy "nbd+unix:///?socket=$sock" null:
+peak_rss=$(awk '/VmHWM/ { print $2 }' "/proc/$SERVER/status")
+kill -INT "$SERVER"; wait "$SERVER" 2>/dev/null || true
+copy_summary=$(grep '"event":"stopped"' "$WORK/ttfb.out")
+
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+cat <<EOF2
+## imgpack serve vs qemu-nbd -r ($(date -u +%F), $REPS interleaved reps, medians; load average $(cut -d' ' -f1-3 /proc/loadavg))
+
+| client run | imgpack serve | qemu-nbd zstd qcow2 | qemu-nbd plain qcow2 | imgpack / zstd | imgpack / plain |
+|---|---:|---:|---:|---:|---:|
+| nbdcopy whole disk (s) | $(row imgpack copy) | $(row qemu-zstd copy) | $(row qemu-plain copy) | $(awk -v a="$(row imgpack copy)" -v b="$(row qemu-zstd copy)" 'BEGIN{printf "%.2f", a/b}') | $(awk -v a="$(row imgpack copy)" -v b="$(row qemu-plain copy)" 'BEGIN{printf "%.2f", a/b}') |
+| qemu-io $READS random 4 KiB reads (s) | $(row imgpack random) | $(row qemu-zstd random) | $(row qemu-plain random) | $(awk -v a="$(row imgpack random)" -v b="$(row qemu-zstd random)" 'BEGIN{printf "%.2f", a/b}') | $(awk -v a="$(row imgpack random)" -v b="$(row qemu-plain random)" 'BEGIN{printf "%.2f", a/b}') |
+
+Time to first byte (4 GiB image): listening after ${listening} s; first 4 KiB read by qemu-io done after ${first_read} s. Server peak RSS after a whole-disk copy (default 64 MiB cache): $((peak_rss / 1024)) MiB.
+
+Whole-disk copy: clients read $(field "$copy_summary" bytes_served) bytes; the server decoded $(field "$copy_summary" bytes_decoded) bytes ($(field "$copy_summary" chunks_decoded) chunks, $(field "$copy_summary" chunks_read_ahead) read ahead, $(field "$copy_summary" bytes_fetched) bytes fetched).
+EOF2
+if [[ -s $WORK/random-summary.json ]]; then
+  s=$(cat "$WORK/random-summary.json")
+  echo "Random reads (last rep): clients read $(field "$s" bytes_served) bytes; the server decoded $(field "$s" bytes_decoded) bytes ($(field "$s" chunks_decoded) chunks, $(field "$s" cache_hits) cache hits)."
+fi

@@ -1,0 +1,277 @@
+//! [`ChunkCache`]: the archive's chunks decoded on demand, kept in a bounded LRU cache, with
+//! read-ahead on a small pool of decoder threads.
+//!
+//! A chunk is decoded at most once at a time: a second reader of a chunk being decoded waits
+//! for it instead of decoding it again. Every decode checks the chunk's crc (the archive
+//! reader's `with_payload`) before a byte of it is handed out; a failed decode is not cached,
+//! so each request for a damaged chunk fails on its own and the rest keep being served.
+//!
+//! Memory: the cache holds at most `capacity` bytes of decoded chunks; beyond that, each
+//! connection holds the one chunk it is copying from and each decoder thread the one it is
+//! decoding, so the total is bounded by `capacity + (connections + threads) x chunk size`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::stats::ServeStats;
+use crate::archive::chunk::expand_payload;
+use crate::archive::reader::ArchiveReader;
+use crate::error::{Error, ErrorKind, Result};
+use crate::read_at::ReadAt;
+
+/// The default cache size (64 MiB).
+pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
+
+/// A decoded chunk: its logical bytes (zero blocks filled in).
+pub type ChunkBytes = Arc<ChunkBuffer>;
+
+/// Buffers kept for reuse once no chunk holds them.
+const SPARE_BUFFERS: usize = 8;
+
+/// A decoded chunk's buffer; when the last reader lets go of it, it goes back to the spares
+/// (up to [`SPARE_BUFFERS`]) for the next decode. Chunks are large and short-lived (evicted as
+/// clients move on): allocating each anew left the allocator's arenas fragmented, and a
+/// whole-disk copy grew the process ~50% past the cache size; anonymous maps per chunk fixed
+/// that but serialised the decoders on the kernel's map lock (page faults against
+/// map/unmap). Reuse gives both: no churn, and no faults.
+pub struct ChunkBuffer {
+    bytes: Vec<u8>,
+    spares: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl std::ops::Deref for ChunkBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for ChunkBuffer {
+    fn drop(&mut self) {
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.len() < SPARE_BUFFERS {
+            spares.push(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+/// Decoded chunks of one archive, shared by every connection.
+pub struct ChunkCache<R: ReadAt> {
+    archive: Arc<ArchiveReader<R>>,
+    capacity: u64,
+    state: Mutex<CacheState>,
+    decoded: Condvar,
+    pool: rayon::ThreadPool,
+    stats: Arc<ServeStats>,
+    spares: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    entries: HashMap<u64, (ChunkBytes, u64)>,
+    by_age: BTreeMap<u64, u64>,
+    tick: u64,
+    used: u64,
+    decoding: HashSet<u64>,
+    queued: usize,
+}
+
+impl<R: ReadAt + 'static> ChunkCache<R> {
+    /// A cache of at most `capacity` bytes over `archive`, with `threads` read-ahead decoders.
+    pub fn new(
+        archive: ArchiveReader<R>,
+        capacity: u64,
+        threads: usize,
+        stats: Arc<ServeStats>,
+    ) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("imgpack-decode-{i}"))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Io, "cannot start the decoder threads").with_source(e))?;
+        Ok(ChunkCache {
+            archive: Arc::new(archive),
+            capacity,
+            state: Mutex::new(CacheState::default()),
+            decoded: Condvar::new(),
+            pool,
+            stats,
+            spares: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// The archive served.
+    pub fn archive(&self) -> &ArchiveReader<R> {
+        &self.archive
+    }
+
+    /// Chunk `chunk`'s bytes, from the cache or decoded now; `None` if it is not stored (it
+    /// reads as zeros). An error if the chunk fails its checks.
+    pub fn get(&self, chunk: u64) -> Result<Option<ChunkBytes>> {
+        if self.archive.record_of(chunk).is_none() {
+            return Ok(None);
+        }
+        let mut state = self.lock();
+        let mut counted = false;
+        loop {
+            if let Some(bytes) = state.touch(chunk) {
+                if !counted {
+                    ServeStats::add(&self.stats.cache_hits, 1);
+                }
+                return Ok(Some(bytes));
+            }
+            if !counted {
+                ServeStats::add(&self.stats.cache_misses, 1);
+                counted = true;
+            }
+            if !state.decoding.contains(&chunk) {
+                break;
+            }
+            state = self.decoded.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.decoding.insert(chunk);
+        drop(state);
+        self.decode_and_insert(chunk).map(Some)
+    }
+
+    /// Starts decoding each of `chunks` that is stored and neither cached nor being decoded,
+    /// on the decoder threads, without waiting; chunks beyond what the pool can take are
+    /// skipped (read-ahead is a hint).
+    pub fn prefetch(self: &Arc<Self>, chunks: impl IntoIterator<Item = u64>, read_ahead: bool) {
+        let limit = self.pool.current_num_threads() * 2;
+        for chunk in chunks {
+            if self.archive.record_of(chunk).is_none() {
+                continue;
+            }
+            let mut state = self.lock();
+            if state.queued >= limit {
+                return;
+            }
+            if state.entries.contains_key(&chunk) || state.decoding.contains(&chunk) {
+                continue;
+            }
+            state.decoding.insert(chunk);
+            state.queued += 1;
+            drop(state);
+            if read_ahead {
+                ServeStats::add(&self.stats.chunks_read_ahead, 1);
+            }
+            let cache = Arc::clone(self);
+            self.pool.spawn(move || {
+                // A failure is reported to the reader that asks for the chunk.
+                let _ = cache.decode_and_insert(chunk);
+                cache.lock().queued -= 1;
+            });
+        }
+    }
+
+    /// Decodes `chunk` (marked as decoding by the caller), caches it, and wakes the waiters.
+    fn decode_and_insert(&self, chunk: u64) -> Result<ChunkBytes> {
+        let decoded = self.decode(chunk);
+        let mut state = self.lock();
+        state.decoding.remove(&chunk);
+        if let Ok(bytes) = &decoded {
+            state.insert(chunk, Arc::clone(bytes), self.capacity);
+        }
+        drop(state);
+        self.decoded.notify_all();
+        decoded
+    }
+
+    fn decode(&self, chunk: u64) -> Result<ChunkBytes> {
+        let record = self
+            .archive
+            .record_of(chunk)
+            .ok_or_else(|| Error::new(ErrorKind::Io, format!("chunk {chunk} is not stored")))?;
+        let spare = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut out = spare.unwrap_or_default();
+        // Every byte is overwritten by expand_payload; resizing only zeroes a fresh buffer.
+        out.resize(self.archive.chunk_len(record), 0);
+        let result = self.archive.with_payload(record, |payload| {
+            expand_payload(record, payload, &mut out);
+            Ok(())
+        });
+        ServeStats::add(&self.stats.bytes_fetched, u64::from(record.stored_len));
+        if let Err(e) = result {
+            ServeStats::add(&self.stats.bad_chunks, 1);
+            return Err(e);
+        }
+        ServeStats::add(&self.stats.chunks_decoded, 1);
+        ServeStats::add(&self.stats.bytes_decoded, out.len() as u64);
+        Ok(Arc::new(ChunkBuffer {
+            bytes: out,
+            spares: Arc::clone(&self.spares),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CacheState> {
+        // The state stays consistent between statements, so a panic elsewhere (there should be
+        // none) does not make it unusable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl CacheState {
+    /// The cached bytes of `chunk`, marked most recently used.
+    fn touch(&mut self, chunk: u64) -> Option<ChunkBytes> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (bytes, age) = self.entries.get_mut(&chunk)?;
+        self.by_age.remove(age);
+        *age = tick;
+        self.by_age.insert(tick, chunk);
+        Some(Arc::clone(bytes))
+    }
+
+    /// Caches `bytes` as `chunk`, evicting the least recently used chunks to stay within
+    /// `capacity` (a chunk larger than the whole cache is not kept).
+    fn insert(&mut self, chunk: u64, bytes: ChunkBytes, capacity: u64) {
+        let len = bytes.len() as u64;
+        if len > capacity || self.entries.contains_key(&chunk) {
+            return;
+        }
+        while self.used + len > capacity {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            if let Some((evicted, _)) = self.entries.remove(&oldest) {
+                self.used -= evicted.len() as u64;
+            }
+        }
+        self.tick += 1;
+        self.by_age.insert(self.tick, chunk);
+        self.entries.insert(chunk, (bytes, self.tick));
+        self.used += len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lru_evicts_the_oldest_and_stays_within_capacity() {
+        let mut state = CacheState::default();
+        let spares = Arc::new(Mutex::new(Vec::new()));
+        let buffer = |bytes: Vec<u8>| -> ChunkBytes {
+            Arc::new(ChunkBuffer {
+                bytes,
+                spares: Arc::clone(&spares),
+            })
+        };
+        let chunk = |n: u8| buffer(vec![n; 10]);
+        state.insert(1, chunk(1), 25);
+        state.insert(2, chunk(2), 25);
+        assert!(state.touch(1).is_some()); // 2 is now the oldest
+        state.insert(3, chunk(3), 25);
+        assert!(state.touch(2).is_none());
+        assert_eq!(state.touch(1).unwrap()[0], 1);
+        assert_eq!(state.touch(3).unwrap()[0], 3);
+        assert_eq!(state.used, 20);
+        state.insert(4, buffer(vec![0u8; 30]), 25); // larger than the cache: not kept
+        assert!(state.touch(4).is_none());
+        assert_eq!(state.used, 20);
+        // Evicted and dropped buffers are kept for reuse.
+        assert_eq!(spares.lock().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,195 @@
+//! [`Server`]: the accept loop, one thread per connection (at most `max_connections`), and a
+//! clean stop when the control's cancel flag is raised (SIGINT/SIGTERM in the binary).
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::export::Export;
+use super::nbd::handshake::{handshake, ExportInfo, Outcome};
+use super::nbd::transmission::Transmission;
+use super::nbd::wire::*;
+use super::socket::{Listener, Socket};
+use super::stats::{ServeStats, StatsSnapshot};
+use super::ServeOptions;
+use crate::error::Result;
+use crate::read_at::ReadAt;
+
+/// How often the accept loop looks at the cancel flag.
+const POLL: Duration = Duration::from_millis(20);
+/// How long a client may take over each read of the handshake, and a stalled client may
+/// leave a reply unread before the connection is dropped.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Connections = Arc<Mutex<HashMap<u64, Socket>>>;
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server<R: ReadAt + 'static> {
+    listener: Listener,
+    export: Arc<Export<R>>,
+    info: ExportInfo,
+    options: ServeOptions,
+    uri: String,
+}
+
+impl<R: ReadAt + 'static> Server<R> {
+    /// A server for `export` on `listener`.
+    pub(crate) fn new(listener: Listener, export: Export<R>, options: ServeOptions) -> Result<Self> {
+        let mut flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_DF;
+        if export.writable() {
+            flags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FUA;
+        } else {
+            flags |= NBD_FLAG_READ_ONLY | NBD_FLAG_CAN_MULTI_CONN;
+        }
+        let info = ExportInfo {
+            name: options.export_name.clone(),
+            size: export.size(),
+            flags,
+            max_payload: options.max_request,
+        };
+        let uri = listener.uri(&options.export_name)?;
+        Ok(Server {
+            listener,
+            export: Arc::new(export),
+            info,
+            options,
+            uri,
+        })
+    }
+
+    /// The URI clients connect to.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.export.stats().snapshot()
+    }
+
+    /// Accepts and serves connections until the cancel flag is raised; then closes every
+    /// connection, waits for their threads, makes the overlay durable, and returns the totals.
+    pub fn run(self) -> Result<StatsSnapshot> {
+        let connections: Connections = Arc::new(Mutex::new(HashMap::new()));
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let next_id = AtomicU64::new(0);
+        while self.options.control.check().is_ok() {
+            threads.retain(|t| !t.is_finished());
+            let socket = match self.listener.accept() {
+                Ok(Some(socket)) => socket,
+                Ok(None) => {
+                    std::thread::sleep(POLL);
+                    continue;
+                }
+                // A connection that failed while being accepted (reset, out of descriptors):
+                // the server goes on.
+                Err(_) => {
+                    std::thread::sleep(POLL);
+                    continue;
+                }
+            };
+            if threads.len() >= self.options.max_connections {
+                socket.shutdown();
+                continue;
+            }
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let Ok(handle) = socket.try_clone() else { continue };
+            lock(&connections).insert(id, handle);
+            ServeStats::add(&self.export.stats().connections, 1);
+            let (export, info, registry) = (
+                Arc::clone(&self.export),
+                self.info.clone(),
+                Arc::clone(&connections),
+            );
+            let max_request = self.options.max_request;
+            let spawned = std::thread::Builder::new()
+                .name(format!("imgpack-nbd-{id}"))
+                .spawn(move || {
+                    if serve_connection(socket, &export, &info, max_request).is_err() {
+                        ServeStats::add(&export.stats().protocol_errors, 1);
+                    }
+                    lock(&registry).remove(&id);
+                });
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(_) => {
+                    if let Some(socket) = lock(&connections).remove(&id) {
+                        socket.shutdown();
+                    }
+                }
+            }
+        }
+        for socket in lock(&connections).values() {
+            socket.shutdown();
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
+        self.export.flush()?;
+        Ok(self.export.stats().snapshot())
+    }
+}
+
+fn lock(connections: &Connections) -> std::sync::MutexGuard<'_, HashMap<u64, Socket>> {
+    connections.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One connection: the handshake under a timeout, then transmission until the client leaves.
+fn serve_connection<R: ReadAt + 'static>(
+    socket: Socket,
+    export: &Export<R>,
+    info: &ExportInfo,
+    max_request: u32,
+) -> std::io::Result<()> {
+    socket.set_timeouts(Some(STALL_TIMEOUT), Some(STALL_TIMEOUT))?;
+    let mut reader = BufReader::with_capacity(64 << 10, socket.try_clone()?);
+    let mut writer = BufWriter::with_capacity(256 << 10, socket.try_clone()?);
+    let mut both = ReadWrite {
+        reader: &mut reader,
+        writer: &mut writer,
+    };
+    let negotiated = match handshake(&mut both, info)? {
+        Outcome::Transmission(negotiated) => negotiated,
+        Outcome::Closed => {
+            std::io::Write::flush(&mut writer)?;
+            return Ok(());
+        }
+    };
+    std::io::Write::flush(&mut writer)?;
+    // An idle client (a guest not touching its disk) may wait between requests for ever.
+    socket.set_timeouts(None, Some(STALL_TIMEOUT))?;
+    let result = Transmission {
+        input: reader,
+        output: writer,
+        export,
+        negotiated,
+        max_payload: max_request,
+    }
+    .run();
+    socket.shutdown();
+    result
+}
+
+/// A reader and a writer as one stream, for the handshake.
+struct ReadWrite<'a, R, W> {
+    reader: &'a mut R,
+    writer: &'a mut W,
+}
+
+impl<R: std::io::Read, W: std::io::Write> std::io::Read for ReadWrite<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl<R, W: std::io::Write> std::io::Write for ReadWrite<'_, R, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writer.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush()
+    }
+}
