@@ -145,7 +145,10 @@ fn remote_info(path: &Path, object: crate::remote::S3ReadAt) -> Result<ImageInfo
         chunk_size: Some(reader.geometry().chunk_size()),
         chunks: Some(reader.records().len() as u64),
         refusal: None,
-        details: serde_json::Map::new(),
+        digest: reader.image_digest().map(|d| d.to_string()),
+        details: [("archive_version".to_string(), reader.version().into())]
+            .into_iter()
+            .collect(),
     })
 }
 

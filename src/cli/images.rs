@@ -246,6 +246,18 @@ impl MetadataArgs {
 }
 
 /// Runs `imgpack images ...`; returns the exit code.
+/// The library options every command that opens a library uses: `IMGPACK_OPERATOR`, and the
+/// catalog from `--catalog` (given here) or `IMGPACK_CATALOG`.
+pub fn library_options(catalog: Option<String>) -> Result<LibraryOptions> {
+    Ok(LibraryOptions {
+        operator: std::env::var("IMGPACK_OPERATOR").ok().filter(|s| !s.is_empty()),
+        catalog: catalog
+            .or_else(|| std::env::var("IMGPACK_CATALOG").ok().filter(|s| !s.is_empty()))
+            .map(|text| text.parse())
+            .transpose()?,
+    })
+}
+
 pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
     let root = args
         .library
@@ -259,15 +271,7 @@ pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
         .ok_or_else(|| {
             Error::invalid_argument("no account: give --account acc-xxxxx or set IMGPACK_ACCOUNT")
         })?;
-    let options = LibraryOptions {
-        operator: std::env::var("IMGPACK_OPERATOR").ok().filter(|s| !s.is_empty()),
-        catalog: args
-            .catalog
-            .clone()
-            .or_else(|| std::env::var("IMGPACK_CATALOG").ok().filter(|s| !s.is_empty()))
-            .map(|text| text.parse())
-            .transpose()?,
-    };
+    let options = library_options(args.catalog.clone())?;
     let mut library = Library::open(&root, &options)?;
     let json = args.json;
     let common = Common {

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use imgpack::archive::reader::ArchiveReader;
 use imgpack::convert::{DEFAULT_LEVEL, DEFAULT_MAX_COMPRESSED_SIZE};
-use imgpack::library::{id::is_image_id, Library, LibraryOptions};
+use imgpack::library::{id::is_image_id, Library};
 use imgpack::overlay::{commit, CommitOptions};
 use imgpack::read_at::FileAt;
 use imgpack::serve::{
@@ -208,9 +208,7 @@ fn open_source(args: &ServeArgs) -> Result<(ArchiveReader<FileAt>, String)> {
         .ok_or_else(|| {
             Error::invalid_argument("no account: give --account acc-xxxxx or set IMGPACK_ACCOUNT")
         })?;
-    let options = LibraryOptions {
-        operator: std::env::var("IMGPACK_OPERATOR").ok().filter(|s| !s.is_empty()),
-    };
+    let options = super::images::library_options(None)?;
     let library = Library::open(&root, &options)?;
     let (record, archive) = library.serve_source(&account, &text)?;
     Ok((archive, record.id))

@@ -228,6 +228,7 @@ pub(in crate::library) fn convert_in_place(
             compressed_size: summary.compressed_size,
             chunk_size: options.chunk_size,
             chunks: summary.chunks,
+            digest: summary.digest.to_string(),
             seconds: start.elapsed().as_secs_f64(),
         })
     })
