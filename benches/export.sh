@@ -6,6 +6,9 @@
 #
 #   IMGPACK_CORPUS=/work/bench-corpus bash benches/export.sh [--reps N] [--only NAME...]
 #
+# Wall time is what the targets are about; CPU time (user + sys, from /usr/bin/time) is
+# printed too, because on a shared machine it moves much less than wall time.
+#
 # Needs the corpus of benches/corpus.sh (debian.raw, sparse-1t.raw, dense-64m.raw), qemu-img,
 # and a release build (built here if missing). Archives are made once into $SCRATCH.
 set -euo pipefail
@@ -64,26 +67,28 @@ selected() {
   return 1
 }
 
-declare -A times sizes
+declare -A times cpus sizes
 for ((rep = 1; rep <= reps; rep++)); do
   for entry in "${benchmarks[@]}"; do
     name=${entry%%|*} command=${entry#*|}
     selected "$name" || continue
     rm -f "$out"; sync
-    start=$(now)
-    ${command//OUT/$out} >/dev/null
-    t=$(elapsed_since "$start")
+    # shellcheck disable=SC2086 # the command is split into words on purpose
+    /usr/bin/time -f '%e %U %S' -o "$SCRATCH/time" ${command//OUT/$out} >/dev/null
+    read -r t user sys <"$SCRATCH/time"
+    cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
     times[$name]+="$t "
+    cpus[$name]+="$cpu "
     sizes[$name]=$(stat -c %s "$out")
-    log "rep $rep $name: $t s, $(stat -c %s "$out") bytes"
+    log "rep $rep $name: $t s wall, $cpu s CPU, ${sizes[$name]} bytes"
   done
 done
 rm -f "$out"
 
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
-printf '| run | median s (of %s) | output bytes |\n|---|---:|---:|\n' "$reps"
+printf '| run | wall s (median of %s) | CPU s (user+sys) | output bytes |\n|---|---:|---:|---:|\n' "$reps"
 for entry in "${benchmarks[@]}"; do
   name=${entry%%|*}
   [[ -n ${times[$name]:-} ]] || continue
-  printf '| %s | %s | %s |\n' "$name" "$(median "${times[$name]}")" "${sizes[$name]}"
+  printf '| %s | %s | %s | %s |\n' "$name" "$(median "${times[$name]}")" "$(median "${cpus[$name]}")" "${sizes[$name]}"
 done
