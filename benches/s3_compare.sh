@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Registration and build from an s3:// library against a local one, same run, same upload.
 #
-#   bash benches/s3_compare.sh [--size SIZE_MIB] [--data DATA_MIB] [--reps N] [IMAGE.raw]
+#   bash benches/s3_compare.sh [--size SIZE_MIB] [--data DATA_MIB] [--reps N] [--no-build] [IMAGE.raw]
 #
 # Starts a moto server (IMGPACK_MOTO_SERVER, else moto_server on the PATH; `bash .ci/run`
 # installs one) on a free loopback port, then for a raw upload and the same disk as a
@@ -15,9 +15,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-size=1024 data=256 reps=3 image=""
+size=1024 data=256 reps=3 image="" build=1
 while (($#)); do
     case $1 in
+        --no-build) build=0; shift ;;
         --size) size=$2; shift 2 ;;
         --data) data=$2; shift 2 ;;
         --reps) reps=$2; shift 2 ;;
@@ -25,7 +26,7 @@ while (($#)); do
     esac
 done
 
-cargo build --release --quiet
+((build)) && cargo build --release --quiet
 bin=$PWD/target/release/imgpack
 moto=${IMGPACK_MOTO_SERVER:-moto_server}
 work=$(mktemp -d)

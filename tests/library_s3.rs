@@ -423,7 +423,7 @@ fn an_outage_mid_registration_fails_the_image_keeps_the_upload_and_is_cleaned_up
     assert!(lib.has_key(&upload_key(OWNER, "big.raw")));
     let again = lib.register(OWNER, "big.raw");
     assert_eq!(again["status"], "available");
-    // An archive of 40 cache blocks and more: read-ahead, eviction and parallel chunk reads.
+    // An archive of ten cache blocks: read-ahead and parallel chunk reads across blocks.
     let disk = lib.path("again.raw");
     let id = again["id"].as_str().unwrap();
     lib.json(

@@ -1,26 +1,33 @@
 //! [`ObjectReader`]: one streaming GET read front to back as a [`Read`], so the layer-peeling
 //! pipeline (`Input::reader`) consumes an object as it arrives, with no temporary file.
+//!
+//! A task on the client's runtime drives the download and hands the reader pieces of
+//! [`PIECE_LEN`] bytes through a channel of [`PIECES_AHEAD`]: the download runs ahead of the
+//! conversion by a bounded amount (about 4 MiB), and the reading thread wakes once per piece
+//! rather than once per network packet.
 
 use std::io::{self, Read};
 
-use bytes::Bytes;
-use futures::stream::BoxStream;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
+use tokio::sync::mpsc;
 
 use super::{object_path, redact, store_error, S3Client};
 use crate::error::{Error, ErrorKind, Result};
+
+/// Bytes handed to the reader at a time.
+pub const PIECE_LEN: usize = 1 << 20;
+/// Pieces downloaded ahead of the reader.
+pub const PIECES_AHEAD: usize = 4;
 
 /// A streaming GET. The body must be exactly as long as the object's length the reply
 /// announced: a short body (a dropped connection) or a long one is an error, never a
 /// silently truncated disk.
 pub struct ObjectReader {
-    client: S3Client,
-    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    pieces: mpsc::Receiver<std::result::Result<Bytes, String>>,
     current: Bytes,
-    url: String,
     expected: u64,
-    received: u64,
     ended: bool,
 }
 
@@ -34,13 +41,51 @@ impl ObjectReader {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(store_error("reading", &url, e)),
         };
+        let expected = got.meta.size;
+        let (sender, pieces) = mpsc::channel(PIECES_AHEAD);
+        let mut stream = got.into_stream();
+        // Ends when the body does, on the first error, or when the reader is dropped (the
+        // send fails), which also drops the connection.
+        client.spawn(async move {
+            let mut received = 0u64;
+            let mut piece = BytesMut::with_capacity(PIECE_LEN);
+            loop {
+                let failure = match stream.next().await {
+                    Some(Ok(bytes)) => {
+                        received += bytes.len() as u64;
+                        if received > expected {
+                            Some(format!(
+                                "reading {url}: the store sent more than the {expected} bytes it announced"
+                            ))
+                        } else {
+                            piece.extend_from_slice(&bytes);
+                            if piece.len() >= PIECE_LEN
+                                && sender.send(Ok(piece.split().freeze())).await.is_err()
+                            {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                    Some(Err(e)) => Some(format!("reading {url} at byte {received}: {e}")),
+                    None if received != expected => Some(format!(
+                        "reading {url}: the body ended after {received} of the {expected} bytes announced"
+                    )),
+                    None => None,
+                };
+                if !piece.is_empty() && failure.is_none() {
+                    let _ = sender.send(Ok(piece.split().freeze())).await;
+                }
+                if let Some(why) = failure {
+                    let _ = sender.send(Err(redact(&why))).await;
+                }
+                return;
+            }
+        });
         Ok(Some(ObjectReader {
-            client: client.clone(),
-            expected: got.meta.size,
-            stream: got.into_stream(),
+            pieces,
             current: Bytes::new(),
-            url,
-            received: 0,
+            expected,
             ended: false,
         }))
     }
@@ -54,38 +99,18 @@ impl ObjectReader {
     pub fn is_empty(&self) -> bool {
         self.expected == 0
     }
-
-    fn failure(&self, message: String) -> io::Error {
-        io::Error::other(Error::new(ErrorKind::Io, redact(&message)))
-    }
 }
 
 impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() && !self.ended {
-            match self.client.block_on(self.stream.next()) {
-                Some(Ok(bytes)) => {
-                    self.received += bytes.len() as u64;
-                    if self.received > self.expected {
-                        return Err(self.failure(format!(
-                            "reading {}: the store sent more than the {} bytes it announced",
-                            self.url, self.expected
-                        )));
-                    }
-                    self.current = bytes;
-                }
-                Some(Err(e)) => {
-                    return Err(self.failure(format!("reading {} at byte {}: {e}", self.url, self.received)))
-                }
-                None => {
+            match self.pieces.blocking_recv() {
+                Some(Ok(piece)) => self.current = piece,
+                Some(Err(why)) => {
                     self.ended = true;
-                    if self.received != self.expected {
-                        return Err(self.failure(format!(
-                            "reading {}: the body ended after {} of the {} bytes announced",
-                            self.url, self.received, self.expected
-                        )));
-                    }
+                    return Err(io::Error::other(Error::new(ErrorKind::Io, why)));
                 }
+                None => self.ended = true,
             }
         }
         let n = buf.len().min(self.current.len());

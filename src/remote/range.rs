@@ -21,12 +21,14 @@ use super::{object_path, redact, S3Client};
 use crate::error::{Error, ErrorKind, Result};
 use crate::read_at::ReadAt;
 
-/// Bytes per cached block.
-pub const BLOCK_SIZE: u64 = 2 << 20;
-/// Blocks kept in the cache (64 MiB).
-pub const CACHED_BLOCKS: usize = 32;
+/// Bytes per cached block: each block is one ranged GET, and a request costs a round trip
+/// and, on some servers, work in proportion to the object, so blocks are large (8-16 MiB is
+/// what S3's own guidance suggests for ranged downloads).
+pub const BLOCK_SIZE: u64 = 8 << 20;
+/// Blocks kept in the cache (96 MiB).
+pub const CACHED_BLOCKS: usize = 12;
 /// Blocks fetched ahead of a forward-running read.
-pub const READ_AHEAD: u64 = 8;
+pub const READ_AHEAD: u64 = 4;
 /// Forward-running readers recognised at once.
 const STREAMS: usize = 16;
 

@@ -193,6 +193,11 @@ pub fn open(location: &Path) -> Result<Box<dyn Objects>> {
     if let Some(objects) = s3::S3Objects::open(location)? {
         return Ok(Box::new(objects));
     }
+    if is_remote(location) {
+        return Err(Error::unsupported(
+            "this imgpack was built without the s3 feature; it cannot open s3:// libraries",
+        ));
+    }
     Ok(Box::new(LocalObjects::open(location)?))
 }
 
