@@ -132,17 +132,25 @@ impl<R: ReadAt + 'static> Export<R> {
         }
     }
 
-    /// Decodes (and so checks) every stored chunk `offset..offset + len` needs from the base,
-    /// so that a reply that cannot report an error half-way knows it will not need to.
+    /// Decodes (and so checks) every stored chunk of the base that `offset..offset + len`
+    /// reads, so that a reply that cannot report an error half-way knows it will not need to.
     pub fn check_readable(&self, offset: u64, len: u64) -> Result<()> {
+        let base_runs: Vec<(u64, u64)> = match &self.overlay {
+            None => vec![(offset, len)],
+            Some(overlay) => overlay
+                .runs(offset, len)
+                .into_iter()
+                .filter(|run| run.state == BlockState::Base)
+                .map(|run| (run.offset, run.len))
+                .collect(),
+        };
         let chunk_size = self.chunk_size();
-        if len == 0 {
-            return Ok(());
-        }
-        let (first, last) = (offset / chunk_size, (offset + len - 1) / chunk_size);
-        self.cache.prefetch(first + 1..=last, false);
-        for chunk in first..=last {
-            self.cache.get(chunk)?;
+        for (offset, len) in base_runs.into_iter().filter(|&(_, len)| len > 0) {
+            let (first, last) = (offset / chunk_size, (offset + len - 1) / chunk_size);
+            self.cache.prefetch(first + 1..=last, false);
+            for chunk in first..=last {
+                self.cache.get(chunk)?;
+            }
         }
         Ok(())
     }
