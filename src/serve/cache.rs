@@ -35,7 +35,7 @@ thread_local! {
 const SPARE_BUFFERS: usize = 8;
 
 /// A decoded chunk's buffer; when the last reader lets go of it, it goes back to the spares
-/// (up to [`SPARE_BUFFERS`]) for the next decode. Chunks are large and short-lived (evicted as
+/// (up to eight) for the next decode. Chunks are large and short-lived (evicted as
 /// clients move on): allocating each anew left the allocator's arenas fragmented, and a
 /// whole-disk copy grew the process ~50% past the cache size; anonymous maps per chunk fixed
 /// that but serialised the decoders on the kernel's map lock (page faults against
