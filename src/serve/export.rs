@@ -58,6 +58,9 @@ pub struct Export<R: ReadAt> {
     recent_ends: Mutex<VecDeque<u64>>,
 }
 
+/// Most bytes one block-status query looks at in an overlay.
+const MAX_OVERLAY_STATUS: u64 = 128 << 20;
+
 /// How many recent read ends are remembered.
 const RECENT_READS: usize = 32;
 
@@ -196,7 +199,9 @@ impl<R: ReadAt + 'static> Export<R> {
             true
         };
         let runs = match &self.overlay {
-            Some(overlay) => overlay.runs(offset, len),
+            // The overlay's runs are listed block by block; a prefix of the range is a valid
+            // answer, and keeps a 4 GiB query from listing a million of them.
+            Some(overlay) => overlay.runs(offset, len.min(MAX_OVERLAY_STATUS)),
             None => vec![crate::overlay::Run {
                 offset,
                 len,
