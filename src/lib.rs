@@ -18,6 +18,8 @@
 //! | [`verify()`] | every chunk of an archive decoded and checked | [`VerifyOptions`] | [`VerifyReport`] |
 //! | [`digest()`] | the image digest of any input, no archive written | [`DigestOptions`] | [`DigestReport`] |
 //! | [`batch::run`] | many files, sharing one pool of workers | [`batch::BatchOptions`] | [`batch::BatchReport`] |
+//! | [`serve::serve`] | an archive as an NBD block device, lazily decoded, writable through an overlay | [`serve::ServeOptions`] | [`serve::StatsSnapshot`] |
+//! | [`overlay::commit()`] | an archive plus a copy-on-write overlay into a new archive | [`overlay::CommitOptions`] | [`overlay::CommitReport`] |
 //!
 //! Options implement `Default` with the defaults documented on each field; each has a
 //! [`Control`] for cancellation and progress. Above the engine, [`library`] (feature

@@ -1,7 +1,7 @@
 //! Copy-on-write overlays: a writable disk over a read-only archive.
 //!
 //! An [`Overlay`] is a sparse file holding the 4 KiB blocks written to a served archive, with
-//! a persistent map of which blocks it holds ([`format`] and `docs/OVERLAY.md` give the
+//! a persistent map of which blocks it holds ([`format`](mod@format) and `docs/OVERLAY.md` give the
 //! layout) and the identity of the base archive it belongs to. `imgpack serve --overlay`
 //! writes into it ([`Overlay::write`], [`Overlay::write_zeroes`], [`Overlay::trim`],
 //! [`Overlay::flush`]); [`commit()`] writes base plus overlay into a new archive through the

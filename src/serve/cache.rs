@@ -3,18 +3,19 @@
 //!
 //! A chunk is decoded at most once at a time: a second reader of a chunk being decoded waits
 //! for it instead of decoding it again. Every decode checks the chunk's crc (the archive
-//! reader's `with_payload`) before a byte of it is handed out; a failed decode is not cached,
+//! reader's `read_payload`) before a byte of it is handed out; a failed decode is not cached,
 //! so each request for a damaged chunk fails on its own and the rest keep being served.
 //!
 //! Memory: the cache holds at most `capacity` bytes of decoded chunks; beyond that, each
 //! connection holds the one chunk it is copying from and each decoder thread the one it is
 //! decoding, so the total is bounded by `capacity + (connections + threads) x chunk size`.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::stats::ServeStats;
-use crate::archive::chunk::expand_payload;
+use crate::archive::chunk::{expand_payload, ChunkDecoder};
 use crate::archive::reader::ArchiveReader;
 use crate::error::{Error, ErrorKind, Result};
 use crate::read_at::ReadAt;
@@ -25,11 +26,16 @@ pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
 /// A decoded chunk: its logical bytes (zero blocks filled in).
 pub type ChunkBytes = Arc<ChunkBuffer>;
 
+thread_local! {
+    /// Each decoding thread's zstd context and frame buffer, reused across chunks.
+    static DECODER: RefCell<Option<(ChunkDecoder, Vec<u8>)>> = const { RefCell::new(None) };
+}
+
 /// Buffers kept for reuse once no chunk holds them.
 const SPARE_BUFFERS: usize = 8;
 
 /// A decoded chunk's buffer; when the last reader lets go of it, it goes back to the spares
-/// (up to [`SPARE_BUFFERS`]) for the next decode. Chunks are large and short-lived (evicted as
+/// (up to eight) for the next decode. Chunks are large and short-lived (evicted as
 /// clients move on): allocating each anew left the allocator's arenas fragmented, and a
 /// whole-disk copy grew the process ~50% past the cache size; anonymous maps per chunk fixed
 /// that but serialised the decoders on the kernel's map lock (page faults against
@@ -183,25 +189,53 @@ impl<R: ReadAt + 'static> ChunkCache<R> {
             .archive
             .record_of(chunk)
             .ok_or_else(|| Error::new(ErrorKind::Io, format!("chunk {chunk} is not stored")))?;
-        let spare = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut out = spare.unwrap_or_default();
-        // Every byte is overwritten by expand_payload; resizing only zeroes a fresh buffer.
-        out.resize(self.archive.chunk_len(record), 0);
-        let result = self.archive.with_payload(record, |payload| {
-            expand_payload(record, payload, &mut out);
-            Ok(())
+        let chunk_len = self.archive.chunk_len(record);
+        let mut payload = self.spare();
+        let result = DECODER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some((ChunkDecoder::new()?, Vec::new()));
+            }
+            let (decoder, frame) = slot.as_mut().expect("initialised above");
+            self.archive.read_payload(record, decoder, frame, &mut payload)
         });
         ServeStats::add(&self.stats.bytes_fetched, u64::from(record.stored_len));
         if let Err(e) = result {
             ServeStats::add(&self.stats.bad_chunks, 1);
             return Err(e);
         }
+        // A chunk without zero blocks is its payload; others are laid out with their zeros.
+        let bytes = if payload.len() == chunk_len {
+            payload
+        } else {
+            let mut out = self.spare();
+            out.resize(chunk_len, 0);
+            expand_payload(record, &payload, &mut out);
+            self.give_back(payload);
+            out
+        };
         ServeStats::add(&self.stats.chunks_decoded, 1);
-        ServeStats::add(&self.stats.bytes_decoded, out.len() as u64);
+        ServeStats::add(&self.stats.bytes_decoded, chunk_len as u64);
         Ok(Arc::new(ChunkBuffer {
-            bytes: out,
+            bytes,
             spares: Arc::clone(&self.spares),
         }))
+    }
+
+    /// A buffer from the spares, or a new one; its contents are to be overwritten.
+    fn spare(&self) -> Vec<u8> {
+        self.spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, buffer: Vec<u8>) {
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.len() < SPARE_BUFFERS {
+            spares.push(buffer);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, CacheState> {

@@ -58,6 +58,9 @@ pub struct Export<R: ReadAt> {
     recent_ends: Mutex<VecDeque<u64>>,
 }
 
+/// Most bytes one block-status query looks at in an overlay.
+const MAX_OVERLAY_STATUS: u64 = 128 << 20;
+
 /// How many recent read ends are remembered.
 const RECENT_READS: usize = 32;
 
@@ -132,17 +135,25 @@ impl<R: ReadAt + 'static> Export<R> {
         }
     }
 
-    /// Decodes (and so checks) every stored chunk `offset..offset + len` needs from the base,
-    /// so that a reply that cannot report an error half-way knows it will not need to.
+    /// Decodes (and so checks) every stored chunk of the base that `offset..offset + len`
+    /// reads, so that a reply that cannot report an error half-way knows it will not need to.
     pub fn check_readable(&self, offset: u64, len: u64) -> Result<()> {
+        let base_runs: Vec<(u64, u64)> = match &self.overlay {
+            None => vec![(offset, len)],
+            Some(overlay) => overlay
+                .runs(offset, len)
+                .into_iter()
+                .filter(|run| run.state == BlockState::Base)
+                .map(|run| (run.offset, run.len))
+                .collect(),
+        };
         let chunk_size = self.chunk_size();
-        if len == 0 {
-            return Ok(());
-        }
-        let (first, last) = (offset / chunk_size, (offset + len - 1) / chunk_size);
-        self.cache.prefetch(first + 1..=last, false);
-        for chunk in first..=last {
-            self.cache.get(chunk)?;
+        for (offset, len) in base_runs.into_iter().filter(|&(_, len)| len > 0) {
+            let (first, last) = (offset / chunk_size, (offset + len - 1) / chunk_size);
+            self.cache.prefetch(first + 1..=last, false);
+            for chunk in first..=last {
+                self.cache.get(chunk)?;
+            }
         }
         Ok(())
     }
@@ -188,7 +199,9 @@ impl<R: ReadAt + 'static> Export<R> {
             true
         };
         let runs = match &self.overlay {
-            Some(overlay) => overlay.runs(offset, len),
+            // The overlay's runs are listed block by block; a prefix of the range is a valid
+            // answer, and keeps a 4 GiB query from listing a million of them.
+            Some(overlay) => overlay.runs(offset, len.min(MAX_OVERLAY_STATUS)),
             None => vec![crate::overlay::Run {
                 offset,
                 len,
