@@ -201,6 +201,8 @@ fn matrix_library(dir: &TestLibrary) -> (Library, Vec<ImageRecord>) {
                 format: None,
                 chunks: 0,
                 reason: None,
+                digest: None,
+                source_sha256: None,
             };
             assert!(store.insert(&record, &lease).unwrap());
             // Walk the record to its status through allowed steps, as the library would.
@@ -742,6 +744,8 @@ fn stale_registrations_are_failed_on_open(dir: &TestLibrary) {
                 format: None,
                 chunks: 0,
                 reason: None,
+                digest: None,
+                source_sha256: None,
             };
             assert!(store.insert(&record, lease).unwrap());
             fs::create_dir_all(dir.path().join("tmp").join(id)).unwrap();

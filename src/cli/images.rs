@@ -561,6 +561,8 @@ fn details(r: &ImageRecord) -> String {
         ("format", r.format.clone().unwrap_or_default()),
         ("chunks", r.chunks.to_string()),
         ("reason", r.reason.clone().unwrap_or_default()),
+        ("digest", r.digest.clone().unwrap_or_default()),
+        ("source_sha256", r.source_sha256.clone().unwrap_or_default()),
     ];
     fields
         .iter()

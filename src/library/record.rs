@@ -218,6 +218,13 @@ pub struct ImageRecord {
     pub chunks: u64,
     /// Why the image `failed`.
     pub reason: Option<String>,
+    /// The image digest (`sha256-tree:<hex>`, docs/FORMAT.md) of the disk, once registered:
+    /// the same for the same disk whatever its format, chunk size or compression level.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// The SHA-256 of the uploaded file's bytes as received (`sha256sum` of the upload), hex.
+    #[serde(default)]
+    pub source_sha256: Option<String>,
 }
 
 impl ImageRecord {

@@ -67,6 +67,8 @@ impl Library {
             format: None,
             chunks: 0,
             reason: None,
+            digest: None,
+            source_sha256: None,
         };
         let lease = self.host.lease_for_self(unix_now());
         let mut inserted = false;

@@ -57,11 +57,13 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);",
     // 2: one registration at a time per upload.
     super::store::ONE_REGISTRATION_PER_UPLOAD,
+    // 3: the image digest and the upload's SHA-256 (archive format version 2).
+    "ALTER TABLE images ADD COLUMN digest TEXT; ALTER TABLE images ADD COLUMN source_sha256 TEXT;",
 ];
 
 const COLUMNS: &str = "id, owner, source_type, created_on, status, name, description, arch, \
     mode, public, official, username, source, virtual_size, disk_size, compressed_size, format, \
-    chunks, reason";
+    chunks, reason, digest, source_sha256";
 
 /// The catalog in a SQLite database file.
 pub struct SqliteStore {
@@ -109,6 +111,8 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<ImageRecord> {
         format: row.get(16)?,
         chunks: from_sql_size(row.get(17)?)?,
         reason: row.get(18)?,
+        digest: row.get(19)?,
+        source_sha256: row.get(20)?,
     })
 }
 
@@ -204,7 +208,7 @@ impl CatalogStore for SqliteStore {
             &format!(
                 "INSERT INTO images ({COLUMNS}, lease_pid, lease_host, lease_boot_id, \
                  lease_start_time, lease_expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24) ON CONFLICT (id) DO NOTHING"
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26) ON CONFLICT (id) DO NOTHING"
             ),
             params![
                 record.id,
@@ -226,6 +230,8 @@ impl CatalogStore for SqliteStore {
                 record.format,
                 to_sql_size(record.chunks)?,
                 record.reason,
+                record.digest,
+                record.source_sha256,
                 lease.pid,
                 lease.host,
                 lease.boot_id,
@@ -335,6 +341,12 @@ impl CatalogStore for SqliteStore {
         }
         if let Some(v) = &changes.reason {
             set("reason", text(v));
+        }
+        if let Some(v) = &changes.digest {
+            set("digest", text(v));
+        }
+        if let Some(v) = &changes.source_sha256 {
+            set("source_sha256", text(v));
         }
         if sets.is_empty() {
             // Nothing to write: answer whether the condition holds.
@@ -447,6 +459,8 @@ mod tests {
             format: None,
             chunks: 0,
             reason: None,
+            digest: None,
+            source_sha256: None,
         }
     }
 

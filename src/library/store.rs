@@ -70,6 +70,10 @@ pub struct Changes {
     pub chunks: Option<u64>,
     /// New failure reason.
     pub reason: Option<String>,
+    /// The image digest.
+    pub digest: Option<String>,
+    /// The SHA-256 of the upload as received.
+    pub source_sha256: Option<String>,
 }
 
 impl Changes {

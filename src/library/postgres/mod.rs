@@ -107,7 +107,7 @@ impl CatalogStore for PostgresStore {
         let sql = format!(
             "INSERT INTO images ({COLUMNS}, lease_pid, lease_host, lease_boot_id, \
              lease_start_time, lease_expires) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) \
+             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) \
              ON CONFLICT (id) DO NOTHING"
         );
         let result = self.live_client()?.execute(
@@ -132,6 +132,8 @@ impl CatalogStore for PostgresStore {
                 &record.format,
                 &sizes[3],
                 &record.reason,
+                &record.digest,
+                &record.source_sha256,
                 &pid,
                 &lease.host,
                 &lease.boot_id,

@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub(super) const COLUMNS: &str = "id, owner, source_type, created_on, status, name, description, arch, \
     mode, public, official, username, source, virtual_size, disk_size, compressed_size, format, \
-    chunks, reason";
+    chunks, reason, digest, source_sha256";
 
 pub(super) fn to_sql_size(value: u64) -> Result<i64> {
     i64::try_from(value).map_err(|_| Error::invalid_argument(format!("size {value} is too large")))
@@ -62,6 +62,8 @@ pub(super) fn record_from_row(row: &Row) -> Result<ImageRecord> {
         format: row.try_get(16).map_err(column_error)?,
         chunks: size_column(row, 17)?,
         reason: row.try_get(18).map_err(column_error)?,
+        digest: row.try_get(19).map_err(column_error)?,
+        source_sha256: row.try_get(20).map_err(column_error)?,
     })
 }
 
@@ -122,6 +124,12 @@ pub(super) fn assignments(to: Option<Status>, changes: &Changes) -> Result<(Vec<
     }
     if let Some(v) = &changes.reason {
         set("reason", Box::new(v.clone()));
+    }
+    if let Some(v) = &changes.digest {
+        set("digest", Box::new(v.clone()));
+    }
+    if let Some(v) = &changes.source_sha256 {
+        set("source_sha256", Box::new(v.clone()));
     }
     Ok((sets, values))
 }

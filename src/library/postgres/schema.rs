@@ -39,6 +39,8 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);",
     // 2: one registration at a time per upload.
     super::super::store::ONE_REGISTRATION_PER_UPLOAD,
+    // 3: the image digest and the upload's SHA-256 (archive format version 2).
+    "ALTER TABLE images ADD COLUMN digest TEXT, ADD COLUMN source_sha256 TEXT;",
 ];
 
 /// The advisory lock key held while migrating ("imgpack" in ASCII).
