@@ -11,10 +11,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::archive::digest::{ImageDigest, TreeHasher, LEAF_SIZE};
 use crate::archive::reader::ArchiveReader;
 use crate::control::Control;
-use crate::pipeline::digest::{digest_source, ArchiveDisk};
+use crate::pipeline::digest::content_digest;
 use crate::pipeline::with_pool;
 use crate::read_at::ReadAt;
 use crate::Result;
@@ -135,24 +134,4 @@ fn verify_reader<R: ReadAt + Send + Sync>(
         digest_ok,
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-/// The image digest of a version 2 archive whose chunks all passed their checks: from the
-/// chunks' SHA-256s when each chunk is a leaf, else by hashing the decoded leaves.
-fn content_digest<R: ReadAt + Send + Sync>(
-    reader: &ArchiveReader<R>,
-    control: &Control,
-) -> Result<ImageDigest> {
-    let chunk_size = reader.geometry().chunk_size();
-    if chunk_size == LEAF_SIZE {
-        let mut tree = TreeHasher::new();
-        for record in reader.records() {
-            if let Some(sha256) = reader.chunk_sha256(record) {
-                tree.add_leaf(record.chunk, sha256)?;
-            }
-        }
-        return tree.finish(reader.virtual_size());
-    }
-    let span = chunk_size.max(LEAF_SIZE);
-    Ok(digest_source(&ArchiveDisk::new(reader), span, control)?.digest)
 }

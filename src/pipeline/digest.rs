@@ -199,3 +199,25 @@ impl<R: ReadAt + Send + Sync> DiskSource for ArchiveDisk<'_, R> {
         Ok(&scratch[..n])
     }
 }
+
+/// The image digest of a version 2 archive's content: from the chunks' SHA-256s when each
+/// chunk is a leaf (no decoding: the SHA-256s are checked whenever a chunk is decoded), else
+/// by decoding and hashing the leaves. `verify` compares it with the stored digest, a library
+/// download with the catalog's.
+pub fn content_digest<R: ReadAt + Send + Sync>(
+    reader: &ArchiveReader<R>,
+    control: &Control,
+) -> Result<ImageDigest> {
+    let chunk_size = reader.geometry().chunk_size();
+    if chunk_size == LEAF_SIZE {
+        let mut tree = TreeHasher::new();
+        for record in reader.records() {
+            if let Some(sha256) = reader.chunk_sha256(record) {
+                tree.add_leaf(record.chunk, sha256)?;
+            }
+        }
+        return tree.finish(reader.virtual_size());
+    }
+    let span = chunk_size.max(LEAF_SIZE);
+    Ok(digest_source(&ArchiveDisk::new(reader), span, control)?.digest)
+}
