@@ -8,7 +8,8 @@
 //! | 1     | archive                                                           |
 //! | 2     | input                                                             |
 //! | 3     | pipeline                                                          |
-//! | 4     | convert, extract, info, verify, export (the operations)           |
+//! | 4     | convert, extract, info, verify (the operations)                   |
+//! | 4     | export (the operation writing other disk formats)                 |
 //! | 5     | library, batch                                                    |
 //! | 6     | the binary: main.rs, cli/                                         |
 //!
@@ -23,7 +24,8 @@ fn layer_of(module: &str) -> Option<u8> {
         "archive" => 1,
         "input" => 2,
         "pipeline" => 3,
-        "convert" | "extract" | "info" | "verify" | "export" => 4,
+        "convert" | "extract" | "info" | "verify" => 4,
+        "export" => 4,
         "library" | "batch" => 5,
         "cli" | "main" => 6,
         _ => return None,
