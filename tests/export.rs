@@ -493,3 +493,26 @@ fn options_that_do_not_apply_are_refused() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn a_damaged_index_fails_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = small_archive(dir.path(), 6 << 20);
+    let mut bytes = std::fs::read(&archive).unwrap();
+    // The index sits between the last frame and the 48-byte footer: poke its last record.
+    let at = bytes.len() - 48 - 5;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&archive, &bytes).unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    for format in [ExportFormat::Qcow2, ExportFormat::Vmdk, ExportFormat::Vhdx] {
+        let err = export(&archive, &out_dir.join("x"), &options(format)).unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::Checksum | ErrorKind::Corrupt),
+            "{err}"
+        );
+        assert_eq!(err.path(), Some(archive.as_path()), "{err}");
+        assert!(err.offset().is_some(), "{err}");
+        assert!(names_in(&out_dir).is_empty());
+    }
+}

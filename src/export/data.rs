@@ -75,8 +75,10 @@ pub fn write_positional<R: ReadAt>(
             })
             .map_err(|e| e.in_file(disk.path))?;
         placed?;
+        // The chunk's own place (not its block's start): with blocks larger than a chunk
+        // (VHD, VHDX) the block's start would flush the same range over and over.
         if let Some(host) = place(base / block_size) {
-            sys::start_writeback(file, host, chunk_len as u64);
+            sys::start_writeback(file, host + base % block_size, chunk_len as u64);
         }
         let done = written.fetch_add(1, Ordering::Relaxed) + 1;
         let share = (u128::from(total) * done as u128 / records.len() as u128) as u64;

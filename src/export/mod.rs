@@ -2,17 +2,17 @@
 //! qcow2 (KVM, OpenStack), VMDK (VMware, AWS VM Import), VHD (Azure, Virtual PC) and VHDX
 //! (Hyper-V).
 //!
-//! [`export`] validates the request against the archive before writing anything ([`plan`]:
+//! [`export`] validates the request against the archive before writing anything (`plan`:
 //! options that do not apply, sizes a format cannot hold, each refused naming the limit), then
 //! hands the archive to one module per format. Uncompressed formats plan their whole layout
 //! from the archive's index and write data in parallel with positional writes, leaving zeros
-//! as holes ([`data::write_positional`]); compressed ones (qcow2 `-c`, streamOptimized VMDK)
+//! as holes (`data::write_positional`); compressed ones (qcow2 `-c`, streamOptimized VMDK)
 //! compress clusters in parallel a window at a time and write them in order
-//! ([`data::walk_clusters`]). Memory stays within a window of 32 MiB plus the block tables,
+//! (`data::walk_clusters`). Memory stays within a window of 32 MiB plus the block tables,
 //! whatever the disk's size.
 //!
 //! A file output is written unnamed and appears, fsynced, only when complete
-//! ([`AtomicFile`]); a corrupt chunk, a full disk, a file-size limit or a cancellation leaves
+//! (`AtomicFile`); a corrupt chunk, a full disk, a file-size limit or a cancellation leaves
 //! nothing. Standard output (`-`) takes the formats written in one pass only: raw and
 //! streamOptimized VMDK.
 
