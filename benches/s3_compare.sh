@@ -6,8 +6,8 @@
 # Starts a moto server (IMGPACK_MOTO_SERVER, else moto_server on the PATH; `bash .ci/run`
 # installs one) on a free loopback port, then for a raw upload and the same disk as a
 # zstd-compressed qcow2 (made by qemu-img) times, with the release binary:
-#   - `images register` from a local library and from the s3:// library (qcow2 read in place
-#     by ranged GETs, and spilled: IMGPACK_S3_IMAGE_READ=spill),
+#   - `images register` from a local library and from the s3:// library (qcow2 spilled, the
+#     default, and read in place by ranged GETs: IMGPACK_S3_IMAGE_READ=ranged),
 #   - a plain download of the raw upload to /dev/null (curl),
 #   - `images build` from each library, and `qemu-img convert -O raw` of the zstd qcow2.
 # Without IMAGE a synthetic disk is made: SIZE MiB (1024) with DATA MiB (256) of
@@ -63,7 +63,7 @@ report() { printf '%-44s %8.2f s\n' "$1" "$2"; }
 
 for kind in raw qcow2; do
     upload=$image; [[ $kind == qcow2 ]] && upload=$work/disk.qcow2
-    declare -a t_local=() t_s3=() t_spill=() t_get=() b_local=() b_s3=()
+    declare -a t_local=() t_s3=() t_ranged=() t_get=() b_local=() b_s3=()
     for rep in $(seq "$reps"); do
         mkdir -p "$local_lib/incoming/acc-bench"
         cp "$upload" "$local_lib/incoming/acc-bench/u$rep"
@@ -72,7 +72,7 @@ for kind in raw qcow2; do
         "$bin" images --library "$s3_lib" upload "$upload" --name "s$rep" --json >/dev/null
         t_get+=("$(seconds curl -sf -o /dev/null "http://127.0.0.1:$port/bench/lib/incoming/acc-bench/u$rep")")
         t_s3+=("$(seconds "$bin" images --library "$s3_lib" register -a x86_64 -n b -s "u$rep" --json)")
-        t_spill+=("$(IMGPACK_S3_IMAGE_READ=spill seconds "$bin" images --library "$s3_lib" register -a x86_64 -n b -s "s$rep" --json)")
+        t_ranged+=("$(IMGPACK_S3_IMAGE_READ=ranged seconds "$bin" images --library "$s3_lib" register -a x86_64 -n b -s "s$rep" --json)")
     done
     local_id=$("$bin" images --library "$local_lib" list --json | python3 -c 'import json,sys;print(json.load(sys.stdin)[0]["id"])')
     s3_id=$("$bin" images --library "$s3_lib" list --json | python3 -c 'import json,sys;print(json.load(sys.stdin)[0]["id"])')
@@ -85,7 +85,7 @@ for kind in raw qcow2; do
     echo "== $kind upload ($(stat -c %s "$upload") bytes), median of $reps =="
     report "register, local library" "$(printf '%s\n' "${t_local[@]}" | median)"
     report "register, s3:// library" "$(printf '%s\n' "${t_s3[@]}" | median)"
-    [[ $kind == qcow2 ]] && report "register, s3:// library, spilled" "$(printf '%s\n' "${t_spill[@]}" | median)"
+    [[ $kind == qcow2 ]] && report "register, s3:// library, ranged" "$(printf '%s\n' "${t_ranged[@]}" | median)"
     report "plain GET of the upload to /dev/null" "$(printf '%s\n' "${t_get[@]}" | median)"
     report "build, local library" "$(printf '%s\n' "${b_local[@]}" | median)"
     report "build, s3:// library" "$(printf '%s\n' "${b_s3[@]}" | median)"
