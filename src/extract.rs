@@ -120,7 +120,8 @@ fn extract_from<R: ReadAt>(
             .set_len(reader.virtual_size())
             .context("sizing the output", output)?;
         if options.sha256 {
-            let sum = write_disk_hashed(reader, file.file(), &options.control).map_err(|e| e.in_file(archive))?;
+            let sum =
+                write_disk_hashed(reader, file.file(), &options.control).map_err(|e| e.in_file(archive))?;
             sha256 = Some(sum);
         } else {
             write_disk(reader, file.file(), &options.control).map_err(|e| e.in_file(archive))?;

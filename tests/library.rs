@@ -888,6 +888,58 @@ fn snapshots_record_a_server_disk_and_leave_it_alone(dir: &TestLibrary) {
     );
 }
 
+/// Registration records the image digest (the same `imgpack digest` gives the upload); a
+/// download checks the archive against it and refuses, leaving nothing, when they differ.
+fn digests_are_recorded_and_checked_on_download(dir: &TestLibrary) {
+    let library = dir.open();
+    let upload_path = upload(&library, OWNER, "disk.img", 3 << 20);
+    let expected = imgpack::digest::digest(&upload_path, &imgpack::DigestOptions::default())
+        .unwrap()
+        .digest;
+    let image = register(&library, OWNER, "Disk", "disk.img").unwrap();
+    assert_eq!(image.digest.as_deref(), Some(expected.as_str()));
+    assert_eq!(library.show(OWNER, &image.id).unwrap().digest, image.digest);
+
+    let out = dir.path().join("download.raw");
+    library
+        .download(OWNER, &image.id, &out, &imgpack::export::ExportOptions::default())
+        .unwrap();
+    let got = imgpack::digest::digest(&out, &imgpack::DigestOptions::default())
+        .unwrap()
+        .digest;
+    assert_eq!(got, expected);
+    fs::remove_file(&out).unwrap();
+
+    // A catalog whose digest is not the archive's: every use of the image is refused.
+    let wrong = format!("sha256-tree:{}", "0".repeat(64));
+    let changes = Changes {
+        digest: Some(wrong),
+        ..Changes::default()
+    };
+    assert!(dir
+        .open_store()
+        .compare_and_set(&image.id, &[Status::Available], None, &changes)
+        .unwrap());
+    let library = dir.open();
+    refused(
+        library.download(OWNER, &image.id, &out, &imgpack::export::ExportOptions::default()),
+        ErrorKind::Checksum,
+        "not the one the catalog recorded",
+    );
+    assert!(!out.exists(), "a refused download left {}", out.display());
+    refused(
+        library.build(
+            OWNER,
+            &image.id,
+            &dir.path().join("disk"),
+            8 << 20,
+            &Control::default(),
+        ),
+        ErrorKind::Checksum,
+        "digest",
+    );
+}
+
 crate::every_backend!(
     seeds_walkthrough,
     visibility_matrix,
@@ -902,4 +954,5 @@ crate::every_backend!(
     disk_size_grows_in_the_catalog_while_creating,
     snapshots_record_a_server_disk_and_leave_it_alone,
     one_upload_is_registered_by_one_request_at_a_time,
+    digests_are_recorded_and_checked_on_download,
 );

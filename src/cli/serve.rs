@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use imgpack::archive::reader::ArchiveReader;
 use imgpack::convert::{DEFAULT_LEVEL, DEFAULT_MAX_COMPRESSED_SIZE};
+use imgpack::library::objects::ArchiveSource;
 use imgpack::library::{id::is_image_id, Library};
 use imgpack::overlay::{commit, CommitOptions};
-use imgpack::read_at::FileAt;
 use imgpack::serve::{
     serve, Listen, ServeOptions, StatsSnapshot, DEFAULT_CACHE_SIZE, DEFAULT_MAX_CONNECTIONS, DEFAULT_TCP,
 };
@@ -190,7 +190,7 @@ pub fn run_serve(args: ServeArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
 }
 
 /// The archive to serve and how to name it: a file, or a library image the account may use.
-fn open_source(args: &ServeArgs) -> Result<(ArchiveReader<FileAt>, String)> {
+fn open_source(args: &ServeArgs) -> Result<(ArchiveReader<ArchiveSource>, String)> {
     let text = args.source.to_string_lossy();
     let library = args.library.clone().or_else(|| {
         (is_image_id(&text) && !args.source.exists())
@@ -198,7 +198,8 @@ fn open_source(args: &ServeArgs) -> Result<(ArchiveReader<FileAt>, String)> {
             .flatten()
     });
     let Some(root) = library else {
-        let archive = ArchiveReader::open_path(&args.source)?;
+        let source = ArchiveSource::open(&args.source)?;
+        let archive = ArchiveReader::open(source).map_err(|e| e.in_file(&args.source))?;
         return Ok((archive, args.source.display().to_string()));
     };
     let account = args

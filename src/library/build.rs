@@ -1,13 +1,11 @@
 //! Building a server disk from an image, as the server build system does.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use super::record::catalog_error;
-use super::{policy, BuildReport, Library};
-use crate::archive::reader::ArchiveReader;
+use super::{BuildReport, Library};
 use crate::control::Control;
-use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::extract::write_disk;
 use crate::output::AtomicFile;
 
@@ -24,13 +22,8 @@ impl Library {
         control: &Control,
     ) -> Result<BuildReport> {
         let start = Instant::now();
-        let record = self.show(caller, id)?;
-        if !policy::usable_status(record.status) {
-            return Err(catalog_error(format!(
-                "{id} is {}; servers can only be built from available or deprecated images",
-                record.status
-            )));
-        }
+        let usable = self.open_usable(caller, id, "used to build servers")?;
+        let (record, reader, archive_name) = (usable.record, usable.archive, usable.archive_name);
         let check_fits = |virtual_size: u64| {
             if disk_size < virtual_size {
                 return Err(Error::invalid_argument(format!(
@@ -47,22 +40,6 @@ impl Library {
                     .in_file(disk),
             );
         }
-        let archive_name = match self.objects.local_root() {
-            Some(_) => self.archive_path(id),
-            None => PathBuf::from(format!("{}/images/{id}.imgpack", self.objects.location())),
-        };
-        let opened = self.objects.open_archive(id).and_then(|source| match source {
-            Some(source) => ArchiveReader::open(source).map_err(|e| e.in_file(&archive_name)),
-            None => Err(Error::new(ErrorKind::Io, "the archive is missing").in_file(&archive_name)),
-        });
-        let reader = match opened {
-            Ok(reader) => reader,
-            // Destroyed since it was read: say so rather than name a missing file.
-            Err(_) if !self.status_of(id)?.is_some_and(policy::usable_status) => {
-                return Err(catalog_error(format!("{id} was destroyed meanwhile")));
-            }
-            Err(e) => return Err(e),
-        };
         check_fits(reader.virtual_size())?;
         let out = AtomicFile::create(disk)?;
         out.file()

@@ -97,6 +97,7 @@ impl Library {
                     compressed_size: Some(report.compressed_size),
                     format: Some(report.format.clone()),
                     chunks: Some(report.chunks),
+                    digest: Some(report.digest.clone()),
                     ..Changes::default()
                 };
                 if self.store()?.compare_and_set(

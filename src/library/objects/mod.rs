@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::control::Control;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::input::Input;
 use crate::read_at::{FileAt, ReadAt};
 use crate::sink::ArchiveSink;
@@ -158,6 +158,21 @@ pub enum ArchiveSource {
     /// An object read by ranged GETs.
     #[cfg(feature = "s3")]
     S3(crate::remote::S3ReadAt),
+}
+
+impl ArchiveSource {
+    /// Opens an archive named by a path, or (feature `s3`) an object `s3://BUCKET/KEY` read
+    /// by ranged GETs.
+    pub fn open(location: &Path) -> Result<ArchiveSource> {
+        #[cfg(feature = "s3")]
+        if let Some(object) = crate::remote::open_url(location)? {
+            return Ok(ArchiveSource::S3(object));
+        }
+        let file = std::fs::File::open(location).context("opening the archive", location)?;
+        Ok(ArchiveSource::File(
+            FileAt::new(file).context("reading the archive", location)?,
+        ))
+    }
 }
 
 impl ReadAt for ArchiveSource {
