@@ -57,6 +57,7 @@ fn fixture(extra: &[&str]) -> Fixture {
     if extra.contains(&"overlay") {
         args.extend(["--overlay", &overlay]);
     }
+    args.extend(extra.iter().filter(|a| **a != "overlay"));
     let server = ServerProcess::start(&archive, &dir.path().join("h.sock"), &args);
     // A raw file's size is rounded up to whole 512-byte sectors, as qemu-img reads it.
     let mut disk = layout.bytes();
@@ -478,6 +479,57 @@ fn disconnects_slow_clients_and_too_many_connections_leave_others_unaffected() {
     drop(open);
     drop(slow);
     std::thread::sleep(Duration::from_millis(200));
+    still_serves(&socket, &f.disk);
+}
+
+/// A client that trickles its handshake: valid flags, then an `NBD_OPT_LIST` header
+/// announcing 64 KiB of data, one byte every 300 ms until `stop` or the server hangs up.
+/// Every single read of the server gets a byte in time; only a deadline on the whole
+/// handshake stops it.
+fn trickling_client(
+    socket: &Path,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let mut s = connect(socket);
+    std::thread::spawn(move || {
+        let mut bytes = 3u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        bytes.extend_from_slice(&3u32.to_be_bytes());
+        bytes.extend_from_slice(&(64u32 << 10).to_be_bytes());
+        bytes.resize(bytes.len() + (64 << 10), b'x');
+        for b in bytes {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) || s.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    })
+}
+
+#[test]
+fn slow_handshakes_and_idle_clients_cannot_lock_others_out() {
+    let f = fixture(&["--handshake-timeout", "2", "--idle-timeout", "1"]);
+    let socket = socket_of(&f);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // More trickling clients than there are connection slots (6).
+    let slow: Vec<_> = (0..8).map(|_| trickling_client(&socket, stop.clone())).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    still_serves(&socket, &f.disk);
+    // Served once the handshake deadline cut the trickling clients ahead of it in the queue.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in slow {
+        t.join().unwrap();
+    }
+    // A client in transmission that sends nothing is closed after the idle timeout.
+    let mut idle = transmission(&socket, false);
+    std::thread::sleep(Duration::from_millis(1600));
+    assert!(closed(&mut idle), "an idle connection is closed");
     still_serves(&socket, &f.disk);
 }
 
