@@ -149,6 +149,14 @@ pub fn run_serve(args: ServeArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
         ..ServeOptions::default()
     };
     let server = serve(archive, args.overlay.as_deref(), options)?;
+    if server.cache_size() > args.cache_size.0 {
+        eprintln!(
+            "imgpack: warning: --cache-size {} cannot hold {} of this archive's chunks; using {}",
+            format_size(args.cache_size.0),
+            imgpack::serve::cache::MIN_CACHED_CHUNKS,
+            format_size(server.cache_size()),
+        );
+    }
     let listening = Listening {
         event: "listening",
         uri: server.uri(),

@@ -66,7 +66,8 @@ pub struct ServeOptions {
     pub listen: Listen,
     /// The export's name. Default `""`, so `nbd+unix:///?socket=PATH` reaches it.
     pub export_name: String,
-    /// Bytes of decoded chunks kept. Default [`DEFAULT_CACHE_SIZE`] (64 MiB).
+    /// Bytes of decoded chunks kept. Default [`DEFAULT_CACHE_SIZE`] (64 MiB); raised to
+    /// hold at least [`cache::MIN_CACHED_CHUNKS`] chunks.
     pub cache_size: u64,
     /// Decoder threads for read-ahead and multi-chunk reads. Default: one per core.
     pub threads: Option<usize>,
@@ -122,6 +123,11 @@ pub fn serve<R: ReadAt + 'static>(
     let threads = options
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // A cache that cannot hold a few chunks makes concurrent readers evict each other's
+    // chunks before using them: raise it (the CLI says so).
+    let mut options = options;
+    let chunk_size = archive.geometry().chunk_size();
+    options.cache_size = options.cache_size.max(cache::MIN_CACHED_CHUNKS * chunk_size);
     let cache = ChunkCache::new(archive, options.cache_size, threads, Arc::clone(&stats))?;
     let export = Export::new(cache, overlay, options.cache_size, stats);
     let listener = Listener::bind(&options.listen)?;

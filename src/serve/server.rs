@@ -71,6 +71,12 @@ impl<R: ReadAt + 'static> Server<R> {
         &self.uri
     }
 
+    /// The bytes of decoded chunks cached (the requested size, or more if that could not
+    /// hold a few chunks).
+    pub fn cache_size(&self) -> u64 {
+        self.options.cache_size
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.export.stats().snapshot()
