@@ -99,6 +99,12 @@ impl Overlay {
         self.read_map().runs(offset, len)
     }
 
+    /// At most `max` runs covering a prefix of `offset..offset + len` (the map's lock is held
+    /// for `max` runs' worth of blocks, not the whole range).
+    pub fn runs_at_most(&self, offset: u64, len: u64, max: usize) -> Vec<Run> {
+        self.read_map().runs_at_most(offset, len, max)
+    }
+
     /// Whether any block in `first..end` holds data in the overlay.
     pub fn any_data(&self, first: u64, end: u64) -> bool {
         self.read_map().any_data(first, end)
