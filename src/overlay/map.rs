@@ -110,6 +110,16 @@ impl BlockMap {
         (first..end.min(self.blocks())).all(|b| self.state(b) == state)
     }
 
+    /// The map's bytes, as stored.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Copies `other`'s bytes `start..stop` (a map of the same disk) into this one.
+    pub fn copy_bytes_from(&mut self, other: &BlockMap, start: usize, stop: usize) {
+        self.bytes[start..stop].copy_from_slice(&other.bytes[start..stop]);
+    }
+
     /// Number of blocks.
     pub fn blocks(&self) -> u64 {
         self.virtual_size.div_ceil(OVERLAY_BLOCK)
