@@ -208,3 +208,41 @@ fn the_map_on_disk_learns_of_new_data_only_at_a_flush() {
     drop(overlay);
     assert!(snapshot(&path, size, &base) == model);
 }
+
+#[test]
+fn servers_creating_the_same_overlay_at_once_share_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20 {
+        let path = dir.path().join(format!("new-{round}.overlay"));
+        let barrier = std::sync::Barrier::new(4);
+        let opened: Vec<Result<Overlay>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        Overlay::open(&path, identity(1 << 20), Access::Serve)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        // One wins the lock; the others find the same file locked. Had one replaced the
+        // file, two would hold locks on different files, one of them unnamed.
+        let winners: Vec<&Overlay> = opened.iter().filter_map(|o| o.as_ref().ok()).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} servers own the overlay",
+            winners.len()
+        );
+        for err in opened.iter().filter_map(|o| o.as_ref().err()) {
+            assert!(err.to_string().contains("in use"), "{err}");
+        }
+    }
+    // No temporary files left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| n.ends_with(".overlay")), "{names:?}");
+}

@@ -19,7 +19,6 @@ use std::sync::{Mutex, RwLock};
 use super::format::{BaseIdentity, OverlayHeader, OVERLAY_BLOCK, OVERLAY_HEADER_LEN};
 use super::map::{BlockMap, BlockState, Run};
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::output::AtomicFile;
 
 /// Reads `buf.len()` bytes of the base disk at an offset: how an overlay completes a block
 /// that a write covers only in part.
@@ -336,19 +335,40 @@ fn whole_blocks(start: u64, end: u64, virtual_size: u64) -> (u64, u64) {
     (first, last)
 }
 
-/// Creates a new, empty overlay at `path`: header and zeroed map written, synced, and only
-/// then given its name, so a crash never leaves a half-made overlay.
+/// Creates a new, empty overlay at `path` unless a file is there already: header and zeroed
+/// map written and synced under a temporary name, then linked at `path` without replacing
+/// anything, so a crash never leaves a half-made overlay, and of two servers creating the
+/// same overlay at once, the second opens the first's file instead of replacing it (under
+/// the first's feet, which would take its later writes to an unnamed file).
 fn create(path: &Path, base: BaseIdentity) -> Result<()> {
     let header =
         OverlayHeader::decode(&OverlayHeader::for_base(base).encode()).map_err(|e| e.in_file(path))?;
-    let out = AtomicFile::create(path)?;
-    out.file()
+    let dir = crate::output::parent_dir(path);
+    let temp = tempfile::Builder::new()
+        .prefix(".imgpack-overlay-")
+        .tempfile_in(&dir)
+        .context("creating the overlay", &dir)?;
+    temp.as_file()
         .write_all_at(&header.encode(), 0)
         .context("writing the overlay header", path)?;
-    out.file()
+    temp.as_file()
         .set_len(header.file_len())
         .context("sizing the overlay", path)?;
-    out.commit()
+    temp.as_file()
+        .sync_all()
+        .context("flushing the overlay to disk", path)?;
+    match temp.persist_noclobber(path) {
+        Ok(_) => {
+            // The new name durable too (best effort: the overlay is usable either way).
+            if let Ok(dir) = File::open(&dir) {
+                let _ = dir.sync_all();
+            }
+            Ok(())
+        }
+        // Another process made it first: use theirs (the temporary file is removed).
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("creating the overlay", e.error).in_file(path)),
+    }
 }
 
 fn read_layout(file: &File) -> Result<(OverlayHeader, BlockMap)> {
