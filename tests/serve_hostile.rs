@@ -663,3 +663,72 @@ fn writable_exports_check_ranges_too() {
     assert_eq!(simple_reply(&mut s, 7), 0);
     assert_eq!(read_n(&mut s, 4)[2..], [6, 5]);
 }
+
+/// The transmission flags in the `NBD_INFO_EXPORT` reply to an `NBD_OPT_GO`.
+fn go_flags(s: &mut UnixStream) -> u16 {
+    send_option(s, 7, &info_payload(b"", &[]));
+    let mut flags = None;
+    loop {
+        let (_, kind, data) = option_reply(s);
+        if kind == 1 {
+            return flags.expect("an NBD_INFO_EXPORT reply");
+        }
+        if kind == 3 && data[..2] == [0, 0] {
+            flags = Some(u16::from_be_bytes([data[10], data[11]]));
+        }
+    }
+}
+
+#[test]
+fn flags_and_contexts_follow_what_was_negotiated() {
+    const SEND_DF: u16 = 1 << 7;
+    let f = fixture(&["overlay"]);
+    let socket = socket_of(&f);
+    // NBD_FLAG_SEND_DF only with structured replies.
+    let mut plain = greet(&socket);
+    assert_eq!(
+        go_flags(&mut plain) & SEND_DF,
+        0,
+        "SEND_DF without structured replies"
+    );
+    // ... and DF on a read is then invalid.
+    request(&mut plain, 1 << 2, 0, 1, 0, 512);
+    assert_eq!(simple_reply(&mut plain, 1), EINVAL);
+    let mut structured = greet(&socket);
+    send_option(&mut structured, 8, &[]);
+    assert_eq!(option_reply(&mut structured).1, 1);
+    assert_ne!(go_flags(&mut structured) & SEND_DF, 0);
+
+    // A failing SET_META_CONTEXT still replaces the selection: none is left.
+    let mut s = greet(&socket);
+    send_option(&mut s, 8, &[]);
+    assert_eq!(option_reply(&mut s).1, 1);
+    let mut meta = 0u32.to_be_bytes().to_vec();
+    meta.extend_from_slice(&1u32.to_be_bytes());
+    meta.extend_from_slice(&15u32.to_be_bytes());
+    meta.extend_from_slice(b"base:allocation");
+    send_option(&mut s, 10, &meta);
+    assert_eq!(option_reply(&mut s).1, 4);
+    assert_eq!(option_reply(&mut s).1, 1);
+    let mut other_export = 5u32.to_be_bytes().to_vec();
+    other_export.extend_from_slice(b"other");
+    other_export.extend_from_slice(&meta[4..]);
+    send_option(&mut s, 10, &other_export);
+    assert_eq!(option_reply(&mut s).1, ERR_UNKNOWN);
+    go(&mut s);
+    request(&mut s, 0, 7, 2, 0, 4096); // BLOCK_STATUS with no context selected
+    assert_eq!(simple_reply(&mut s, 2), EINVAL);
+
+    // Command flags are checked per command: FAST_ZERO is not advertised, so it fails;
+    // NO_HOLE is for WRITE_ZEROES only.
+    let mut w = transmission(&socket, false);
+    request(&mut w, 1 << 4, 6, 3, 0, 4096); // WRITE_ZEROES with FAST_ZERO
+    assert_eq!(simple_reply(&mut w, 3), EINVAL);
+    request(&mut w, 1 << 1, 6, 4, 0, 4096); // WRITE_ZEROES with NO_HOLE
+    assert_eq!(simple_reply(&mut w, 4), 0);
+    request(&mut w, 1 << 1, 0, 5, 0, 512); // READ with NO_HOLE
+    assert_eq!(simple_reply(&mut w, 5), EINVAL);
+    request(&mut w, 1, 0, 6, 0, 512); // READ with FUA: accepted
+    assert_eq!(simple_reply(&mut w, 6), 0);
+    assert_eq!(read_n(&mut w, 512), vec![0u8; 512]);
+}

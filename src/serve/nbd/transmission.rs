@@ -22,8 +22,23 @@ const MAX_EXTENTS: usize = 2048;
 /// Zeros to copy from when a hole must be sent as data.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
-/// Command flags this server understands on any request; others get `NBD_EINVAL`.
-const KNOWN_FLAGS: u16 = NBD_CMD_FLAG_FUA | (1 << 1) | NBD_CMD_FLAG_DF | NBD_CMD_FLAG_REQ_ONE | (1 << 4);
+/// "`NBD_CMD_FLAG_NO_HOLE`" (bit 1): valid on `NBD_CMD_WRITE_ZEROES` only.
+const NBD_CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+
+/// The command flags valid on `command` ("Command flags"): FUA on any command (it is
+/// advertised for writable exports, and a server "MUST accept all commands with this bit
+/// set"), DF on reads once structured replies are negotiated, NO_HOLE on WRITE_ZEROES,
+/// REQ_ONE on BLOCK_STATUS. `NBD_CMD_FLAG_FAST_ZERO` (bit 4) is never valid: this server
+/// does not advertise `NBD_FLAG_SEND_FAST_ZERO`, so it "SHOULD fail" it with `EINVAL`.
+fn valid_flags(command: u16, negotiated: Negotiated) -> u16 {
+    NBD_CMD_FLAG_FUA
+        | match command {
+            NBD_CMD_READ if negotiated.structured => NBD_CMD_FLAG_DF,
+            NBD_CMD_WRITE_ZEROES => NBD_CMD_FLAG_NO_HOLE,
+            NBD_CMD_BLOCK_STATUS => NBD_CMD_FLAG_REQ_ONE,
+            _ => 0,
+        }
+}
 
 /// One connection in transmission.
 pub struct Transmission<'a, R: ReadAt, In: BufRead, Out: Write> {
@@ -62,7 +77,7 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
     }
 
     fn handle(&mut self, request: Request) -> io::Result<()> {
-        if request.flags & !KNOWN_FLAGS != 0 {
+        if request.flags & !valid_flags(request.command, self.negotiated) != 0 {
             if request.command == NBD_CMD_WRITE {
                 self.discard_payload(request)?;
             }
