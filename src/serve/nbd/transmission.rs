@@ -116,7 +116,7 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
         let one_chunk = !structured || request.flags & NBD_CMD_FLAG_DF != 0;
         if one_chunk {
             if let Err(e) = self.export.check_readable(offset, len) {
-                return self.reply_error(request, errno_of(e.kind()));
+                return self.reply_error(request, errno_of(&e));
             }
             if structured {
                 let header = structured_header(
@@ -178,7 +178,7 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
                     0,
                 ))
             }
-            Err(ReadFailure::Export(e)) => self.structured_error(handle, errno_of(e.kind()), &e.to_string()),
+            Err(ReadFailure::Export(e)) => self.structured_error(handle, errno_of(&e), &e.to_string()),
             Err(ReadFailure::Client(e)) => Err(e),
         }
     }
@@ -212,13 +212,13 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
             self.input.read_exact(&mut buf[..take])?;
             if failure.is_none() {
                 if let Err(e) = self.export.write(request.offset + done, &buf[..take]) {
-                    failure = Some(errno_of(e.kind()));
+                    failure = Some(errno_of(&e));
                 }
             }
             done += take as u64;
         }
         if failure.is_none() && request.flags & NBD_CMD_FLAG_FUA != 0 {
-            failure = self.export.flush().err().map(|e| errno_of(e.kind()));
+            failure = self.export.flush().err().map(|e| errno_of(&e));
         }
         self.reply_error(request, failure.unwrap_or(0))
     }
@@ -227,7 +227,7 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
     fn cmd_flush(&mut self, request: Request) -> io::Result<()> {
         let error = match self.export.flush() {
             Ok(()) => 0,
-            Err(e) => errno_of(e.kind()),
+            Err(e) => errno_of(&e),
         };
         self.reply_error(request, error)
     }
@@ -254,7 +254,7 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
         if result.is_ok() && request.flags & NBD_CMD_FLAG_FUA != 0 {
             result = self.export.flush();
         }
-        self.reply_error(request, result.err().map_or(0, |e| errno_of(e.kind())))
+        self.reply_error(request, result.err().map_or(0, |e| errno_of(&e)))
     }
 
     /// "`NBD_CMD_BLOCK_STATUS` (7)": one `NBD_REPLY_TYPE_BLOCK_STATUS` chunk for
@@ -350,11 +350,48 @@ fn write_piece_as_data(output: &mut impl Write, piece: Piece<'_>) -> io::Result<
     }
 }
 
-/// The NBD error for an export failure of `kind`.
-fn errno_of(kind: ErrorKind) -> u32 {
-    match kind {
+/// The NBD error for an export failure: a host file system out of space or quota (writing
+/// the overlay) is `NBD_ENOSPC`, as the client's own disk full would be, not an I/O error.
+fn errno_of(error: &crate::error::Error) -> u32 {
+    match error.kind() {
         ErrorKind::InvalidArgument => NBD_EINVAL,
         ErrorKind::LimitExceeded => NBD_ENOSPC,
+        _ if out_of_space(error) => NBD_ENOSPC,
         _ => NBD_EIO,
+    }
+}
+
+/// Whether `error` was caused by `ENOSPC` or `EDQUOT`.
+fn out_of_space(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            let errno = rustix::io::Errno::from_io_error(io);
+            if errno == Some(rustix::io::Errno::NOSPC) || errno == Some(rustix::io::Errno::DQUOT) {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_or_quota_is_enospc() {
+        let error =
+            |errno: i32| crate::error::Error::io("writing the overlay", io::Error::from_raw_os_error(errno));
+        assert_eq!(errno_of(&error(libc_errno::ENOSPC)), NBD_ENOSPC);
+        assert_eq!(errno_of(&error(libc_errno::EDQUOT)), NBD_ENOSPC);
+        assert_eq!(errno_of(&error(libc_errno::EIO)), NBD_EIO);
+    }
+
+    mod libc_errno {
+        pub const ENOSPC: i32 = rustix::io::Errno::NOSPC.raw_os_error();
+        pub const EDQUOT: i32 = rustix::io::Errno::DQUOT.raw_os_error();
+        pub const EIO: i32 = rustix::io::Errno::IO.raw_os_error();
     }
 }
