@@ -199,7 +199,9 @@ fn serve_connection<R: ReadAt + 'static>(
     limits: &Limits,
     mut in_handshake: InHandshake,
 ) -> std::io::Result<()> {
-    socket.set_timeouts(Some(limits.handshake_timeout), Some(STALL_TIMEOUT))?;
+    // Reads wait at most until the deadline (DeadlineReader); a write (a client not reading
+    // its option replies) at most the timeout itself, so a handshake ends within twice it.
+    socket.set_timeouts(Some(limits.handshake_timeout), Some(limits.handshake_timeout))?;
     let timed = DeadlineReader {
         socket: socket.try_clone()?,
         deadline: Some(Instant::now() + limits.handshake_timeout),
