@@ -51,8 +51,8 @@ pub struct ServeArgs {
     /// Simultaneous connections accepted.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
-    /// Close a connection that sends no request for this many seconds (0: never). Clients
-    /// such as qemu reconnect when they need the disk again.
+    /// Close a connection that sends no request for this many seconds (0: never, e.g. for a
+    /// VM's disk whose client does not reconnect).
     #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(), value_name = "SECONDS")]
     idle_timeout: u64,
     /// Seconds a client has for its whole handshake, from connecting to choosing the export.

@@ -61,8 +61,16 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
             let mut header = [0u8; REQUEST_LEN];
             match self.input.read_exact(&mut header) {
                 Ok(()) => {}
-                // Between requests, a client going away is an ordinary end.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                // Between requests, a client going away, or staying idle past the idle
+                // timeout (the socket's read timeout), is an ordinary end.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(())
+                }
                 Err(e) => return Err(e),
             }
             let request = Request::decode(&header)
