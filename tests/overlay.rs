@@ -164,3 +164,85 @@ fn one_server_per_overlay() {
     drop(first);
     Overlay::open(&path, identity(65536), Access::Read).unwrap();
 }
+
+/// What a power loss could leave: the file as the kernel has it, opened as another overlay.
+fn snapshot(path: &Path, size: u64, base: &[u8]) -> Vec<u8> {
+    let copy = path.with_extension("copy");
+    std::fs::copy(path, &copy).unwrap();
+    let overlay = Overlay::open(&copy, identity(size), Access::Read).unwrap();
+    merged(&overlay, base)
+}
+
+#[test]
+fn the_map_on_disk_learns_of_new_data_only_at_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.overlay");
+    let size = 64 * 4096u64;
+    let base: Vec<u8> = (0..size).map(|i| (i % 251) as u8 + 1).collect();
+    let fill = |offset: u64, buf: &mut [u8]| -> Result<()> {
+        buf.copy_from_slice(&base[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    };
+    let overlay = Overlay::open(&path, identity(size), Access::Serve).unwrap();
+    let mut model = base.clone();
+    // A small write into a block still read from the base, and a zeroing of the block next to
+    // it (its entry shares a map byte with the written one).
+    overlay.write(4096 + 100, &[0xab; 50], &fill).unwrap();
+    model[4096 + 100..4096 + 150].fill(0xab);
+    overlay.write_zeroes(2 * 4096, 4096, &fill).unwrap();
+    model[2 * 4096..3 * 4096].fill(0);
+    assert!(merged(&overlay, &base) == model);
+    // Before the flush the file's map still sends the written block to the base (its old
+    // contents, never a hole), while the zeroing is already there.
+    let mut before = base.clone();
+    before[2 * 4096..3 * 4096].fill(0);
+    assert!(
+        snapshot(&path, size, &base) == before,
+        "unflushed data reached the map on disk"
+    );
+    overlay.flush().unwrap();
+    assert!(snapshot(&path, size, &base) == model, "a flush persists the map");
+    // Dropping an overlay flushes what is left.
+    overlay.write(10 * 4096, &[0xcd; 4096], &fill).unwrap();
+    model[10 * 4096..11 * 4096].fill(0xcd);
+    drop(overlay);
+    assert!(snapshot(&path, size, &base) == model);
+}
+
+#[test]
+fn servers_creating_the_same_overlay_at_once_share_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20 {
+        let path = dir.path().join(format!("new-{round}.overlay"));
+        let barrier = std::sync::Barrier::new(4);
+        let opened: Vec<Result<Overlay>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        Overlay::open(&path, identity(1 << 20), Access::Serve)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        // One wins the lock; the others find the same file locked. Had one replaced the
+        // file, two would hold locks on different files, one of them unnamed.
+        let winners: Vec<&Overlay> = opened.iter().filter_map(|o| o.as_ref().ok()).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} servers own the overlay",
+            winners.len()
+        );
+        for err in opened.iter().filter_map(|o| o.as_ref().err()) {
+            assert!(err.to_string().contains("in use"), "{err}");
+        }
+    }
+    // No temporary files left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| n.ends_with(".overlay")), "{names:?}");
+}

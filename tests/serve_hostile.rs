@@ -57,6 +57,7 @@ fn fixture(extra: &[&str]) -> Fixture {
     if extra.contains(&"overlay") {
         args.extend(["--overlay", &overlay]);
     }
+    args.extend(extra.iter().filter(|a| **a != "overlay"));
     let server = ServerProcess::start(&archive, &dir.path().join("h.sock"), &args);
     // A raw file's size is rounded up to whole 512-byte sectors, as qemu-img reads it.
     let mut disk = layout.bytes();
@@ -481,6 +482,57 @@ fn disconnects_slow_clients_and_too_many_connections_leave_others_unaffected() {
     still_serves(&socket, &f.disk);
 }
 
+/// A client that trickles its handshake: valid flags, then an `NBD_OPT_LIST` header
+/// announcing 64 KiB of data, one byte every 300 ms until `stop` or the server hangs up.
+/// Every single read of the server gets a byte in time; only a deadline on the whole
+/// handshake stops it.
+fn trickling_client(
+    socket: &Path,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let mut s = connect(socket);
+    std::thread::spawn(move || {
+        let mut bytes = 3u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        bytes.extend_from_slice(&3u32.to_be_bytes());
+        bytes.extend_from_slice(&(64u32 << 10).to_be_bytes());
+        bytes.resize(bytes.len() + (64 << 10), b'x');
+        for b in bytes {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) || s.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    })
+}
+
+#[test]
+fn slow_handshakes_and_idle_clients_cannot_lock_others_out() {
+    let f = fixture(&["--handshake-timeout", "2", "--idle-timeout", "1"]);
+    let socket = socket_of(&f);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // More trickling clients than there are connection slots (6).
+    let slow: Vec<_> = (0..8).map(|_| trickling_client(&socket, stop.clone())).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    still_serves(&socket, &f.disk);
+    // Served once the handshake deadline cut the trickling clients ahead of it in the queue.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in slow {
+        t.join().unwrap();
+    }
+    // A client in transmission that sends nothing is closed after the idle timeout.
+    let mut idle = transmission(&socket, false);
+    std::thread::sleep(Duration::from_millis(1600));
+    assert!(closed(&mut idle), "an idle connection is closed");
+    still_serves(&socket, &f.disk);
+}
+
 /// The server's resident memory in bytes (Linux).
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -519,6 +571,70 @@ fn memory_stays_bounded_under_many_large_reads() {
     still_serves(&socket, &f.disk);
 }
 
+/// The server's peak resident memory in bytes (Linux).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn memory_stays_bounded_with_64m_chunks_and_many_connections() {
+    // Five 64 MiB chunks, each with a little data (the rest zeros, so converting is quick, but
+    // each chunk still decodes to 64 MiB).
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(64);
+    let mut layout = Layout::new("big-chunks", 5 * 64 * M);
+    for chunk in 0..5 {
+        layout = layout.with(chunk * 64 * M + 4096, random(&mut rng, 8192));
+    }
+    let raw = dir.path().join("disk.raw");
+    layout.write_to(&raw);
+    let archive = dir.path().join("disk.imgpack");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgpack"))
+        .args(["convert", "--quiet", "--chunk-size", "64M"])
+        .arg(&raw)
+        .arg("-o")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let disk = layout.bytes();
+    let server = ServerProcess::start(
+        &archive,
+        &dir.path().join("big.sock"),
+        &["--threads", "2", "--max-connections", "12"],
+    );
+    // Ten connections at once, each reading 4 KiB of a different chunk than its neighbour.
+    let threads: Vec<_> = (0..10u64)
+        .map(|i| {
+            let socket = server.socket.clone();
+            let offset = (i % 5) * 64 * M + 4096 + i * 8;
+            let expected = disk[offset as usize..offset as usize + 4096].to_vec();
+            std::thread::spawn(move || {
+                let mut s = transmission(&socket, false);
+                request(&mut s, 0, 0, i, offset, 4096);
+                assert_eq!(simple_reply(&mut s, i), 0);
+                assert!(read_n(&mut s, 4096) == expected, "bytes at {offset}");
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (peak, after) = (peak_rss(server.pid()), rss(server.pid()));
+    // The 64 MiB default cache is raised to two chunks (128 MiB); two decodes at a time add
+    // two chunks; spares never keep a 64 MiB buffer. Measured: 256 MiB peak, 137 MiB after;
+    // before decodes and spares were bounded, 521 MiB peak and 457 MiB after.
+    assert!(peak < 340 * M, "peak resident memory {} MiB", peak / M);
+    assert!(
+        after < 200 * M,
+        "resident memory after the clients left {} MiB",
+        after / M
+    );
+}
+
 #[test]
 fn writable_exports_check_ranges_too() {
     let f = fixture(&["overlay"]);
@@ -546,4 +662,73 @@ fn writable_exports_check_ranges_too() {
     request(&mut s, 0, 0, 7, size - 4, 4);
     assert_eq!(simple_reply(&mut s, 7), 0);
     assert_eq!(read_n(&mut s, 4)[2..], [6, 5]);
+}
+
+/// The transmission flags in the `NBD_INFO_EXPORT` reply to an `NBD_OPT_GO`.
+fn go_flags(s: &mut UnixStream) -> u16 {
+    send_option(s, 7, &info_payload(b"", &[]));
+    let mut flags = None;
+    loop {
+        let (_, kind, data) = option_reply(s);
+        if kind == 1 {
+            return flags.expect("an NBD_INFO_EXPORT reply");
+        }
+        if kind == 3 && data[..2] == [0, 0] {
+            flags = Some(u16::from_be_bytes([data[10], data[11]]));
+        }
+    }
+}
+
+#[test]
+fn flags_and_contexts_follow_what_was_negotiated() {
+    const SEND_DF: u16 = 1 << 7;
+    let f = fixture(&["overlay"]);
+    let socket = socket_of(&f);
+    // NBD_FLAG_SEND_DF only with structured replies.
+    let mut plain = greet(&socket);
+    assert_eq!(
+        go_flags(&mut plain) & SEND_DF,
+        0,
+        "SEND_DF without structured replies"
+    );
+    // ... and DF on a read is then invalid.
+    request(&mut plain, 1 << 2, 0, 1, 0, 512);
+    assert_eq!(simple_reply(&mut plain, 1), EINVAL);
+    let mut structured = greet(&socket);
+    send_option(&mut structured, 8, &[]);
+    assert_eq!(option_reply(&mut structured).1, 1);
+    assert_ne!(go_flags(&mut structured) & SEND_DF, 0);
+
+    // A failing SET_META_CONTEXT still replaces the selection: none is left.
+    let mut s = greet(&socket);
+    send_option(&mut s, 8, &[]);
+    assert_eq!(option_reply(&mut s).1, 1);
+    let mut meta = 0u32.to_be_bytes().to_vec();
+    meta.extend_from_slice(&1u32.to_be_bytes());
+    meta.extend_from_slice(&15u32.to_be_bytes());
+    meta.extend_from_slice(b"base:allocation");
+    send_option(&mut s, 10, &meta);
+    assert_eq!(option_reply(&mut s).1, 4);
+    assert_eq!(option_reply(&mut s).1, 1);
+    let mut other_export = 5u32.to_be_bytes().to_vec();
+    other_export.extend_from_slice(b"other");
+    other_export.extend_from_slice(&meta[4..]);
+    send_option(&mut s, 10, &other_export);
+    assert_eq!(option_reply(&mut s).1, ERR_UNKNOWN);
+    go(&mut s);
+    request(&mut s, 0, 7, 2, 0, 4096); // BLOCK_STATUS with no context selected
+    assert_eq!(simple_reply(&mut s, 2), EINVAL);
+
+    // Command flags are checked per command: FAST_ZERO is not advertised, so it fails;
+    // NO_HOLE is for WRITE_ZEROES only.
+    let mut w = transmission(&socket, false);
+    request(&mut w, 1 << 4, 6, 3, 0, 4096); // WRITE_ZEROES with FAST_ZERO
+    assert_eq!(simple_reply(&mut w, 3), EINVAL);
+    request(&mut w, 1 << 1, 6, 4, 0, 4096); // WRITE_ZEROES with NO_HOLE
+    assert_eq!(simple_reply(&mut w, 4), 0);
+    request(&mut w, 1 << 1, 0, 5, 0, 512); // READ with NO_HOLE
+    assert_eq!(simple_reply(&mut w, 5), EINVAL);
+    request(&mut w, 1, 0, 6, 0, 512); // READ with FUA: accepted
+    assert_eq!(simple_reply(&mut w, 6), 0);
+    assert_eq!(read_n(&mut w, 512), vec![0u8; 512]);
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -18,7 +19,8 @@ use imgpack::library::objects::ArchiveSource;
 use imgpack::library::{id::is_image_id, Library};
 use imgpack::overlay::{commit, CommitOptions};
 use imgpack::serve::{
-    serve, Listen, ServeOptions, StatsSnapshot, DEFAULT_CACHE_SIZE, DEFAULT_MAX_CONNECTIONS, DEFAULT_TCP,
+    serve, Listen, ServeOptions, StatsSnapshot, DEFAULT_CACHE_SIZE, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_TCP,
 };
 use imgpack::units::format_size;
 use imgpack::{Control, Error, Result};
@@ -49,6 +51,14 @@ pub struct ServeArgs {
     /// Simultaneous connections accepted.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Close a connection that sends no request for this many seconds (0: never, e.g. for a
+    /// VM's disk whose client does not reconnect).
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(), value_name = "SECONDS")]
+    idle_timeout: u64,
+    /// Seconds a client has for its whole handshake, from connecting to choosing the export.
+    #[arg(long, default_value_t = DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    handshake_timeout: u64,
     /// Decoder threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -130,6 +140,8 @@ pub fn run_serve(args: ServeArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
         cache_size: args.cache_size.0,
         threads: args.threads,
         max_connections: args.max_connections,
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
         control: Control {
             cancel: Some(cancel),
             progress: None,
@@ -137,6 +149,14 @@ pub fn run_serve(args: ServeArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
         ..ServeOptions::default()
     };
     let server = serve(archive, args.overlay.as_deref(), options)?;
+    if server.cache_size() > args.cache_size.0 {
+        eprintln!(
+            "imgpack: warning: --cache-size {} cannot hold {} of this archive's chunks; using {}",
+            format_size(args.cache_size.0),
+            imgpack::serve::cache::MIN_CACHED_CHUNKS,
+            format_size(server.cache_size()),
+        );
+    }
     let listening = Listening {
         event: "listening",
         uri: server.uri(),

@@ -1,12 +1,15 @@
 //! [`Overlay`]: an open overlay file: reads of the blocks it holds, and writes, zeroing and
 //! trimming that go into it, crash-safely.
 //!
-//! Crash safety comes from the order of writes and from [`Overlay::flush`]: a write puts its
-//! data in the data area first and only then marks the blocks in the map (on disk, then in
-//! memory), so a map entry never points at data that was not written; zeroing marks the map
-//! first and only then punches the data out. A process killed at any point (even SIGKILL)
-//! leaves every completed write in the page cache, whole; `flush` (`fdatasync`) makes all of
-//! them durable against a machine crash too, which is what an NBD `FLUSH` promises.
+//! Crash safety comes from the order of writes and from [`Overlay::flush`]. A write puts its
+//! data in the data area and marks its blocks as data in the in-memory map only: the map on
+//! disk learns of new data blocks at a flush, which `fdatasync`s the data first, then writes
+//! the map bytes that changed, then `fdatasync`s again. So even after a power loss (where the
+//! kernel may write pages back in any order) a map entry on disk never points at data that
+//! is not there: an unflushed write reads back as the block's old contents, never as a hole.
+//! Zeroing marks the map on disk first (in the bytes as last flushed, so no unflushed data
+//! entry goes with it) and only then punches the data out. An NBD `FLUSH` is
+//! [`Overlay::flush`]; writes not flushed may be lost by any crash, as the protocol allows.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -16,7 +19,6 @@ use std::sync::{Mutex, RwLock};
 use super::format::{BaseIdentity, OverlayHeader, OVERLAY_BLOCK, OVERLAY_HEADER_LEN};
 use super::map::{BlockMap, BlockState, Run};
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::output::AtomicFile;
 
 /// Reads `buf.len()` bytes of the base disk at an offset: how an overlay completes a block
 /// that a write covers only in part.
@@ -28,9 +30,17 @@ pub struct Overlay {
     path: PathBuf,
     header: OverlayHeader,
     map: RwLock<BlockMap>,
-    /// Serialises changes: a write that completes part of a block reads, merges and writes the
-    /// whole block, which must not interleave with another change to it.
-    writer: Mutex<()>,
+    /// Serialises changes (a write that completes part of a block reads, merges and writes
+    /// the whole block, which must not interleave with another change to it) and flushes;
+    /// holds the map as it is on disk.
+    writer: Mutex<OnDisk>,
+}
+
+/// The block map as written to the file, and which of its bytes the in-memory map may have
+/// changed since the last flush.
+struct OnDisk {
+    map: BlockMap,
+    dirty: Option<(usize, usize)>,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -79,8 +89,11 @@ impl Overlay {
             file,
             path: path.to_path_buf(),
             header,
+            writer: Mutex::new(OnDisk {
+                map: map.clone(),
+                dirty: None,
+            }),
             map: RwLock::new(map),
-            writer: Mutex::new(()),
         })
     }
 
@@ -97,6 +110,12 @@ impl Overlay {
     /// The runs of block states covering `offset..offset + len`.
     pub fn runs(&self, offset: u64, len: u64) -> Vec<Run> {
         self.read_map().runs(offset, len)
+    }
+
+    /// At most `max` runs covering a prefix of `offset..offset + len` (the map's lock is held
+    /// for `max` runs' worth of blocks, not the whole range).
+    pub fn runs_at_most(&self, offset: u64, len: u64, max: usize) -> Vec<Run> {
+        self.read_map().runs_at_most(offset, len, max)
     }
 
     /// Whether any block in `first..end` holds data in the overlay.
@@ -123,7 +142,7 @@ impl Overlay {
         if data.is_empty() {
             return Ok(());
         }
-        let _writer = self.lock_writer();
+        let mut on_disk = self.lock_writer();
         let first = offset / OVERLAY_BLOCK;
         let last = (end - 1) / OVERLAY_BLOCK;
         let aligned_start = first * OVERLAY_BLOCK;
@@ -144,7 +163,7 @@ impl Overlay {
             merged[head..head + data.len()].copy_from_slice(data);
             self.write_data(aligned_start, &merged)?;
         }
-        self.mark(first, last + 1, BlockState::Data)
+        self.mark(&mut on_disk, first, last + 1, BlockState::Data)
     }
 
     /// Makes `offset..offset + len` read as zeros: whole blocks are marked zero (their data
@@ -171,8 +190,37 @@ impl Overlay {
         Ok(())
     }
 
-    /// Makes every completed change durable (`fdatasync` of data and map).
+    /// Makes every completed change durable: `fdatasync` of the data, then the map bytes
+    /// that changed since the last flush written, then `fdatasync` again (so the map on disk
+    /// never gets ahead of the data).
     pub fn flush(&self) -> Result<()> {
+        let mut on_disk = self.lock_writer();
+        self.sync()?;
+        let Some((start, stop)) = on_disk.dirty else {
+            return Ok(());
+        };
+        let map = self.read_map();
+        let (now, then) = (map.as_bytes(), on_disk.map.as_bytes());
+        let mut at = start;
+        while at < stop {
+            if now[at] == then[at] {
+                at += 1;
+                continue;
+            }
+            let run_end = (at..stop).find(|&i| now[i] == then[i]).unwrap_or(stop);
+            self.file
+                .write_all_at(&now[at..run_end], self.header.map_offset + at as u64)
+                .context("writing the overlay's block map", &self.path)?;
+            at = run_end;
+        }
+        on_disk.map.copy_bytes_from(&map, start, stop);
+        drop(map);
+        self.sync()?;
+        on_disk.dirty = None;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
         self.file
             .sync_data()
             .context("flushing the overlay to disk", &self.path)
@@ -186,9 +234,9 @@ impl Overlay {
     }
 
     fn zero_blocks(&self, first: u64, end: u64) -> Result<()> {
-        let _writer = self.lock_writer();
+        let mut on_disk = self.lock_writer();
         let had_data = self.read_map().any_data(first, end);
-        self.mark(first, end, BlockState::Zero)?;
+        self.mark(&mut on_disk, first, end, BlockState::Zero)?;
         if had_data {
             let start = first * OVERLAY_BLOCK;
             let len = (end * OVERLAY_BLOCK).min(self.virtual_size()) - start;
@@ -221,16 +269,25 @@ impl Overlay {
             .context("writing the overlay", &self.path)
     }
 
-    /// Sets blocks `first..end` to `state`: the map on disk first, then in memory (readers
-    /// see the new state only once it is on disk and its data written).
-    fn mark(&self, first: u64, end: u64, state: BlockState) -> Result<()> {
+    /// Sets blocks `first..end` to `state`. Data (its bytes already written) goes into the
+    /// in-memory map only, for the next flush to persist; zero goes into the map on disk
+    /// first (from the bytes as flushed), then into memory.
+    fn mark(&self, on_disk: &mut OnDisk, first: u64, end: u64, state: BlockState) -> Result<()> {
         if first >= end {
             return Ok(());
         }
-        let (at, bytes) = self.read_map().with_change(first, end, state);
-        self.file
-            .write_all_at(&bytes, self.header.map_offset + at as u64)
-            .context("writing the overlay's block map", &self.path)?;
+        if state != BlockState::Data {
+            let (at, bytes) = on_disk.map.with_change(first, end, state);
+            self.file
+                .write_all_at(&bytes, self.header.map_offset + at as u64)
+                .context("writing the overlay's block map", &self.path)?;
+            on_disk.map.set(first, end, state);
+        }
+        let (start, stop) = ((first / 4) as usize, ((end - 1) / 4) as usize + 1);
+        on_disk.dirty = Some(match on_disk.dirty {
+            Some((a, b)) => (a.min(start), b.max(stop)),
+            None => (start, stop),
+        });
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         map.set(first, end, state);
         Ok(())
@@ -252,8 +309,18 @@ impl Overlay {
         self.map.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, OnDisk> {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Overlay {
+    /// Closing an overlay with unflushed changes flushes them (best effort: the caller that
+    /// needed them durable called [`Overlay::flush`] and saw its error).
+    fn drop(&mut self) {
+        if self.lock_writer().dirty.is_some() {
+            let _ = self.flush();
+        }
     }
 }
 
@@ -268,19 +335,40 @@ fn whole_blocks(start: u64, end: u64, virtual_size: u64) -> (u64, u64) {
     (first, last)
 }
 
-/// Creates a new, empty overlay at `path`: header and zeroed map written, synced, and only
-/// then given its name, so a crash never leaves a half-made overlay.
+/// Creates a new, empty overlay at `path` unless a file is there already: header and zeroed
+/// map written and synced under a temporary name, then linked at `path` without replacing
+/// anything, so a crash never leaves a half-made overlay, and of two servers creating the
+/// same overlay at once, the second opens the first's file instead of replacing it (under
+/// the first's feet, which would take its later writes to an unnamed file).
 fn create(path: &Path, base: BaseIdentity) -> Result<()> {
     let header =
         OverlayHeader::decode(&OverlayHeader::for_base(base).encode()).map_err(|e| e.in_file(path))?;
-    let out = AtomicFile::create(path)?;
-    out.file()
+    let dir = crate::output::parent_dir(path);
+    let temp = tempfile::Builder::new()
+        .prefix(".imgpack-overlay-")
+        .tempfile_in(&dir)
+        .context("creating the overlay", &dir)?;
+    temp.as_file()
         .write_all_at(&header.encode(), 0)
         .context("writing the overlay header", path)?;
-    out.file()
+    temp.as_file()
         .set_len(header.file_len())
         .context("sizing the overlay", path)?;
-    out.commit()
+    temp.as_file()
+        .sync_all()
+        .context("flushing the overlay to disk", path)?;
+    match temp.persist_noclobber(path) {
+        Ok(_) => {
+            // The new name durable too (best effort: the overlay is usable either way).
+            if let Ok(dir) = File::open(&dir) {
+                let _ = dir.sync_all();
+            }
+            Ok(())
+        }
+        // Another process made it first: use theirs (the temporary file is removed).
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("creating the overlay", e.error).in_file(path)),
+    }
 }
 
 fn read_layout(file: &File) -> Result<(OverlayHeader, BlockMap)> {

@@ -110,6 +110,16 @@ impl BlockMap {
         (first..end.min(self.blocks())).all(|b| self.state(b) == state)
     }
 
+    /// The map's bytes, as stored.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Copies `other`'s bytes `start..stop` (a map of the same disk) into this one.
+    pub fn copy_bytes_from(&mut self, other: &BlockMap, start: usize, stop: usize) {
+        self.bytes[start..stop].copy_from_slice(&other.bytes[start..stop]);
+    }
+
     /// Number of blocks.
     pub fn blocks(&self) -> u64 {
         self.virtual_size.div_ceil(OVERLAY_BLOCK)
@@ -117,6 +127,13 @@ impl BlockMap {
 
     /// The runs of equal state covering `offset..offset + len` (clipped to the disk).
     pub fn runs(&self, offset: u64, len: u64) -> Vec<Run> {
+        self.runs_at_most(offset, len, usize::MAX)
+    }
+
+    /// The first `max` runs of equal state from `offset` on, covering a prefix of
+    /// `offset..offset + len`: the scan stops at the first block past the last run, so a
+    /// fragmented map costs `max` runs, not one per block of the range.
+    pub fn runs_at_most(&self, offset: u64, len: u64, max: usize) -> Vec<Run> {
         let end = offset.saturating_add(len).min(self.virtual_size);
         let mut runs: Vec<Run> = Vec::new();
         let mut pos = offset;
@@ -124,8 +141,10 @@ impl BlockMap {
             let block = pos / OVERLAY_BLOCK;
             let next = ((block + 1) * OVERLAY_BLOCK).min(end);
             let state = self.state(block);
+            let full = runs.len() >= max;
             match runs.last_mut() {
                 Some(run) if run.state == state => run.len += next - pos,
+                _ if full => break,
                 _ => runs.push(Run {
                     offset: pos,
                     len: next - pos,
@@ -164,6 +183,11 @@ mod tests {
         );
         let copy = BlockMap::from_bytes(map.bytes[0..3].to_vec(), map.virtual_size, 4096).unwrap();
         assert_eq!(copy.runs(0, u64::MAX), map.runs(0, u64::MAX));
+        // At most `max` runs, a prefix of the full list.
+        let all = map.runs(0, u64::MAX);
+        assert!(all.len() > 2);
+        assert_eq!(map.runs_at_most(0, u64::MAX, 2), all[..2]);
+        assert!(map.runs_at_most(0, u64::MAX, 0).is_empty());
     }
 
     #[test]

@@ -6,9 +6,14 @@
 //! reader's `read_payload`) before a byte of it is handed out; a failed decode is not cached,
 //! so each request for a damaged chunk fails on its own and the rest keep being served.
 //!
-//! Memory: the cache holds at most `capacity` bytes of decoded chunks; beyond that, each
-//! connection holds the one chunk it is copying from and each decoder thread the one it is
-//! decoding, so the total is bounded by `capacity + (connections + threads) x chunk size`.
+//! Memory: the cache holds at most `capacity` bytes of decoded chunks; at most `threads`
+//! chunks are decoded at once (connection threads and read-ahead share the permits), each
+//! needing its chunk plus its compressed frame; spare buffers kept for reuse total at most
+//! an eighth of the capacity (none when a chunk is larger than that). So memory is about
+//! `capacity x 9/8 + threads x (chunk + frame)`, plus, briefly, a chunk evicted while a
+//! connection still copies a reply out of it. [`serve`](super::serve) raises a cache that
+//! cannot hold [`MIN_CACHED_CHUNKS`] chunks, so concurrent readers do not evict each other's
+//! chunks before using them.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,18 +36,76 @@ thread_local! {
     static DECODER: RefCell<Option<(ChunkDecoder, Vec<u8>)>> = const { RefCell::new(None) };
 }
 
-/// Buffers kept for reuse once no chunk holds them.
-const SPARE_BUFFERS: usize = 8;
+/// Chunks the cache holds at least (a smaller cache is raised to this).
+pub const MIN_CACHED_CHUNKS: u64 = 2;
+
+/// Buffers kept for reuse once no chunk holds them, within a byte budget.
+pub struct Spares {
+    buffers: Vec<Vec<u8>>,
+    bytes: u64,
+    limit: u64,
+}
+
+impl Spares {
+    fn new(limit: u64) -> Self {
+        Spares {
+            buffers: Vec::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        let buffer = self.buffers.pop().unwrap_or_default();
+        self.bytes -= buffer.capacity() as u64;
+        buffer
+    }
+
+    /// Keeps `buffer` if it fits the budget; otherwise it is freed.
+    fn give(&mut self, buffer: Vec<u8>) {
+        let size = buffer.capacity() as u64;
+        if size > 0 && self.bytes + size <= self.limit {
+            self.bytes += size;
+            self.buffers.push(buffer);
+        }
+    }
+}
+
+/// Counts the decodes running at once (connection threads and read-ahead alike).
+struct Permits {
+    free: Mutex<usize>,
+    released: Condvar,
+}
+
+impl Permits {
+    fn acquire(&self) -> PermitGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.released.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        PermitGuard(self)
+    }
+}
+
+struct PermitGuard<'a>(&'a Permits);
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.released.notify_one();
+    }
+}
 
 /// A decoded chunk's buffer; when the last reader lets go of it, it goes back to the spares
-/// (up to eight) for the next decode. Chunks are large and short-lived (evicted as
+/// (within their byte budget) for the next decode. Chunks are large and short-lived (evicted as
 /// clients move on): allocating each anew left the allocator's arenas fragmented, and a
 /// whole-disk copy grew the process ~50% past the cache size; anonymous maps per chunk fixed
 /// that but serialised the decoders on the kernel's map lock (page faults against
 /// map/unmap). Reuse gives both: no churn, and no faults.
 pub struct ChunkBuffer {
     bytes: Vec<u8>,
-    spares: Arc<Mutex<Vec<Vec<u8>>>>,
+    spares: Arc<Mutex<Spares>>,
 }
 
 impl std::ops::Deref for ChunkBuffer {
@@ -54,10 +117,8 @@ impl std::ops::Deref for ChunkBuffer {
 
 impl Drop for ChunkBuffer {
     fn drop(&mut self) {
-        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
-        if spares.len() < SPARE_BUFFERS {
-            spares.push(std::mem::take(&mut self.bytes));
-        }
+        let buffer = std::mem::take(&mut self.bytes);
+        self.spares.lock().unwrap_or_else(|e| e.into_inner()).give(buffer);
     }
 }
 
@@ -69,7 +130,8 @@ pub struct ChunkCache<R: ReadAt> {
     decoded: Condvar,
     pool: rayon::ThreadPool,
     stats: Arc<ServeStats>,
-    spares: Arc<Mutex<Vec<Vec<u8>>>>,
+    spares: Arc<Mutex<Spares>>,
+    permits: Permits,
 }
 
 #[derive(Default)]
@@ -102,7 +164,11 @@ impl<R: ReadAt + 'static> ChunkCache<R> {
             decoded: Condvar::new(),
             pool,
             stats,
-            spares: Arc::new(Mutex::new(Vec::new())),
+            spares: Arc::new(Mutex::new(Spares::new(capacity / 8))),
+            permits: Permits {
+                free: Mutex::new(threads.max(1)),
+                released: Condvar::new(),
+            },
         })
     }
 
@@ -190,6 +256,7 @@ impl<R: ReadAt + 'static> ChunkCache<R> {
             .record_of(chunk)
             .ok_or_else(|| Error::new(ErrorKind::Io, format!("chunk {chunk} is not stored")))?;
         let chunk_len = self.archive.chunk_len(record);
+        let _permit = self.permits.acquire();
         let mut payload = self.spare();
         let result = DECODER.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -224,18 +291,11 @@ impl<R: ReadAt + 'static> ChunkCache<R> {
 
     /// A buffer from the spares, or a new one; its contents are to be overwritten.
     fn spare(&self) -> Vec<u8> {
-        self.spares
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_default()
+        self.spares.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     fn give_back(&self, buffer: Vec<u8>) {
-        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
-        if spares.len() < SPARE_BUFFERS {
-            spares.push(buffer);
-        }
+        self.spares.lock().unwrap_or_else(|e| e.into_inner()).give(buffer);
     }
 
     fn lock(&self) -> MutexGuard<'_, CacheState> {
@@ -286,7 +346,7 @@ mod tests {
     #[test]
     fn lru_evicts_the_oldest_and_stays_within_capacity() {
         let mut state = CacheState::default();
-        let spares = Arc::new(Mutex::new(Vec::new()));
+        let spares = Arc::new(Mutex::new(Spares::new(25)));
         let buffer = |bytes: Vec<u8>| -> ChunkBytes {
             Arc::new(ChunkBuffer {
                 bytes,
@@ -305,7 +365,20 @@ mod tests {
         state.insert(4, buffer(vec![0u8; 30]), 25); // larger than the cache: not kept
         assert!(state.touch(4).is_none());
         assert_eq!(state.used, 20);
-        // Evicted and dropped buffers are kept for reuse.
-        assert_eq!(spares.lock().unwrap().len(), 2);
+        // The evicted buffer is kept for reuse; the 30-byte one is over the 25-byte budget.
+        assert_eq!(spares.lock().unwrap().buffers.len(), 1);
+        assert_eq!(spares.lock().unwrap().bytes, 10);
+    }
+
+    #[test]
+    fn spares_stay_within_their_byte_budget() {
+        let mut spares = Spares::new(100);
+        spares.give(vec![0; 60]);
+        spares.give(vec![0; 60]); // over the budget: freed
+        spares.give(vec![0; 200]); // larger than the budget: freed
+        assert_eq!((spares.buffers.len(), spares.bytes), (1, 60));
+        assert_eq!(spares.take().capacity(), 60);
+        assert_eq!(spares.bytes, 0);
+        assert_eq!(spares.take().capacity(), 0);
     }
 }

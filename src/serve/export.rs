@@ -199,9 +199,11 @@ impl<R: ReadAt + 'static> Export<R> {
             true
         };
         let runs = match &self.overlay {
-            // The overlay's runs are listed block by block; a prefix of the range is a valid
-            // answer, and keeps a 4 GiB query from listing a million of them.
-            Some(overlay) => overlay.runs(offset, len.min(MAX_OVERLAY_STATUS)),
+            // The overlay's runs are found block by block; a prefix of the range is a valid
+            // answer: at most 128 MiB and `max` runs (each gives at least one extent unless
+            // it merges with the one before), so a fragmented 4 GiB query neither lists a
+            // million runs nor holds the map's lock over a million blocks.
+            Some(overlay) => overlay.runs_at_most(offset, len.min(MAX_OVERLAY_STATUS), max),
             None => vec![crate::overlay::Run {
                 offset,
                 len,

@@ -29,6 +29,7 @@ pub mod stats;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use cache::DEFAULT_CACHE_SIZE;
 pub use server::Server;
@@ -48,6 +49,13 @@ use socket::Listener;
 pub const DEFAULT_MAX_REQUEST: u32 = 32 << 20;
 /// The default cap on simultaneous connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+/// The default cap on connections still in the handshake: the rest of the connection slots
+/// stay for clients that got through it.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 4;
+/// The default time a client has for its whole handshake, from accept to `NBD_OPT_GO`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default time a connection in transmission may send nothing before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// The default TCP address (loopback, the NBD port).
 pub const DEFAULT_TCP: &str = "127.0.0.1:10809";
 
@@ -58,12 +66,21 @@ pub struct ServeOptions {
     pub listen: Listen,
     /// The export's name. Default `""`, so `nbd+unix:///?socket=PATH` reaches it.
     pub export_name: String,
-    /// Bytes of decoded chunks kept. Default [`DEFAULT_CACHE_SIZE`] (64 MiB).
+    /// Bytes of decoded chunks kept. Default [`DEFAULT_CACHE_SIZE`] (64 MiB); raised to
+    /// hold at least [`cache::MIN_CACHED_CHUNKS`] chunks.
     pub cache_size: u64,
     /// Decoder threads for read-ahead and multi-chunk reads. Default: one per core.
     pub threads: Option<usize>,
     /// Simultaneous connections; more are closed at once. Default 16.
     pub max_connections: usize,
+    /// Connections still in the handshake; while this many are, no new connection is
+    /// accepted (they wait in the listen queue). Default 4, at most `max_connections`.
+    pub max_handshakes: usize,
+    /// The whole handshake must be done within this time from accept. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// A connection in transmission that sends no request for this long is closed
+    /// (`None`: never). Default 300 s.
+    pub idle_timeout: Option<Duration>,
     /// Largest read or write accepted (advertised as the maximum block size). Default 32 MiB.
     pub max_request: u32,
     /// The cancel flag stops the server cleanly.
@@ -78,6 +95,9 @@ impl Default for ServeOptions {
             cache_size: DEFAULT_CACHE_SIZE,
             threads: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_request: DEFAULT_MAX_REQUEST,
             control: Control::default(),
         }
@@ -103,6 +123,11 @@ pub fn serve<R: ReadAt + 'static>(
     let threads = options
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // A cache that cannot hold a few chunks makes concurrent readers evict each other's
+    // chunks before using them: raise it (the CLI says so).
+    let mut options = options;
+    let chunk_size = archive.geometry().chunk_size();
+    options.cache_size = options.cache_size.max(cache::MIN_CACHED_CHUNKS * chunk_size);
     let cache = ChunkCache::new(archive, options.cache_size, threads, Arc::clone(&stats))?;
     let export = Export::new(cache, overlay, options.cache_size, stats);
     let listener = Listener::bind(&options.listen)?;

@@ -1,12 +1,19 @@
 //! [`Server`]: the accept loop, one thread per connection (at most `max_connections`), and a
 //! clean stop when the control's cancel flag is raised (SIGINT/SIGTERM in the binary).
+//!
+//! Slow or idle clients cannot hold the slots for ever: the whole handshake has a deadline
+//! (not just each read), at most `max_handshakes` connections may be in it at once (new ones
+//! wait in the listen queue meanwhile, so the slots of clients already through are not used
+//! up by clients that never finish), and a connection in transmission that sends nothing for
+//! `idle_timeout` is closed.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::io::{BufReader, BufWriter};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::export::Export;
 use super::nbd::handshake::{handshake, ExportInfo, Outcome};
@@ -20,8 +27,7 @@ use crate::read_at::ReadAt;
 
 /// How often the accept loop looks at the cancel flag.
 const POLL: Duration = Duration::from_millis(20);
-/// How long a client may take over each read of the handshake, and a stalled client may
-/// leave a reply unread before the connection is dropped.
+/// How long a stalled client may leave a reply unread before the connection is dropped.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Connections = Arc<Mutex<HashMap<u64, Socket>>>;
@@ -65,6 +71,12 @@ impl<R: ReadAt + 'static> Server<R> {
         &self.uri
     }
 
+    /// The bytes of decoded chunks cached (the requested size, or more if that could not
+    /// hold a few chunks).
+    pub fn cache_size(&self) -> u64 {
+        self.options.cache_size
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.export.stats().snapshot()
@@ -76,8 +88,18 @@ impl<R: ReadAt + 'static> Server<R> {
         let connections: Connections = Arc::new(Mutex::new(HashMap::new()));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let next_id = AtomicU64::new(0);
+        let handshaking = Arc::new(AtomicUsize::new(0));
+        let max_handshakes = self
+            .options
+            .max_handshakes
+            .clamp(1, self.options.max_connections.max(1));
         while self.options.control.check().is_ok() {
             threads.retain(|t| !t.is_finished());
+            if handshaking.load(Ordering::Acquire) >= max_handshakes {
+                // Leave new clients in the listen queue until a handshake ends.
+                std::thread::sleep(POLL);
+                continue;
+            }
             let socket = match self.listener.accept() {
                 Ok(Some(socket)) => socket,
                 Ok(None) => {
@@ -104,11 +126,17 @@ impl<R: ReadAt + 'static> Server<R> {
                 self.info.clone(),
                 Arc::clone(&connections),
             );
-            let max_request = self.options.max_request;
+            let limits = Limits {
+                max_request: self.options.max_request,
+                handshake_timeout: self.options.handshake_timeout,
+                idle_timeout: self.options.idle_timeout,
+            };
+            handshaking.fetch_add(1, Ordering::AcqRel);
+            let in_handshake = InHandshake(Some(Arc::clone(&handshaking)));
             let spawned = std::thread::Builder::new()
                 .name(format!("imgpack-nbd-{id}"))
                 .spawn(move || {
-                    if serve_connection(socket, &export, &info, max_request).is_err() {
+                    if serve_connection(socket, &export, &info, &limits, in_handshake).is_err() {
                         ServeStats::add(&export.stats().protocol_errors, 1);
                     }
                     lock(&registry).remove(&id);
@@ -137,15 +165,48 @@ fn lock(connections: &Connections) -> std::sync::MutexGuard<'_, HashMap<u64, Soc
     connections.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One connection: the handshake under a timeout, then transmission until the client leaves.
+/// What one connection may use.
+struct Limits {
+    max_request: u32,
+    handshake_timeout: Duration,
+    idle_timeout: Option<Duration>,
+}
+
+/// Counts a connection as in the handshake until [`end`](InHandshake::end) or drop (a thread
+/// that could not start, a connection that failed in the handshake).
+struct InHandshake(Option<Arc<AtomicUsize>>);
+
+impl InHandshake {
+    fn end(&mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for InHandshake {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// One connection: the handshake under its deadline, then transmission until the client
+/// leaves or stays idle too long.
 fn serve_connection<R: ReadAt + 'static>(
     socket: Socket,
     export: &Export<R>,
     info: &ExportInfo,
-    max_request: u32,
+    limits: &Limits,
+    mut in_handshake: InHandshake,
 ) -> std::io::Result<()> {
-    socket.set_timeouts(Some(STALL_TIMEOUT), Some(STALL_TIMEOUT))?;
-    let mut reader = BufReader::with_capacity(64 << 10, socket.try_clone()?);
+    // Reads wait at most until the deadline (DeadlineReader); a write (a client not reading
+    // its option replies) at most the timeout itself, so a handshake ends within twice it.
+    socket.set_timeouts(Some(limits.handshake_timeout), Some(limits.handshake_timeout))?;
+    let timed = DeadlineReader {
+        socket: socket.try_clone()?,
+        deadline: Some(Instant::now() + limits.handshake_timeout),
+    };
+    let mut reader = BufReader::with_capacity(64 << 10, timed);
     let mut writer = BufWriter::with_capacity(256 << 10, socket.try_clone()?);
     let mut both = ReadWrite {
         reader: &mut reader,
@@ -159,18 +220,44 @@ fn serve_connection<R: ReadAt + 'static>(
         }
     };
     std::io::Write::flush(&mut writer)?;
-    // An idle client (a guest not touching its disk) may wait between requests for ever.
-    socket.set_timeouts(None, Some(STALL_TIMEOUT))?;
+    in_handshake.end();
+    // A guest not touching its disk sends nothing for a while; past the idle timeout its
+    // slot goes to someone else (clients reconnect).
+    reader.get_mut().deadline = None;
+    socket.set_timeouts(limits.idle_timeout, Some(STALL_TIMEOUT))?;
     let result = Transmission {
         input: reader,
         output: writer,
         export,
         negotiated,
-        max_payload: max_request,
+        max_payload: limits.max_request,
     }
     .run();
     socket.shutdown();
     result
+}
+
+/// The socket's reading side; while `deadline` is set, each read may only wait until then
+/// (so a client sending a byte now and then cannot stretch the handshake for ever).
+struct DeadlineReader {
+    socket: Socket,
+    deadline: Option<Instant>,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the NBD handshake took too long",
+                ));
+            }
+            self.socket.set_read_timeout(Some(left))?;
+        }
+        self.socket.read(buf)
+    }
 }
 
 /// A reader and a writer as one stream, for the handshake.

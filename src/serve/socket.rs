@@ -161,6 +161,14 @@ impl Socket {
         }
     }
 
+    /// Limits how long a read may block (`None`: forever).
+    pub fn set_read_timeout(&self, read: Option<Duration>) -> io::Result<()> {
+        match self {
+            Socket::Unix(s) => s.set_read_timeout(read),
+            Socket::Tcp(s) => s.set_read_timeout(read),
+        }
+    }
+
     fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         match self {
             Socket::Unix(s) => s.set_nonblocking(on),

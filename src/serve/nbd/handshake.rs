@@ -26,7 +26,8 @@ pub struct ExportInfo {
     pub name: String,
     /// Its size.
     pub size: u64,
-    /// Transmission flags.
+    /// Transmission flags (`NBD_FLAG_SEND_DF` is dropped for a client without structured
+    /// replies).
     pub flags: u16,
     /// Largest request payload accepted.
     pub max_payload: u32,
@@ -129,7 +130,7 @@ fn opt_export_name<S: Write>(
     }
     let mut reply = Vec::with_capacity(134);
     reply.extend_from_slice(&export.size.to_be_bytes());
-    reply.extend_from_slice(&export.flags.to_be_bytes());
+    reply.extend_from_slice(&transmission_flags(export, negotiated).to_be_bytes());
     if !no_zeroes {
         reply.extend_from_slice(&[0u8; 124]);
     }
@@ -171,7 +172,7 @@ fn opt_info_go<S: Write>(
     let mut info = Vec::with_capacity(12);
     info.extend_from_slice(&NBD_INFO_EXPORT.to_be_bytes());
     info.extend_from_slice(&export.size.to_be_bytes());
-    info.extend_from_slice(&export.flags.to_be_bytes());
+    info.extend_from_slice(&transmission_flags(export, negotiated).to_be_bytes());
     write_option_reply(stream, option, NBD_REP_INFO, &info)?;
     if requests.contains(&NBD_INFO_NAME) {
         let mut name_info = NBD_INFO_NAME.to_be_bytes().to_vec();
@@ -188,6 +189,17 @@ fn opt_info_go<S: Write>(
     }
     write_option_reply(stream, option, NBD_REP_ACK, &[])?;
     Ok((option == NBD_OPT_GO).then_some(Outcome::Transmission(negotiated)))
+}
+
+/// The export's transmission flags for this client: `NBD_FLAG_SEND_DF` only once structured
+/// replies are negotiated ("the server MUST leave this flag clear if structured replies have
+/// not been negotiated").
+fn transmission_flags(export: &ExportInfo, negotiated: Negotiated) -> u16 {
+    if negotiated.structured {
+        export.flags
+    } else {
+        export.flags & !NBD_FLAG_SEND_DF
+    }
 }
 
 /// The name and information requests of an `NBD_OPT_INFO`/`NBD_OPT_GO` payload, if its
@@ -236,6 +248,11 @@ fn opt_meta_context<S: Write>(
     negotiated: &mut Negotiated,
 ) -> io::Result<()> {
     let set = option == NBD_OPT_SET_META_CONTEXT;
+    // "NBD_OPT_SET_META_CONTEXT ... replaces all previously selected contexts", also when it
+    // fails: a failed SET leaves none selected.
+    if set {
+        negotiated.base_allocation = false;
+    }
     if !negotiated.structured {
         return write_option_reply(stream, option, NBD_REP_ERR_INVALID, &[]);
     }

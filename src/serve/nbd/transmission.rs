@@ -22,8 +22,23 @@ const MAX_EXTENTS: usize = 2048;
 /// Zeros to copy from when a hole must be sent as data.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
-/// Command flags this server understands on any request; others get `NBD_EINVAL`.
-const KNOWN_FLAGS: u16 = NBD_CMD_FLAG_FUA | (1 << 1) | NBD_CMD_FLAG_DF | NBD_CMD_FLAG_REQ_ONE | (1 << 4);
+/// "`NBD_CMD_FLAG_NO_HOLE`" (bit 1): valid on `NBD_CMD_WRITE_ZEROES` only.
+const NBD_CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+
+/// The command flags valid on `command` ("Command flags"): FUA on any command (it is
+/// advertised for writable exports, and a server "MUST accept all commands with this bit
+/// set"), DF on reads once structured replies are negotiated, NO_HOLE on WRITE_ZEROES,
+/// REQ_ONE on BLOCK_STATUS. `NBD_CMD_FLAG_FAST_ZERO` (bit 4) is never valid: this server
+/// does not advertise `NBD_FLAG_SEND_FAST_ZERO`, so it "SHOULD fail" it with `EINVAL`.
+fn valid_flags(command: u16, negotiated: Negotiated) -> u16 {
+    NBD_CMD_FLAG_FUA
+        | match command {
+            NBD_CMD_READ if negotiated.structured => NBD_CMD_FLAG_DF,
+            NBD_CMD_WRITE_ZEROES => NBD_CMD_FLAG_NO_HOLE,
+            NBD_CMD_BLOCK_STATUS => NBD_CMD_FLAG_REQ_ONE,
+            _ => 0,
+        }
+}
 
 /// One connection in transmission.
 pub struct Transmission<'a, R: ReadAt, In: BufRead, Out: Write> {
@@ -46,8 +61,16 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
             let mut header = [0u8; REQUEST_LEN];
             match self.input.read_exact(&mut header) {
                 Ok(()) => {}
-                // Between requests, a client going away is an ordinary end.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                // Between requests, a client going away, or staying idle past the idle
+                // timeout (the socket's read timeout), is an ordinary end.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(())
+                }
                 Err(e) => return Err(e),
             }
             let request = Request::decode(&header)
@@ -62,7 +85,7 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
     }
 
     fn handle(&mut self, request: Request) -> io::Result<()> {
-        if request.flags & !KNOWN_FLAGS != 0 {
+        if request.flags & !valid_flags(request.command, self.negotiated) != 0 {
             if request.command == NBD_CMD_WRITE {
                 self.discard_payload(request)?;
             }
@@ -101,7 +124,7 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
         let one_chunk = !structured || request.flags & NBD_CMD_FLAG_DF != 0;
         if one_chunk {
             if let Err(e) = self.export.check_readable(offset, len) {
-                return self.reply_error(request, errno_of(e.kind()));
+                return self.reply_error(request, errno_of(&e));
             }
             if structured {
                 let header = structured_header(
@@ -163,7 +186,7 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
                     0,
                 ))
             }
-            Err(ReadFailure::Export(e)) => self.structured_error(handle, errno_of(e.kind()), &e.to_string()),
+            Err(ReadFailure::Export(e)) => self.structured_error(handle, errno_of(&e), &e.to_string()),
             Err(ReadFailure::Client(e)) => Err(e),
         }
     }
@@ -197,13 +220,13 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
             self.input.read_exact(&mut buf[..take])?;
             if failure.is_none() {
                 if let Err(e) = self.export.write(request.offset + done, &buf[..take]) {
-                    failure = Some(errno_of(e.kind()));
+                    failure = Some(errno_of(&e));
                 }
             }
             done += take as u64;
         }
         if failure.is_none() && request.flags & NBD_CMD_FLAG_FUA != 0 {
-            failure = self.export.flush().err().map(|e| errno_of(e.kind()));
+            failure = self.export.flush().err().map(|e| errno_of(&e));
         }
         self.reply_error(request, failure.unwrap_or(0))
     }
@@ -212,7 +235,7 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
     fn cmd_flush(&mut self, request: Request) -> io::Result<()> {
         let error = match self.export.flush() {
             Ok(()) => 0,
-            Err(e) => errno_of(e.kind()),
+            Err(e) => errno_of(&e),
         };
         self.reply_error(request, error)
     }
@@ -239,7 +262,7 @@ impl<R: ReadAt + 'static, In: BufRead, Out: Write> Transmission<'_, R, In, Out> 
         if result.is_ok() && request.flags & NBD_CMD_FLAG_FUA != 0 {
             result = self.export.flush();
         }
-        self.reply_error(request, result.err().map_or(0, |e| errno_of(e.kind())))
+        self.reply_error(request, result.err().map_or(0, |e| errno_of(&e)))
     }
 
     /// "`NBD_CMD_BLOCK_STATUS` (7)": one `NBD_REPLY_TYPE_BLOCK_STATUS` chunk for
@@ -335,11 +358,48 @@ fn write_piece_as_data(output: &mut impl Write, piece: Piece<'_>) -> io::Result<
     }
 }
 
-/// The NBD error for an export failure of `kind`.
-fn errno_of(kind: ErrorKind) -> u32 {
-    match kind {
+/// The NBD error for an export failure: a host file system out of space or quota (writing
+/// the overlay) is `NBD_ENOSPC`, as the client's own disk full would be, not an I/O error.
+fn errno_of(error: &crate::error::Error) -> u32 {
+    match error.kind() {
         ErrorKind::InvalidArgument => NBD_EINVAL,
         ErrorKind::LimitExceeded => NBD_ENOSPC,
+        _ if out_of_space(error) => NBD_ENOSPC,
         _ => NBD_EIO,
+    }
+}
+
+/// Whether `error` was caused by `ENOSPC` or `EDQUOT`.
+fn out_of_space(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            let errno = rustix::io::Errno::from_io_error(io);
+            if errno == Some(rustix::io::Errno::NOSPC) || errno == Some(rustix::io::Errno::DQUOT) {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_or_quota_is_enospc() {
+        let error =
+            |errno: i32| crate::error::Error::io("writing the overlay", io::Error::from_raw_os_error(errno));
+        assert_eq!(errno_of(&error(libc_errno::ENOSPC)), NBD_ENOSPC);
+        assert_eq!(errno_of(&error(libc_errno::EDQUOT)), NBD_ENOSPC);
+        assert_eq!(errno_of(&error(libc_errno::EIO)), NBD_EIO);
+    }
+
+    mod libc_errno {
+        pub const ENOSPC: i32 = rustix::io::Errno::NOSPC.raw_os_error();
+        pub const EDQUOT: i32 = rustix::io::Errno::DQUOT.raw_os_error();
+        pub const EIO: i32 = rustix::io::Errno::IO.raw_os_error();
     }
 }
