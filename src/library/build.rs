@@ -22,7 +22,11 @@ impl Library {
         control: &Control,
     ) -> Result<BuildReport> {
         let start = Instant::now();
-        let usable = self.open_usable(caller, id, "used to build servers")?;
+        let usable = self.open_usable(
+            caller,
+            id,
+            "servers can only be built from available or deprecated images",
+        )?;
         let (record, reader, archive_name) = (usable.record, usable.archive, usable.archive_name);
         let check_fits = |virtual_size: u64| {
             if disk_size < virtual_size {

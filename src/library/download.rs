@@ -23,7 +23,11 @@ impl Library {
         options: &ExportOptions,
     ) -> Result<ExportReport> {
         let start = Instant::now();
-        let usable = self.open_usable(caller, id, "downloaded")?;
+        let usable = self.open_usable(
+            caller,
+            id,
+            "only available or deprecated images can be downloaded",
+        )?;
         let (record, reader) = (usable.record, usable.archive);
         let name = usable.archive_name.display().to_string();
         with_pool(options.threads, || {

@@ -17,7 +17,7 @@ impl Library {
         caller: &str,
         id: &str,
     ) -> Result<(ImageRecord, ArchiveReader<ArchiveSource>)> {
-        let usable = self.open_usable(caller, id, "served")?;
+        let usable = self.open_usable(caller, id, "only available or deprecated images can be served")?;
         Ok((usable.record, usable.archive))
     }
 }

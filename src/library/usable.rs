@@ -24,15 +24,12 @@ pub struct UsableImage {
 }
 
 impl Library {
-    /// Opens image `id` for `caller` to use; `what` completes the refusal of an unusable
-    /// status ("{id} is failed; only available or deprecated images can be {what}").
-    pub fn open_usable(&self, caller: &str, id: &str, what: &str) -> Result<UsableImage> {
+    /// Opens image `id` for `caller` to use; `rule` ends the refusal of an unusable status
+    /// ("{id} is failed; {rule}").
+    pub fn open_usable(&self, caller: &str, id: &str, rule: &str) -> Result<UsableImage> {
         let record = self.show(caller, id)?;
         if !policy::usable_status(record.status) {
-            return Err(catalog_error(format!(
-                "{id} is {}; only available or deprecated images can be {what}",
-                record.status
-            )));
+            return Err(catalog_error(format!("{id} is {}; {rule}", record.status)));
         }
         let archive_name = match self.objects.local_root() {
             Some(_) => self.archive_path(id),
