@@ -29,7 +29,7 @@ const HOLD_CREATING_ENV: &str = "IMGPACK_TEST_HOLD_CREATING_MS";
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
     /// The library: a directory or s3://BUCKET/PREFIX (endpoint and credentials from the
-    /// AWS_* variables; catalog from IMGPACK_CATALOG=sqlite:PATH) [default: $IMGPACK_LIBRARY].
+    /// AWS_* variables; it then needs --catalog) [default: $IMGPACK_LIBRARY].
     #[arg(long, global = true, value_name = "DIR|s3://BUCKET/PREFIX")]
     library: Option<PathBuf>,
     /// The catalog: sqlite:PATH or postgres://... [default: $IMGPACK_CATALOG, else catalog.db in the library].

@@ -105,21 +105,23 @@ fn not_found(id: &str) -> Error {
 impl Library {
     /// Opens the library at `root` (creating its directories and catalog if needed) and
     /// recovers registrations whose process is gone. `root` may be `s3://BUCKET/PREFIX`
-    /// (feature `s3`), whose catalog is named by `IMGPACK_CATALOG`.
+    /// (feature `s3`), which needs its catalog named in `options.catalog`; a directory's
+    /// default catalog is `catalog.db` inside it.
     pub fn open(root: &Path, options: &LibraryOptions) -> Result<Library> {
-        if objects::is_remote(root) {
-            return Library::with_store(root, remote_catalog()?, options);
-        }
-        create_layout(root)?;
-        let default_catalog;
         let catalog = match &options.catalog {
-            Some(location) => location,
+            Some(location) => location.clone(),
+            None if objects::is_remote(root) => {
+                return Err(Error::invalid_argument(
+                    "a library in an object store needs a catalog: give --catalog sqlite:PATH or \
+                     postgres://... (or set IMGPACK_CATALOG)",
+                ))
+            }
             None => {
-                default_catalog = CatalogLocation::default_for(root);
-                &default_catalog
+                create_layout(root)?;
+                CatalogLocation::default_for(root)
             }
         };
-        let store = catalog::open_catalog(catalog)?;
+        let store = catalog::open_catalog(&catalog)?;
         Library::with_store(root, store, options)
     }
 
@@ -391,22 +393,6 @@ fn create_layout(root: &Path) -> Result<()> {
         std::fs::create_dir_all(&dir).context("creating the library directory", &dir)?;
     }
     Ok(())
-}
-
-/// The catalog of a library in an object store, until catalogs are chosen with `--catalog`:
-/// `IMGPACK_CATALOG=sqlite:PATH`.
-fn remote_catalog() -> Result<Box<dyn CatalogStore>> {
-    match std::env::var("IMGPACK_CATALOG") {
-        Ok(name) => match name.strip_prefix("sqlite:") {
-            Some(path) if !path.is_empty() => Ok(Box::new(SqliteStore::open(Path::new(path))?)),
-            _ => Err(Error::invalid_argument(format!(
-                "IMGPACK_CATALOG {name:?} is not sqlite:PATH"
-            ))),
-        },
-        Err(_) => Err(Error::invalid_argument(
-            "a library in an object store needs a catalog: set IMGPACK_CATALOG=sqlite:PATH",
-        )),
-    }
 }
 
 fn lock(store: &SharedStore) -> Result<MutexGuard<'_, Box<dyn CatalogStore>>> {
