@@ -63,7 +63,8 @@ impl Lib {
             .env("IMGPACK_CATALOG", &self.catalog)
             .env("IMGPACK_ACCOUNT", account)
             .env_remove("IMGPACK_OPERATOR")
-            .env_remove("IMGPACK_TEST_HOLD_CREATING_MS");
+            .env_remove("IMGPACK_TEST_HOLD_CREATING_MS")
+            .env_remove("IMGPACK_TEST_HOLD_BEFORE_REMOVE_MS");
         command
     }
 
@@ -420,6 +421,77 @@ fn start_registration(lib: &Lib, source: &str) -> (Child, String) {
     let creating: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
     assert_eq!(creating["status"], "creating");
     (child, creating["id"].as_str().unwrap().to_string())
+}
+
+/// Registrar A's image is `available` but A has not yet deleted the upload (held there by a
+/// test-only variable) when registrar B opens the same object and inserts its own
+/// `creating` record: the object's identity (ETag, size, last-modified) in the catalog
+/// refuses B, so the upload is stored once.
+#[test]
+fn an_upload_opened_just_before_its_registration_deleted_it_is_refused() {
+    let Some(lib) = Lib::start_on_postgres() else {
+        return;
+    };
+    let raw = lib.path("twice.raw");
+    write_disk(&raw, 4 << 20, 64 << 10, 10);
+    lib.upload(OWNER, &raw, "twice.raw");
+    let mut first = lib
+        .imgpack(OWNER)
+        .env("IMGPACK_TEST_HOLD_BEFORE_REMOVE_MS", "8000")
+        .args([
+            "images",
+            "register",
+            "-a",
+            "x86_64",
+            "-n",
+            "t",
+            "-s",
+            "twice.raw",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(first.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let id = serde_json::from_str::<Value>(&line).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lib.json(OWNER, &["images", "show", &id])["status"] != "available" {
+        assert!(Instant::now() < deadline, "{id} never became available");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lib.has_key(&upload_key(OWNER, "twice.raw")));
+    let why = lib.fails(
+        OWNER,
+        &["images", "register", "-a", "x86_64", "-n", "t", "-s", "twice.raw"],
+    );
+    assert!(
+        why.contains(&format!("\"twice.raw\" was already registered as {id}")),
+        "{why}"
+    );
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let images = lib.json(OWNER, &["images", "list", "--show-all"]);
+    assert_eq!(images.as_array().unwrap().len(), 1, "{images}");
+    let archives = lib
+        .server
+        .keys()
+        .iter()
+        .filter(|k| k.ends_with(".imgpack"))
+        .count();
+    assert_eq!(archives, 1);
+    assert!(!lib.has_key(&upload_key(OWNER, "twice.raw")));
+    assert!(lib.server.multipart_uploads().is_empty());
 }
 
 #[test]

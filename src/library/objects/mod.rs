@@ -81,6 +81,12 @@ pub trait StoredUpload: Send {
     /// The bytes to convert (consumed once).
     fn body(&mut self) -> Result<UploadBody>;
 
+    /// Which upload this is, as found when opened: a local file's device, inode, size and
+    /// times, an object's ETag, size and last-modified time. The same file (or object
+    /// version) always gives the same identity, a file stored again under the same name a
+    /// new one; the catalog refuses to make two images of one identity.
+    fn identity(&self) -> String;
+
     /// Removes the upload (after its image is registered). A new upload stored under the same
     /// name meanwhile is left alone where the backend can tell.
     fn remove(&self) -> io::Result<()>;

@@ -104,6 +104,8 @@ impl Objects for S3Objects {
                 client: self.client.clone(),
                 key,
                 name: name.to_string(),
+                identity: object.identity(),
+                etag: object.etag().map(str::to_string),
                 object: Some(object),
             })),
             None => Err(Error::invalid_argument(format!(
@@ -149,11 +151,13 @@ impl Objects for S3Objects {
     }
 }
 
-/// An upload object.
+/// An upload object, as the HEAD that opened it found it.
 struct S3Upload {
     client: S3Client,
     key: String,
     name: String,
+    identity: String,
+    etag: Option<String>,
     object: Option<S3ReadAt>,
 }
 
@@ -173,19 +177,32 @@ impl StoredUpload for S3Upload {
                 }
             }
         }
-        let reader = ObjectReader::open(&self.client, &self.key)?.ok_or_else(|| {
-            Error::invalid_argument(format!(
-                "{:?} was removed from your incoming directory",
-                self.name
-            ))
-        })?;
+        // Only the version opened: its identity is what the catalog records.
+        let reader =
+            ObjectReader::open_version(&self.client, &self.key, self.etag.as_deref())?.ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "{:?} was removed from your incoming directory",
+                    self.name
+                ))
+            })?;
         Ok(UploadBody::Input(Input::reader(reader, self.name.clone())))
     }
 
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
     fn remove(&self) -> io::Result<()> {
-        // S3 has no conditional delete: an upload stored again under the same name while this
-        // one was registered goes too (the local backend can tell them apart).
-        self.client.delete(&self.key).map_err(io::Error::from)
+        super::local::hold_before_removing_upload();
+        // S3 has no conditional delete: an upload stored again under the same name is left
+        // alone when the HEAD already sees it, but one stored between the HEAD and the
+        // DELETE goes too (the local backend can tell them apart exactly).
+        let current = self.client.head_meta(&self.key).map_err(io::Error::from)?;
+        match current {
+            Some(meta) if meta.e_tag.is_some() && meta.e_tag != self.etag => Ok(()),
+            Some(_) => self.client.delete(&self.key).map_err(io::Error::from),
+            None => Ok(()),
+        }
     }
 }
 
