@@ -638,7 +638,7 @@ fn sigterm_mid_registration_aborts_the_multipart_upload_and_keeps_the_upload() {
 }
 
 #[test]
-fn an_interrupted_upload_leaves_no_object() {
+fn an_interrupted_upload_leaves_no_object_and_its_multipart_upload_is_aborted() {
     let Some(mut lib) = Lib::start() else { return };
     let link = LinkCut::new(lib.server.port());
     lib.port = link.port();
@@ -657,9 +657,55 @@ fn an_interrupted_upload_leaves_no_object() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(5));
     }
-    child.kill().unwrap();
+    child.kill().unwrap(); // SIGKILL: the process cannot abort its multipart upload
     child.wait().unwrap();
     assert!(!lib.has_key(&upload_key(OWNER, "big.raw")));
+    assert_eq!(
+        lib.server.multipart_uploads(),
+        [upload_key(OWNER, "big.raw")],
+        "the killed upload left its multipart upload"
+    );
+    assert!(lib
+        .server
+        .keys()
+        .iter()
+        .any(|k| k.starts_with(&format!("{PREFIX}/tmp/uploads/"))));
+    // The next command that opens the library finds the marker's process gone and aborts
+    // the upload (storage nobody could see, but billed), marker and all.
+    lib.json(OWNER, &["images", "list"]);
+    assert!(
+        lib.server.multipart_uploads().is_empty(),
+        "{:?}",
+        lib.server.multipart_uploads()
+    );
+    assert!(
+        !lib.server.keys().iter().any(|k| k.contains("/tmp/")),
+        "{:?}",
+        lib.server.keys()
+    );
+
+    // A live upload's multipart upload is left alone by the same recovery.
+    let mut child = lib
+        .imgpack(OWNER)
+        .args(["images", "upload", raw.to_str().unwrap(), "--name", "live.raw"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while lib.server.multipart_uploads().is_empty() {
+        assert!(child.try_wait().unwrap().is_none(), "the upload ended too soon");
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    lib.json(OWNER, &["images", "list"]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lib.has_key(&upload_key(OWNER, "live.raw")));
+    assert!(
+        !lib.server.keys().iter().any(|k| k.contains("/tmp/")),
+        "{:?}",
+        lib.server.keys()
+    );
 
     // The store going away mid-upload: a clear failure, and no object.
     let child = lib

@@ -29,7 +29,10 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, Re
 use crate::error::{Error, ErrorKind, Result};
 
 pub use download::ObjectReader;
-pub use multipart::{abort_recorded, MultipartSink, PARTS_IN_FLIGHT, PART_SIZE};
+pub use multipart::{
+    abort_recorded, abort_upload, read_marker, MarkerNote, MultipartSink, RecordedUpload,
+    MARKER_RENEW_INTERVAL, PARTS_IN_FLIGHT, PART_SIZE,
+};
 pub use range::S3ReadAt;
 
 /// The URL scheme of objects and libraries in S3-compatible stores.

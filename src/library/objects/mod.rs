@@ -21,6 +21,7 @@ pub mod s3;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::lease::HostIdentity;
 use crate::control::Control;
 use crate::error::{Error, IoContext, Result};
 use crate::input::Input;
@@ -48,6 +49,12 @@ pub trait Objects: Send + Sync {
         size: Option<u64>,
         control: &Control,
     ) -> Result<u64>;
+
+    /// Aborts the multipart uploads left by `images upload` processes that died (S3: each
+    /// records its upload in a marker with a lease, judged by `host` at `now` as a
+    /// registration's is); returns how many. A local library has none: its uploads are
+    /// unnamed files that vanish with their process.
+    fn reap_interrupted_uploads(&self, host: &HostIdentity, now: i64) -> Result<usize>;
 
     /// Opens upload `name` of `account` for a registration.
     fn open_upload(&self, account: &str, name: &str) -> Result<Box<dyn StoredUpload>>;

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 
 use std::time::Instant;
 
+use super::super::id;
+use super::super::lease::{lease_note, parse_lease_note, HostIdentity};
+use super::super::record::unix_now;
 use super::{keys, ArchiveOut, ArchiveSource, Objects, StoredUpload, UploadBody};
 use crate::control::Control;
 use crate::convert::{encode, ConvertOptions, ConvertReport};
@@ -22,7 +25,10 @@ use crate::input::detect::Format;
 use crate::input::route::{open_image, route, Route};
 use crate::input::{detect_file, Body, Input, Opened};
 use crate::pipeline::with_pool;
-use crate::remote::{abort_recorded, MultipartSink, ObjectReader, S3Client, S3Location, S3ReadAt};
+use crate::remote::{
+    abort_recorded, abort_upload, read_marker, MarkerNote, MultipartSink, ObjectReader, S3Client, S3Location,
+    S3ReadAt,
+};
 use crate::sink::ArchiveSink;
 
 /// A library in a bucket.
@@ -90,11 +96,52 @@ impl Objects for S3Objects {
         control: &Control,
     ) -> Result<u64> {
         let key = self.key(&keys::upload(account, name)?);
-        let mut sink = MultipartSink::create(&self.client, &key, None)?;
+        // A marker with this process's lease, renewed as parts go, lets recovery abort the
+        // multipart upload if the process is killed (nothing else would: it is invisible).
+        let marker = self.key(&keys::upload_marker(&upload_token()?)?);
+        let host = HostIdentity::current();
+        let note: MarkerNote = Box::new(move || lease_note(&host.lease_for_self(unix_now())));
+        let mut sink = MultipartSink::create_noted(&self.client, &key, Some(&marker), Some(note))?;
         let copied = super::copy_with_progress(body, &mut sink, size, control)?;
         control.check()?;
         sink.finish()?;
         Ok(copied)
+    }
+
+    fn reap_interrupted_uploads(&self, host: &HostIdentity, now: i64) -> Result<usize> {
+        let prefix = self.key(keys::UPLOAD_MARKERS);
+        let incoming = format!("{}/", self.key(keys::INCOMING));
+        let mut reaped = 0;
+        for (marker, _) in self.client.list(&prefix)? {
+            let name = marker.strip_prefix(&prefix).and_then(|n| n.strip_prefix('/'));
+            if !name.is_some_and(keys::is_upload_marker) {
+                continue;
+            }
+            let recorded = match read_marker(&self.client, &marker)? {
+                None => continue,
+                Some(Ok(recorded)) => recorded,
+                Some(Err(())) => {
+                    self.client.delete(&marker)?;
+                    continue;
+                }
+            };
+            let Some(lease) = parse_lease_note(&recorded.note) else {
+                self.client.delete(&marker)?;
+                continue;
+            };
+            if host.why_stale(&lease, now).is_none() {
+                continue;
+            }
+            // Only ever an upload into this library's incoming area: a marker naming any
+            // other key is not acted upon.
+            if recorded.key.starts_with(&incoming) {
+                abort_upload(&self.client, &marker, &recorded)?;
+                reaped += 1;
+            } else {
+                self.client.delete(&marker)?;
+            }
+        }
+        Ok(reaped)
     }
 
     fn open_upload(&self, account: &str, name: &str) -> Result<Box<dyn StoredUpload>> {
@@ -149,6 +196,12 @@ impl Objects for S3Objects {
         let archive = self.key(&keys::archive(id)?);
         abort_recorded(&self.client, &self.key(&keys::marker(id)?), &archive).map(|_| ())
     }
+}
+
+/// A fresh name for an upload's marker: `up-` and ten random letters and digits.
+fn upload_token() -> Result<String> {
+    let random = || id::new_image_id().map(|id| id.trim_start_matches("img-").to_string());
+    Ok(format!("up-{}{}", random()?, random()?))
 }
 
 /// An upload object, as the HEAD that opened it found it.
