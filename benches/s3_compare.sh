@@ -61,7 +61,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # Runs a command; prints its wall seconds, and appends its peak RSS (KiB) to $work/rss.
 timed() {
     /usr/bin/time -f "%e %M" -o "$work/time" "$@" >/dev/null
-    read -r wall rss <"$work/time"
+    read -r wall rss < <(tail -1 "$work/time")
     echo "$rss" >>"$work/rss"
     echo "$wall"
 }
@@ -69,6 +69,10 @@ peak_mib() { sort -n "$work/rss" | tail -1 | awk '{printf "%.0f", $1 / 1024}'; }
 
 local_lib=$work/local
 s3_lib=s3://bench/lib
+# The local library keeps its own catalog (catalog.db inside it), the s3:// one the sqlite file
+# named by IMGPACK_CATALOG.
+local_cmd=(env -u IMGPACK_CATALOG "$bin" images --library "$local_lib")
+s3_cmd=("$bin" images --library "$s3_lib")
 report() { printf '%-48s %8.2f s\n' "$1" "$2"; }
 
 echo "server $server, $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -79,27 +83,27 @@ for kind in raw qcow2; do
     for rep in $(seq "$reps"); do
         mkdir -p "$local_lib/incoming/acc-bench"
         cp --sparse=always "$upload" "$local_lib/incoming/acc-bench/u$rep"
-        t_local+=("$(timed "$bin" images --library "$local_lib" register -a x86_64 -n b -s "u$rep" --json)")
+        t_local+=("$(timed "${local_cmd[@]}" register -a x86_64 -n b -s "u$rep" --json)")
         : >"$work/rss"
-        "$bin" images --library "$s3_lib" upload "$upload" --name "u$rep" --json >/dev/null
+        "${s3_cmd[@]}" upload "$upload" --name "u$rep" --json >/dev/null
         t_get+=("$(timed curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-            -o /dev/null "http://127.0.0.1:$S3_PORT/bench/lib/incoming/acc-bench/u$rep")")
-        t_s3+=("$(timed "$bin" images --library "$s3_lib" register -a x86_64 -n b -s "u$rep" --json)")
+            -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o /dev/null "http://127.0.0.1:$S3_PORT/bench/lib/incoming/acc-bench/u$rep")")
+        t_s3+=("$(timed "${s3_cmd[@]}" register -a x86_64 -n b -s "u$rep" --json)")
         if [[ $kind == qcow2 ]] && ((ranged)); then
-            "$bin" images --library "$s3_lib" upload "$upload" --name "s$rep" --json >/dev/null
-            t_ranged+=("$(timed env IMGPACK_S3_IMAGE_READ=ranged "$bin" images --library "$s3_lib" register -a x86_64 -n b -s "s$rep" --json)")
+            "${s3_cmd[@]}" upload "$upload" --name "s$rep" --json >/dev/null
+            t_ranged+=("$(timed env IMGPACK_S3_IMAGE_READ=ranged "${s3_cmd[@]}" register -a x86_64 -n b -s "s$rep" --json)")
         fi
     done
     register_rss=$(peak_mib)
-    local_id=$("$bin" images --library "$local_lib" list --json | python3 -c 'import json,sys;print(json.load(sys.stdin)[0]["id"])')
-    s3_id=$("$bin" images --library "$s3_lib" list --json | python3 -c 'import json,sys;print(json.load(sys.stdin)[0]["id"])')
+    local_id=$("${local_cmd[@]}" list --json | python3 -c 'import json,sys;print(json.load(sys.stdin)[0]["id"])')
+    s3_id=$("${s3_cmd[@]}" list --json | python3 -c 'import json,sys;print(json.load(sys.stdin)[0]["id"])')
     : >"$work/rss"
     for rep in $(seq "$reps"); do
         rm -f "$work/built.raw"
-        b_local+=("$(timed "$bin" images --library "$local_lib" build "$local_id" --disk "$work/built.raw" --disk-size "$size_bytes" --json)")
+        b_local+=("$(timed "${local_cmd[@]}" build "$local_id" --disk "$work/built.raw" --disk-size "$size_bytes" --json)")
         rm -f "$work/built.raw"
         : >"$work/rss"
-        b_s3+=("$(timed "$bin" images --library "$s3_lib" build "$s3_id" --disk "$work/built.raw" --disk-size "$size_bytes" --json)")
+        b_s3+=("$(timed "${s3_cmd[@]}" build "$s3_id" --disk "$work/built.raw" --disk-size "$size_bytes" --json)")
     done
     rm -f "$work/built.raw"
     echo "== $kind upload ($(stat -c %s "$upload") bytes), median of $reps =="
@@ -111,8 +115,8 @@ for kind in raw qcow2; do
     report "build, s3:// library (peak RSS $(peak_mib) MiB)" "$(printf '%s\n' "${b_s3[@]}" | median)"
     echo "   runs: register local ${t_local[*]} | s3 ${t_s3[*]} | GET ${t_get[*]} | build local ${b_local[*]} | s3 ${b_s3[*]}"
     # Every image goes before the next kind: a file-backed server keeps what is stored.
-    for id in $("$bin" images --library "$s3_lib" list --json | python3 -c 'import json,sys;[print(r["id"]) for r in json.load(sys.stdin)]'); do
-        "$bin" images --library "$s3_lib" destroy "$id" --json >/dev/null
+    for id in $("${s3_cmd[@]}" list --json | python3 -c 'import json,sys;[print(r["id"]) for r in json.load(sys.stdin)]'); do
+        "${s3_cmd[@]}" destroy "$id" --json >/dev/null
     done
     rm -rf "$local_lib"
 done

@@ -36,5 +36,6 @@ start_s3_server() {
 s3_request() {
     local method=$1 path=$2; shift 2
     curl -sf -X "$method" --aws-sigv4 "aws:amz:us-east-1:s3" \
-        --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@" "http://127.0.0.1:$S3_PORT$path"
+        --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+        -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@" "http://127.0.0.1:$S3_PORT$path"
 }
