@@ -9,6 +9,10 @@
 #   --size MiB      virtual size of each upload (default 256; half of it holds data: files
 #                   from a tar of /usr, so it compresses as a system disk does)
 #   --imgpack PATH  imgpack binary (default target/release/imgpack, built first)
+#   --store KIND    where the library lives: local (default: a directory), moto or s3s-fs (an
+#                   s3:// library on a loopback server, benches/s3_server.sh; the uploads are
+#                   stored with `images upload` before the clock starts; one-j2 stays the
+#                   local `batch --jobs 2`, the engine's one process with two jobs)
 #
 # Starts its own throwaway PostgreSQL cluster (as the `postgres` user when run as root, like
 # tests/common/postgres.rs), makes 8 uploads once, and for every repetition times, on a fresh
@@ -26,13 +30,14 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-REPS=3 SIZE=256 IMGPACK=""
+REPS=3 SIZE=256 IMGPACK="" STORE=local
 while (($#)); do
   case $1 in
     --reps) REPS=${2:?}; shift ;;
     --size) SIZE=${2:?}; shift ;;
     --imgpack) IMGPACK=${2:?}; shift ;;
-    -h|--help) sed -n '2,27s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --store) STORE=${2:?}; shift ;;
+    -h|--help) sed -n '2,31s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -62,8 +67,12 @@ trap cleanup EXIT
   -o "-k $WORK -p $PORT -c listen_addresses=127.0.0.1" start >/dev/null
 
 ACCOUNT=acc-bench
+if [[ $STORE != local ]]; then
+  source benches/s3_server.sh
+  start_s3_server "$STORE" "$WORK" bench
+fi
 UPLOADS=$(mktemp -d -p /var/tmp)
-trap 'cleanup; rm -rf "$UPLOADS"' EXIT
+trap 'kill ${S3_SERVER_PID:-} 2>/dev/null; cleanup; rm -rf "$UPLOADS"' EXIT
 # Data like a real disk's: system files (a tar of /usr, a different stretch in each upload),
 # so compression, not fsync, is what the time is spent on.
 half=$((SIZE / 2))
@@ -81,19 +90,35 @@ fresh() { # a new library holding the uploads, and a new database: prints "LIBRA
   mkdir -p "$lib/incoming/$ACCOUNT" "$lib/images"
   cp --sparse=always "$UPLOADS"/disk*.raw "$lib/incoming/$ACCOUNT/"
   "${as_owner[@]}" "$PGBIN/createdb" -h 127.0.0.1 -p "$PORT" "bench$run"
-  echo "$lib postgres://postgres@127.0.0.1:$PORT/bench$run"
+  local url=postgres://postgres@127.0.0.1:$PORT/bench$run
+  if [[ $STORE != local ]]; then
+    local s3lib=s3://bench/lib$run n
+    for n in 0 1 2 3 4 5 6 7; do
+      IMGPACK_LIBRARY=$s3lib IMGPACK_CATALOG=$url IMGPACK_ACCOUNT=$ACCOUNT \
+        "$IMGPACK" images upload "$lib/incoming/$ACCOUNT/disk$n.raw" --json >/dev/null
+    done
+    rm -rf "$lib"
+    lib=$s3lib
+  fi
+  echo "$lib $url"
 }
 registrar() { # LIBRARY URL N...: registers disk$N.raw for each N still there
   local lib=$1 url=$2; shift 2
   for n in "$@"; do
-    [[ -e $lib/incoming/$ACCOUNT/disk$n.raw ]] || continue
+    [[ $lib == s3://* || -e $lib/incoming/$ACCOUNT/disk$n.raw ]] || continue
     IMGPACK_LIBRARY=$lib IMGPACK_CATALOG=$url IMGPACK_ACCOUNT=$ACCOUNT \
       "$IMGPACK" images register -q -a x86_64 -n "disk$n" -s "disk$n.raw" >/dev/null 2>>"$WORK/refusals" || true
   done
 }
 seconds() { local start=$EPOCHREALTIME; "$@"; awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
-check() { # LIBRARY: all 8 registered once
-  local archives; archives=$(find "$1/images" -name '*.imgpack' | wc -l)
+check() { # LIBRARY URL: all 8 registered once
+  local archives
+  if [[ $1 == s3://* ]]; then
+    archives=$(IMGPACK_LIBRARY=$1 IMGPACK_CATALOG=$2 IMGPACK_ACCOUNT=$ACCOUNT "$IMGPACK" images list --json |
+      python3 -c 'import json,sys;print(sum(r["status"] == "available" for r in json.load(sys.stdin)))')
+  else
+    archives=$(find "$1/images" -name '*.imgpack' | wc -l)
+  fi
   [[ $archives -eq 8 ]] || { echo "error: $archives archives in $1, expected 8" >&2; exit 1; }
 }
 
@@ -101,18 +126,18 @@ two() {
   read -r lib url < <(fresh)
   seconds bash -c "$(declare -f registrar); ACCOUNT=$ACCOUNT IMGPACK=$IMGPACK WORK=$WORK
     registrar $lib $url 0 1 2 3 4 5 6 7 & registrar $lib $url 7 6 5 4 3 2 1 0 & wait"
-  check "$lib"; rm -rf "$lib"
+  check "$lib" "$url"; rm -rf "$lib"
 }
 batch_j2() { "$IMGPACK" batch "$1/incoming/$ACCOUNT" --out-dir "$1/images" --jobs 2 --quiet >/dev/null; }
 one_j2() {
-  read -r lib _ < <(fresh)
+  read -r lib _ < <(STORE=local fresh)
   seconds batch_j2 "$lib"
   check "$lib"; rm -rf "$lib"
 }
 one_seq() {
   read -r lib url < <(fresh)
   seconds registrar "$lib" "$url" 0 1 2 3 4 5 6 7
-  check "$lib"; rm -rf "$lib"
+  check "$lib" "$url"; rm -rf "$lib"
 }
 
 declare -A times
@@ -124,7 +149,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
   done
 done
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-echo "8 uploads of ${SIZE} MiB (${half} MiB of /usr files each), $(nproc) cores, $REPS reps, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "store $STORE; 8 uploads of ${SIZE} MiB (${half} MiB of /usr files each), $(nproc) cores, $REPS reps, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "| mode | median wall (s) | runs |"
 echo "|---|---|---|"
 for mode in two one_j2 one_seq; do
@@ -132,4 +157,4 @@ for mode in two one_j2 one_seq; do
 done
 awk -v a="$(median "${times[two]}")" -v b="$(median "${times[one_j2]}")" \
   'BEGIN { printf "two registrars / one process --jobs 2: %.2fx (target <= 1.10x)\n", a / b }'
-echo "refusals seen by the racing registrars: $(grep -c 'already being registered' "$WORK/refusals" || true) busy, $(grep -c 'no file' "$WORK/refusals" || true) gone"
+echo "refusals seen by the racing registrars: $(grep -c 'already being registered' "$WORK/refusals" || true) busy, $(grep -c 'no file' "$WORK/refusals" || true) gone, $(grep -c 'already registered as' "$WORK/refusals" || true) already registered"

@@ -47,6 +47,7 @@ impl Shared {
             .env("IMGPACK_ACCOUNT", OWNER)
             .env_remove("IMGPACK_OPERATOR")
             .env_remove("IMGPACK_TEST_HOLD_CREATING_MS")
+            .env_remove("IMGPACK_TEST_HOLD_BEFORE_REMOVE_MS")
             .arg("images");
         command
     }
@@ -140,6 +141,63 @@ fn two_requests_for_one_upload_register_it_once() {
     assert_eq!(lib.archives(), 1);
 }
 
+/// The window the `creating`-only index leaves open: registrar A's image is `available` but
+/// A has not yet removed the upload (held there by a test-only variable) when registrar B
+/// opens the same upload and inserts its own `creating` record. The upload's identity in the
+/// catalog refuses B: one upload, one image.
+#[test]
+fn an_upload_opened_just_before_its_registration_removed_it_is_refused() {
+    // Local directory and SQLite; `library_s3.rs` runs the same on S3 and PostgreSQL.
+    let mut lib = Shared::new(String::new());
+    lib.catalog = format!("sqlite:{}", lib.path().join("catalog.db").display());
+    let source = lib.upload("twice.img", 4 << 20, 9);
+    let mut first = lib
+        .imgpack()
+        .env("IMGPACK_TEST_HOLD_BEFORE_REMOVE_MS", "8000")
+        .args(Shared::register_args("twice.img"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(first.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let id = serde_json::from_str::<Value>(&line).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while lib.json(&["show", &id])["status"] != "available" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never became available"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(source.exists(), "the hold did not keep the upload");
+    let second = lib.run(
+        &Shared::register_args("twice.img")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!second.status.success(), "registered twice");
+    let why = stderr(&second);
+    assert!(
+        why.contains(&format!("\"twice.img\" was already registered as {id}")),
+        "{why}"
+    );
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let images = lib.json(&["list", "--show-all"]);
+    assert_eq!(images.as_array().unwrap().len(), 1, "{images}");
+    assert_eq!(images[0]["id"], id.as_str());
+    assert_eq!(lib.archives(), 1);
+    assert!(!source.exists());
+    assert_eq!(fs::read_dir(lib.path().join("tmp")).unwrap().count(), 0);
+}
+
 #[test]
 fn four_registrars_register_eight_uploads_each_once() {
     let Some(catalog) = database() else { return };
@@ -181,7 +239,9 @@ fn four_registrars_register_eight_uploads_each_once() {
         } else {
             let why = stderr(out);
             assert!(
-                why.contains("already being registered") || why.contains("there is no file"),
+                why.contains("already being registered")
+                    || why.contains("there is no file")
+                    || why.contains("was already registered as"),
                 "{name}: an unexpected failure: {why}"
             );
         }

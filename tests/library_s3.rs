@@ -63,7 +63,8 @@ impl Lib {
             .env("IMGPACK_CATALOG", &self.catalog)
             .env("IMGPACK_ACCOUNT", account)
             .env_remove("IMGPACK_OPERATOR")
-            .env_remove("IMGPACK_TEST_HOLD_CREATING_MS");
+            .env_remove("IMGPACK_TEST_HOLD_CREATING_MS")
+            .env_remove("IMGPACK_TEST_HOLD_BEFORE_REMOVE_MS");
         command
     }
 
@@ -422,6 +423,77 @@ fn start_registration(lib: &Lib, source: &str) -> (Child, String) {
     (child, creating["id"].as_str().unwrap().to_string())
 }
 
+/// Registrar A's image is `available` but A has not yet deleted the upload (held there by a
+/// test-only variable) when registrar B opens the same object and inserts its own
+/// `creating` record: the object's identity (ETag, size, last-modified) in the catalog
+/// refuses B, so the upload is stored once.
+#[test]
+fn an_upload_opened_just_before_its_registration_deleted_it_is_refused() {
+    let Some(lib) = Lib::start_on_postgres() else {
+        return;
+    };
+    let raw = lib.path("twice.raw");
+    write_disk(&raw, 4 << 20, 64 << 10, 10);
+    lib.upload(OWNER, &raw, "twice.raw");
+    let mut first = lib
+        .imgpack(OWNER)
+        .env("IMGPACK_TEST_HOLD_BEFORE_REMOVE_MS", "8000")
+        .args([
+            "images",
+            "register",
+            "-a",
+            "x86_64",
+            "-n",
+            "t",
+            "-s",
+            "twice.raw",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(first.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let id = serde_json::from_str::<Value>(&line).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lib.json(OWNER, &["images", "show", &id])["status"] != "available" {
+        assert!(Instant::now() < deadline, "{id} never became available");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lib.has_key(&upload_key(OWNER, "twice.raw")));
+    let why = lib.fails(
+        OWNER,
+        &["images", "register", "-a", "x86_64", "-n", "t", "-s", "twice.raw"],
+    );
+    assert!(
+        why.contains(&format!("\"twice.raw\" was already registered as {id}")),
+        "{why}"
+    );
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let images = lib.json(OWNER, &["images", "list", "--show-all"]);
+    assert_eq!(images.as_array().unwrap().len(), 1, "{images}");
+    let archives = lib
+        .server
+        .keys()
+        .iter()
+        .filter(|k| k.ends_with(".imgpack"))
+        .count();
+    assert_eq!(archives, 1);
+    assert!(!lib.has_key(&upload_key(OWNER, "twice.raw")));
+    assert!(lib.server.multipart_uploads().is_empty());
+}
+
 #[test]
 fn an_outage_mid_registration_fails_the_image_keeps_the_upload_and_is_cleaned_up() {
     let Some(mut lib) = Lib::start() else { return };
@@ -566,7 +638,7 @@ fn sigterm_mid_registration_aborts_the_multipart_upload_and_keeps_the_upload() {
 }
 
 #[test]
-fn an_interrupted_upload_leaves_no_object() {
+fn an_interrupted_upload_leaves_no_object_and_its_multipart_upload_is_aborted() {
     let Some(mut lib) = Lib::start() else { return };
     let link = LinkCut::new(lib.server.port());
     lib.port = link.port();
@@ -585,9 +657,55 @@ fn an_interrupted_upload_leaves_no_object() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(5));
     }
-    child.kill().unwrap();
+    child.kill().unwrap(); // SIGKILL: the process cannot abort its multipart upload
     child.wait().unwrap();
     assert!(!lib.has_key(&upload_key(OWNER, "big.raw")));
+    assert_eq!(
+        lib.server.multipart_uploads(),
+        [upload_key(OWNER, "big.raw")],
+        "the killed upload left its multipart upload"
+    );
+    assert!(lib
+        .server
+        .keys()
+        .iter()
+        .any(|k| k.starts_with(&format!("{PREFIX}/tmp/uploads/"))));
+    // The next command that opens the library finds the marker's process gone and aborts
+    // the upload (storage nobody could see, but billed), marker and all.
+    lib.json(OWNER, &["images", "list"]);
+    assert!(
+        lib.server.multipart_uploads().is_empty(),
+        "{:?}",
+        lib.server.multipart_uploads()
+    );
+    assert!(
+        !lib.server.keys().iter().any(|k| k.contains("/tmp/")),
+        "{:?}",
+        lib.server.keys()
+    );
+
+    // A live upload's multipart upload is left alone by the same recovery.
+    let mut child = lib
+        .imgpack(OWNER)
+        .args(["images", "upload", raw.to_str().unwrap(), "--name", "live.raw"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while lib.server.multipart_uploads().is_empty() {
+        assert!(child.try_wait().unwrap().is_none(), "the upload ended too soon");
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    lib.json(OWNER, &["images", "list"]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lib.has_key(&upload_key(OWNER, "live.raw")));
+    assert!(
+        !lib.server.keys().iter().any(|k| k.contains("/tmp/")),
+        "{:?}",
+        lib.server.keys()
+    );
 
     // The store going away mid-upload: a clear failure, and no object.
     let child = lib

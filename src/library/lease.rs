@@ -76,6 +76,34 @@ impl HostIdentity {
     }
 }
 
+/// A lease as one line of text, for a marker object in the store (`images upload` has no
+/// catalog record to hold one): pid, host, process table, start time and expiry, separated
+/// by tabs. [`parse_lease_note`] reads it back.
+pub fn lease_note(lease: &Lease) -> String {
+    format!(
+        "lease\t{}\t{}\t{}\t{}\t{}",
+        lease.pid, lease.host, lease.boot_id, lease.start_time, lease.expires_at
+    )
+}
+
+/// The lease in a line [`lease_note`] wrote; `None` for anything else.
+pub fn parse_lease_note(text: &str) -> Option<Lease> {
+    let fields: Vec<&str> = text.split('\t').collect();
+    let [tag, pid, host, boot_id, start_time, expires_at] = fields.as_slice() else {
+        return None;
+    };
+    if *tag != "lease" {
+        return None;
+    }
+    Some(Lease {
+        pid: pid.parse().ok()?,
+        host: host.to_string(),
+        boot_id: boot_id.to_string(),
+        start_time: start_time.parse().ok()?,
+        expires_at: expires_at.parse().ok()?,
+    })
+}
+
 /// This process's process table: the boot id and the pid namespace, or `None` if either is
 /// unknown (then every lease is judged by its expiry).
 fn process_table_id() -> Option<String> {
@@ -104,6 +132,21 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_notes_read_back_and_nothing_else_parses() {
+        let lease = HostIdentity::current().lease_for_self(1234);
+        assert_eq!(parse_lease_note(&lease_note(&lease)), Some(lease));
+        for bad in [
+            "",
+            "lease",
+            "lease\t1\th\tb\t2",
+            "lease\tx\th\tb\t2\t3",
+            "other\t1\th\tb\t2\t3",
+        ] {
+            assert_eq!(parse_lease_note(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn own_lease_is_live_and_a_reaped_child_is_stale() {

@@ -290,6 +290,7 @@ impl Library {
             body: upload.body()?,
             name: request.source.clone(),
             source_type: SourceType::Upload,
+            identity: Some(upload.identity()),
         };
         let record = self.create(
             caller,
@@ -336,6 +337,7 @@ impl Library {
             body: objects::UploadBody::Input(crate::input::Input::file(file, name.clone())),
             name,
             source_type: SourceType::Snapshot,
+            identity: None,
         };
         self.create(
             caller,

@@ -30,6 +30,7 @@ impl Library {
                 recovered.push(id);
             }
         }
+        self.objects.reap_interrupted_uploads(&self.host, now)?;
         self.sweep()?;
         Ok(recovered)
     }

@@ -83,6 +83,7 @@ impl Library {
             return Err(catalog_error("could not find an unused image id"));
         }
         let id = record.id.clone();
+        self.claim_upload(&record, source.identity.as_deref())?;
         let prepared = self.objects.prepare(&id);
         on_created(&record);
 

@@ -12,7 +12,9 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Mode as FileMode, OFlags};
 
 use super::objects::UploadBody;
-use super::SourceType;
+use super::record::catalog_error;
+use super::store::upload_registered;
+use super::{Changes, ImageRecord, Library, SourceType, Status};
 use crate::error::{Error, Result};
 
 /// The bytes being converted, and what the record says about them.
@@ -20,6 +22,9 @@ pub(super) struct SourceInput {
     pub(super) body: UploadBody,
     pub(super) name: String,
     pub(super) source_type: SourceType,
+    /// Which upload this is ([`StoredUpload::identity`](super::objects::StoredUpload::identity)),
+    /// recorded in the catalog so it becomes one image only; `None` for a snapshot.
+    pub(super) identity: Option<String>,
 }
 
 /// An opened upload, with the directory it was found in, so the very same file is removed.
@@ -29,6 +34,9 @@ pub(super) struct Upload {
     pub(super) dev: u64,
     pub(super) ino: u64,
     pub(super) file: File,
+    /// Device, inode, size and the modification and change times in nanoseconds, as found
+    /// when opened: a file stored again under the same name differs in one of them.
+    pub(super) identity: String,
 }
 
 impl Upload {
@@ -44,6 +52,51 @@ impl Upload {
             Ok(_) => Ok(()),
             Err(rustix::io::Errno::NOENT) => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Library {
+    /// Records in the catalog that the `creating` image `record` is made from the upload of
+    /// `identity`, before any work is done. If another image was already made from that very
+    /// upload (a registrar that opened it just before it was registered and removed), the
+    /// record is withdrawn (`deleted`, so it lists nowhere) and the registration refused:
+    /// one upload is one image, whatever the timing.
+    pub(super) fn claim_upload(&self, record: &ImageRecord, identity: Option<&str>) -> Result<()> {
+        let Some(identity) = identity else {
+            return Ok(());
+        };
+        let claimed = self.store()?.claim_upload(&record.id, identity);
+        let other = match claimed {
+            Ok(None) => return Ok(()),
+            Ok(Some(other)) => other,
+            Err(e) => {
+                let _ = self.withdraw(&record.id, "its upload could not be recorded");
+                return Err(e);
+            }
+        };
+        self.withdraw(
+            &record.id,
+            &format!("a second registration of the upload of {other}"),
+        )?;
+        Err(upload_registered(&record.source, &other))
+    }
+
+    /// Takes a `creating` record that never did any work out of the catalog's listings.
+    fn withdraw(&self, id: &str, why: &str) -> Result<()> {
+        let changes = Changes {
+            reason: Some(format!("withdrawn: {why}")),
+            ..Changes::default()
+        };
+        if self
+            .store()?
+            .compare_and_set(id, &[Status::Creating], Some(Status::Deleted), &changes)?
+        {
+            Ok(())
+        } else {
+            Err(catalog_error(format!(
+                "{id}: the catalog no longer expects this registration"
+            )))
         }
     }
 }
@@ -87,12 +140,23 @@ pub(super) fn open_upload_file(dir_path: &Path, name: &str) -> Result<Upload> {
             "{name:?} in your incoming directory has other hard links; upload a copy"
         )));
     }
+    let identity = format!(
+        "file:{}:{}:{}:{}.{:09}:{}.{:09}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    );
     Ok(Upload {
         dir,
         name: name.to_string(),
         dev: meta.dev(),
         ino: meta.ino(),
         file,
+        identity,
     })
 }
 

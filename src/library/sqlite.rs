@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
 
-use super::record::{ImageRecord, Status};
+use super::record::{catalog_error, ImageRecord, Status};
 use super::store::{upload_busy, CatalogStore, Changes, Lease};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -59,6 +59,8 @@ pub const MIGRATIONS: &[&str] = &[
     super::store::ONE_REGISTRATION_PER_UPLOAD,
     // 3: the image digest and the upload's SHA-256 (archive format version 2).
     "ALTER TABLE images ADD COLUMN digest TEXT; ALTER TABLE images ADD COLUMN source_sha256 TEXT;",
+    // 4: one image per upload, whatever the timing of the registrations.
+    super::store::ONE_IMAGE_PER_UPLOAD,
 ];
 
 const COLUMNS: &str = "id, owner, source_type, created_on, status, name, description, arch, \
@@ -247,6 +249,33 @@ impl CatalogStore for SqliteStore {
                 Err(upload_busy(&record.source))
             }
             Err(e) => Err(db_error("cannot add the image", e)),
+        }
+    }
+
+    fn claim_upload(&mut self, id: &str, identity: &str) -> Result<Option<String>> {
+        let result = self.conn.execute(
+            "UPDATE images SET upload_identity = ?2 WHERE id = ?1 AND status = 'creating'",
+            params![id, identity],
+        );
+        match result {
+            Ok(1) => Ok(None),
+            Ok(_) => Err(catalog_error(format!(
+                "{id}: the catalog no longer expects this registration"
+            ))),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+            {
+                self.conn
+                    .query_row(
+                        "SELECT id FROM images WHERE upload_identity = ?2 AND status <> 'failed' \
+                         AND owner = (SELECT owner FROM images WHERE id = ?1)",
+                        params![id, identity],
+                        |row| row.get(0),
+                    )
+                    .map(Some)
+                    .map_err(|e| db_error("cannot find the image of the upload", e))
+            }
+            Err(e) => Err(db_error("cannot record the upload of the image", e)),
         }
     }
 

@@ -15,6 +15,25 @@ pub const ONE_REGISTRATION_PER_UPLOAD: &str =
     "CREATE UNIQUE INDEX images_one_registration_per_upload ON images (owner, source) \
      WHERE status = 'creating' AND source_type = 'upload'";
 
+/// The migration, the same in every backend, that lets one upload become one image: each
+/// registration records its upload's identity ([`CatalogStore::claim_upload`]: a local
+/// file's device, inode, size and times; an object's ETag, size and last-modified time), and
+/// no two images of one owner that are not `failed` may hold the same one. The index above
+/// only covers `creating`, so without this a registrar that opened an upload just before
+/// another registered it (and removed it) could store it again once the first was
+/// `available`.
+pub const ONE_IMAGE_PER_UPLOAD: &str = "ALTER TABLE images ADD COLUMN upload_identity TEXT; \
+     CREATE UNIQUE INDEX images_one_image_per_upload ON images (owner, upload_identity) \
+     WHERE upload_identity IS NOT NULL AND status <> 'failed';";
+
+/// The refusal of a registration of an upload that is already image `image`.
+pub fn upload_registered(source: &str, image: &str) -> Error {
+    catalog_error(format!(
+        "{source:?} was already registered as {image} (another request registered this very \
+         upload first)"
+    ))
+}
+
 /// The refusal of a second registration of an upload that is being registered.
 pub fn upload_busy(source: &str) -> Error {
     catalog_error(format!(
@@ -106,6 +125,12 @@ pub trait CatalogStore: Send {
         to: Option<Status>,
         changes: &Changes,
     ) -> Result<bool>;
+
+    /// While the record `id` is `creating`: records that it is made from the upload whose
+    /// identity is `identity`. `Ok(None)` once recorded; `Ok(Some(other))`, changing nothing,
+    /// if image `other` of the same owner, not `failed`, already holds that identity (see
+    /// [`ONE_IMAGE_PER_UPLOAD`]). An error if `id` is no longer `creating`.
+    fn claim_upload(&mut self, id: &str, identity: &str) -> Result<Option<String>>;
 
     /// While the record is `creating`: sets its `disk_size` and extends its lease.
     fn renew(&mut self, id: &str, disk_size: Option<u64>, expires_at: i64) -> Result<bool>;

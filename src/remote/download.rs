@@ -10,7 +10,7 @@ use std::io::{self, Read};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use object_store::ObjectStoreExt;
+use object_store::{GetOptions, ObjectStore};
 use tokio::sync::mpsc;
 
 use super::{object_path, redact, store_error, S3Client};
@@ -34,11 +34,27 @@ pub struct ObjectReader {
 impl ObjectReader {
     /// Starts the GET of `key`; `Ok(None)` if there is no such object.
     pub fn open(client: &S3Client, key: &str) -> Result<Option<ObjectReader>> {
+        Self::open_version(client, key, None)
+    }
+
+    /// Starts the GET of `key`, only of the version whose ETag is `etag` if one is given (an
+    /// object stored again meanwhile is an error, never read in its place); `Ok(None)` if
+    /// there is no such object.
+    pub fn open_version(client: &S3Client, key: &str, etag: Option<&str>) -> Result<Option<ObjectReader>> {
         let path = object_path(key)?;
         let url = client.url(key);
-        let got = match client.block_on(client.store().get(&path)) {
+        let options = GetOptions {
+            if_match: etag.map(str::to_string),
+            ..GetOptions::default()
+        };
+        let got = match client.block_on(client.store().get_opts(&path, options)) {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(object_store::Error::Precondition { .. }) => {
+                return Err(Error::invalid_argument(format!(
+                    "{url} was replaced by another upload while it was being opened"
+                )))
+            }
             Err(e) => return Err(store_error("reading", &url, e)),
         };
         let expected = got.meta.size;

@@ -29,7 +29,10 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, Re
 use crate::error::{Error, ErrorKind, Result};
 
 pub use download::ObjectReader;
-pub use multipart::{abort_recorded, MultipartSink, PARTS_IN_FLIGHT, PART_SIZE};
+pub use multipart::{
+    abort_recorded, abort_upload, read_marker, MarkerNote, MultipartSink, RecordedUpload,
+    MARKER_RENEW_INTERVAL, PARTS_IN_FLIGHT, PART_SIZE,
+};
 pub use range::S3ReadAt;
 
 /// The URL scheme of objects and libraries in S3-compatible stores.
@@ -241,8 +244,14 @@ impl S3Client {
 
     /// The object's length, or `None` if there is no such object.
     pub fn head(&self, key: &str) -> Result<Option<u64>> {
+        Ok(self.head_meta(key)?.map(|meta| meta.size))
+    }
+
+    /// The object's metadata (length, ETag, last-modified time), or `None` if there is no
+    /// such object.
+    pub fn head_meta(&self, key: &str) -> Result<Option<object_store::ObjectMeta>> {
         match self.block_on(self.store.head(&object_path(key)?)) {
-            Ok(meta) => Ok(Some(meta.size)),
+            Ok(meta) => Ok(Some(meta)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(store_error("reading the metadata of", &self.url(key), e)),
         }

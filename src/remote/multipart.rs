@@ -28,6 +28,25 @@ pub const PART_SIZE: usize = 8 << 20;
 pub const PARTS_IN_FLIGHT: usize = 4;
 /// Longest marker object accepted back from the store.
 const MAX_MARKER_LEN: u64 = 4096;
+/// How often a marker with a note ([`MultipartSink::create_noted`]) is written again with a
+/// fresh note, checked as each part is sent.
+pub const MARKER_RENEW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Text a marker carries after the upload's key and id (e.g. who uploads and until when),
+/// made afresh each time the marker is renewed.
+pub type MarkerNote = Box<dyn Fn() -> String + Send>;
+
+/// What a marker object records: the key being uploaded, the multipart upload's id, and the
+/// note (empty if none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedUpload {
+    /// The object key the multipart upload writes.
+    pub key: String,
+    /// The multipart upload's id.
+    pub id: String,
+    /// The note, as last written.
+    pub note: String,
+}
 
 /// A multipart upload in progress; see the module docs.
 pub struct MultipartSink {
@@ -37,6 +56,8 @@ pub struct MultipartSink {
     url: String,
     id: MultipartId,
     marker: Option<String>,
+    note: Option<MarkerNote>,
+    renewed: std::time::Instant,
     buffer: Vec<u8>,
     in_flight: VecDeque<JoinHandle<object_store::Result<PartId>>>,
     parts: Vec<PartId>,
@@ -49,6 +70,18 @@ impl MultipartSink {
     /// Starts a multipart upload to `key`. With `marker`, the upload's id is first recorded
     /// in that object (removed again on finish or abort) so recovery can abort it.
     pub fn create(client: &S3Client, key: &str, marker: Option<&str>) -> Result<MultipartSink> {
+        Self::create_noted(client, key, marker, None)
+    }
+
+    /// [`create`](Self::create) with a note in the marker, written again every
+    /// [`MARKER_RENEW_INTERVAL`] while parts are sent: how a process that has no catalog
+    /// record (`images upload`) tells recovery it is still alive.
+    pub fn create_noted(
+        client: &S3Client,
+        key: &str,
+        marker: Option<&str>,
+        note: Option<MarkerNote>,
+    ) -> Result<MultipartSink> {
         let path = object_path(key)?;
         let url = client.url(key);
         let id = client
@@ -61,6 +94,8 @@ impl MultipartSink {
             url,
             id,
             marker: marker.map(str::to_string),
+            note,
+            renewed: std::time::Instant::now(),
             buffer: Vec::with_capacity(PART_SIZE),
             in_flight: VecDeque::new(),
             parts: Vec::new(),
@@ -70,9 +105,28 @@ impl MultipartSink {
         };
         if let Some(marker) = marker {
             // Dropping `sink` on failure aborts the upload just started.
-            client.put_small(marker, format!("{key}\n{}\n", sink.id).into_bytes())?;
+            client.put_small(marker, sink.marker_text().into_bytes())?;
         }
         Ok(sink)
+    }
+
+    /// The marker's content: key, upload id and the note, one per line.
+    fn marker_text(&self) -> String {
+        let note = self.note.as_ref().map(|note| note()).unwrap_or_default();
+        format!("{}\n{}\n{note}\n", self.key, self.id)
+    }
+
+    /// Writes the marker again with a fresh note, if it is due. A failed write is not an
+    /// error here: the next part's upload meets the same store, and at worst the upload is
+    /// judged dead and aborted, which its completion then reports.
+    fn renew_marker(&mut self) {
+        if self.note.is_none() || self.renewed.elapsed() < MARKER_RENEW_INTERVAL {
+            return;
+        }
+        if let Some(marker) = &self.marker {
+            let _ = self.client.put_small(marker, self.marker_text().into_bytes());
+        }
+        self.renewed = std::time::Instant::now();
     }
 
     /// Bytes written so far.
@@ -98,6 +152,7 @@ impl MultipartSink {
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.wait_oldest()?;
         }
+        self.renew_marker();
         let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_SIZE));
         let store = std::sync::Arc::clone(self.client.store());
         let (path, id, index) = (self.path.clone(), self.id.clone(), self.next_part);
@@ -184,32 +239,59 @@ impl Drop for MultipartSink {
     }
 }
 
-/// Aborts the multipart upload to `expected_key` recorded in `marker` (by
-/// [`MultipartSink::create`] of a process that died) and removes the marker. `Ok(false)` if
-/// there was no marker, or it named another key (never acted upon).
-pub fn abort_recorded(client: &S3Client, marker: &str, expected_key: &str) -> Result<bool> {
+/// Reads the marker object `marker`: `Ok(None)` if there is none, `Ok(Some(Err(())))` if it
+/// is damaged (not two or three lines).
+pub fn read_marker(
+    client: &S3Client,
+    marker: &str,
+) -> Result<Option<std::result::Result<RecordedUpload, ()>>> {
     let Some(bytes) = client.get_small(marker, MAX_MARKER_LEN)? else {
-        return Ok(false);
+        return Ok(None);
     };
     let text = String::from_utf8_lossy(&bytes);
     let mut lines = text.lines();
-    let (Some(key), Some(id)) = (lines.next().filter(|k| *k == expected_key), lines.next()) else {
-        // Not ours to interpret: a damaged marker is removed, the upload (if any) is left to
-        // the bucket's lifecycle rule.
-        client.delete(marker)?;
-        return Ok(false);
-    };
-    let path = object_path(key)?;
-    match client.block_on(client.store().abort_multipart(&path, &id.to_string())) {
+    Ok(Some(match (lines.next(), lines.next()) {
+        (Some(key), Some(id)) if !key.is_empty() && !id.is_empty() => Ok(RecordedUpload {
+            key: key.to_string(),
+            id: id.to_string(),
+            note: lines.next().unwrap_or_default().to_string(),
+        }),
+        _ => Err(()),
+    }))
+}
+
+/// Aborts the multipart upload `recorded` (a missing one is not an error), then removes
+/// `marker`.
+pub fn abort_upload(client: &S3Client, marker: &str, recorded: &RecordedUpload) -> Result<()> {
+    let path = object_path(&recorded.key)?;
+    match client.block_on(client.store().abort_multipart(&path, &recorded.id)) {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => {
             return Err(store_error(
                 "aborting the multipart upload of",
-                &client.url(key),
+                &client.url(&recorded.key),
                 e,
             ))
         }
     }
-    client.delete(marker)?;
-    Ok(true)
+    client.delete(marker)
+}
+
+/// Aborts the multipart upload to `expected_key` recorded in `marker` (by
+/// [`MultipartSink::create`] of a process that died) and removes the marker. `Ok(false)` if
+/// there was no marker, or it named another key (never acted upon).
+pub fn abort_recorded(client: &S3Client, marker: &str, expected_key: &str) -> Result<bool> {
+    match read_marker(client, marker)? {
+        None => Ok(false),
+        Some(Ok(recorded)) if recorded.key == expected_key => {
+            abort_upload(client, marker, &recorded)?;
+            Ok(true)
+        }
+        Some(_) => {
+            // Not ours to interpret: a damaged marker is removed, the upload (if any) is left
+            // to the bucket's lifecycle rule.
+            client.delete(marker)?;
+            Ok(false)
+        }
+    }
 }

@@ -77,16 +77,26 @@ struct Cache {
 /// An object read by ranged GETs through a block cache.
 pub struct S3ReadAt {
     client: S3Client,
+    size: u64,
+    /// The object's name and which version of it the HEAD found (boxed, to keep the enums
+    /// that hold an `S3ReadAt` small).
+    version: Box<Version>,
+    cache: Mutex<Cache>,
+}
+
+/// An object's path and URL, and the ETag and last-modified time (milliseconds) of one
+/// version of it.
+struct Version {
     path: ObjectPath,
     url: String,
-    size: u64,
-    cache: Mutex<Cache>,
+    etag: Option<String>,
+    last_modified_ms: i64,
 }
 
 impl std::fmt::Debug for S3ReadAt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3ReadAt")
-            .field("url", &self.url)
+            .field("url", &self.version.url)
             .field("size", &self.size)
             .finish()
     }
@@ -95,21 +105,42 @@ impl std::fmt::Debug for S3ReadAt {
 impl S3ReadAt {
     /// Opens `key` (one HEAD for its length); `Ok(None)` if there is no such object.
     pub fn open(client: &S3Client, key: &str) -> Result<Option<S3ReadAt>> {
-        let Some(size) = client.head(key)? else {
+        let Some(meta) = client.head_meta(key)? else {
             return Ok(None);
         };
         Ok(Some(S3ReadAt {
             client: client.clone(),
-            path: object_path(key)?,
-            url: client.url(key),
-            size,
+            size: meta.size,
+            version: Box::new(Version {
+                path: object_path(key)?,
+                url: client.url(key),
+                etag: meta.e_tag,
+                last_modified_ms: meta.last_modified.timestamp_millis(),
+            }),
             cache: Mutex::new(Cache::default()),
         }))
     }
 
+    /// The ETag the store gave this version of the object, if any.
+    pub fn etag(&self) -> Option<&str> {
+        self.version.etag.as_deref()
+    }
+
+    /// Which version of the object this is, as one line: ETag, length and last-modified
+    /// time. A store writes a new ETag or time for every PUT, so an upload stored again
+    /// under the same key gets a new identity.
+    pub fn identity(&self) -> String {
+        format!(
+            "s3:{}:{}:{}",
+            self.version.etag.as_deref().unwrap_or("-"),
+            self.size,
+            self.version.last_modified_ms
+        )
+    }
+
     /// `s3://BUCKET/KEY`.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.version.url
     }
 
     fn block_range(&self, block: u64) -> Range<u64> {
@@ -170,7 +201,7 @@ impl S3ReadAt {
             futures::future::try_join_all(
                 ranges
                     .iter()
-                    .map(|range| store.get_range(&self.path, range.clone())),
+                    .map(|range| store.get_range(&self.version.path, range.clone())),
             )
             .await
         });
@@ -181,7 +212,7 @@ impl S3ReadAt {
                     if bytes.len() as u64 != range.end - range.start {
                         let why = format!(
                             "reading {} bytes {}-{}: the store sent {} bytes",
-                            self.url,
+                            self.version.url,
                             range.start,
                             range.end,
                             bytes.len()
@@ -196,11 +227,11 @@ impl S3ReadAt {
             }
             Ok(parts) => Some(format!(
                 "reading {}: {} ranges asked, {} answered",
-                self.url,
+                self.version.url,
                 ranges.len(),
                 parts.len()
             )),
-            Err(e) => Some(redact(&format!("reading {}: {e}", self.url))),
+            Err(e) => Some(redact(&format!("reading {}: {e}", self.version.url))),
         };
         if let Some(why) = failure {
             for (_, slot) in blocks {
@@ -229,7 +260,7 @@ impl ReadAt for S3ReadAt {
         if n < buf.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{} ends at byte {}", self.url, self.size),
+                format!("{} ends at byte {}", self.version.url, self.size),
             ));
         }
         Ok(())

@@ -7,6 +7,7 @@
 //! | `incoming/<account>/<name>`       | an upload                                 |
 //! | `images/<image-id>.imgpack`       | a registered archive                      |
 //! | `tmp/<image-id>.multipart`        | the multipart upload of a registration in progress (S3 only) |
+//! | `tmp/uploads/<token>.multipart`   | the multipart upload of an `images upload` in progress, with its lease (S3 only) |
 
 use super::super::id;
 use super::super::source::check_source_name;
@@ -22,6 +23,31 @@ pub const SCRATCH: &str = "tmp";
 pub const ARCHIVE_SUFFIX: &str = ".imgpack";
 /// The multipart marker's suffix.
 pub const MARKER_SUFFIX: &str = ".multipart";
+
+/// The prefix of the markers of `images upload` in progress.
+pub const UPLOAD_MARKERS: &str = "tmp/uploads";
+
+/// `tmp/uploads/<token>.multipart`, for a token of 1-64 lowercase letters, digits and `-`.
+pub fn upload_marker(token: &str) -> Result<String> {
+    if !is_upload_token(token) {
+        return Err(Error::invalid_argument(format!(
+            "{token:?} is not an upload token"
+        )));
+    }
+    Ok(format!("{UPLOAD_MARKERS}/{token}{MARKER_SUFFIX}"))
+}
+
+/// Whether `name` (relative to [`UPLOAD_MARKERS`]) is an upload marker's.
+pub fn is_upload_marker(name: &str) -> bool {
+    name.strip_suffix(MARKER_SUFFIX).is_some_and(is_upload_token)
+}
+
+fn is_upload_token(token: &str) -> bool {
+    (1..=64).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
 
 /// `incoming/<account>/<name>`, for a valid account (an account id or an operator name) and
 /// a valid upload name.
@@ -87,6 +113,15 @@ mod tests {
             assert!(marker(bad).is_err(), "{bad:?}");
         }
         assert_eq!(image_of("img-abcde.imgpack", ARCHIVE_SUFFIX), Some("img-abcde"));
+        assert_eq!(
+            upload_marker("up-abc12").unwrap(),
+            "tmp/uploads/up-abc12.multipart"
+        );
+        assert!(is_upload_marker("up-abc12.multipart"));
+        for bad in ["", "../x", "a/b", "UP", &"a".repeat(65)] {
+            assert!(upload_marker(bad).is_err(), "{bad:?}");
+            assert!(!is_upload_marker(&format!("{bad}{MARKER_SUFFIX}")), "{bad:?}");
+        }
         assert_eq!(image_of("img-abcde.imgpack.x", ARCHIVE_SUFFIX), None);
     }
 }

@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use super::super::lease::HostIdentity;
 use super::{keys, ArchiveOut, ArchiveSource, Objects, StoredUpload, UploadBody};
 use crate::control::Control;
 use crate::error::{Error, IoContext, Result};
@@ -82,6 +83,10 @@ impl Objects for LocalObjects {
         drop(writer);
         out.commit()?;
         Ok(copied)
+    }
+
+    fn reap_interrupted_uploads(&self, _host: &HostIdentity, _now: i64) -> Result<usize> {
+        Ok(0)
     }
 
     fn open_upload(&self, account: &str, name: &str) -> Result<Box<dyn StoredUpload>> {
@@ -159,7 +164,12 @@ impl StoredUpload for Upload {
         Ok(UploadBody::Input(Input::file(file, self.name.clone())))
     }
 
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
     fn remove(&self) -> io::Result<()> {
+        hold_before_removing_upload();
         Upload::remove(self)
     }
 }
@@ -199,6 +209,17 @@ impl ArchiveSink for LocalArchive {
         std::fs::rename(staged, &self.target).context("moving the archive into images/", &self.target)?;
         let images = crate::output::parent_dir(&self.target);
         sync_dir(&images).context("flushing the images directory", &images)
+    }
+}
+
+/// Test-only: `IMGPACK_TEST_HOLD_BEFORE_REMOVE_MS` makes a registration wait that long after
+/// its image became `available` and before it removes the upload, so a test can start a
+/// second registration of the same upload exactly in that window (the one
+/// `ONE_IMAGE_PER_UPLOAD` in the catalog closes). Never set it in production.
+pub(crate) fn hold_before_removing_upload() {
+    const HOLD_ENV: &str = "IMGPACK_TEST_HOLD_BEFORE_REMOVE_MS";
+    if let Some(ms) = std::env::var(HOLD_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
     }
 }
 

@@ -21,6 +21,7 @@ pub mod s3;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::lease::HostIdentity;
 use crate::control::Control;
 use crate::error::{Error, IoContext, Result};
 use crate::input::Input;
@@ -48,6 +49,12 @@ pub trait Objects: Send + Sync {
         size: Option<u64>,
         control: &Control,
     ) -> Result<u64>;
+
+    /// Aborts the multipart uploads left by `images upload` processes that died (S3: each
+    /// records its upload in a marker with a lease, judged by `host` at `now` as a
+    /// registration's is); returns how many. A local library has none: its uploads are
+    /// unnamed files that vanish with their process.
+    fn reap_interrupted_uploads(&self, host: &HostIdentity, now: i64) -> Result<usize>;
 
     /// Opens upload `name` of `account` for a registration.
     fn open_upload(&self, account: &str, name: &str) -> Result<Box<dyn StoredUpload>>;
@@ -80,6 +87,12 @@ pub trait Objects: Send + Sync {
 pub trait StoredUpload: Send {
     /// The bytes to convert (consumed once).
     fn body(&mut self) -> Result<UploadBody>;
+
+    /// Which upload this is, as found when opened: a local file's device, inode, size and
+    /// times, an object's ETag, size and last-modified time. The same file (or object
+    /// version) always gives the same identity, a file stored again under the same name a
+    /// new one; the catalog refuses to make two images of one identity.
+    fn identity(&self) -> String;
 
     /// Removes the upload (after its image is registered). A new upload stored under the same
     /// name meanwhile is left alone where the backend can tell.

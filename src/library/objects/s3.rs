@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 
 use std::time::Instant;
 
+use super::super::id;
+use super::super::lease::{lease_note, parse_lease_note, HostIdentity};
+use super::super::record::unix_now;
 use super::{keys, ArchiveOut, ArchiveSource, Objects, StoredUpload, UploadBody};
 use crate::control::Control;
 use crate::convert::{encode, ConvertOptions, ConvertReport};
@@ -22,7 +25,10 @@ use crate::input::detect::Format;
 use crate::input::route::{open_image, route, Route};
 use crate::input::{detect_file, Body, Input, Opened};
 use crate::pipeline::with_pool;
-use crate::remote::{abort_recorded, MultipartSink, ObjectReader, S3Client, S3Location, S3ReadAt};
+use crate::remote::{
+    abort_recorded, abort_upload, read_marker, MarkerNote, MultipartSink, ObjectReader, S3Client, S3Location,
+    S3ReadAt,
+};
 use crate::sink::ArchiveSink;
 
 /// A library in a bucket.
@@ -90,11 +96,52 @@ impl Objects for S3Objects {
         control: &Control,
     ) -> Result<u64> {
         let key = self.key(&keys::upload(account, name)?);
-        let mut sink = MultipartSink::create(&self.client, &key, None)?;
+        // A marker with this process's lease, renewed as parts go, lets recovery abort the
+        // multipart upload if the process is killed (nothing else would: it is invisible).
+        let marker = self.key(&keys::upload_marker(&upload_token()?)?);
+        let host = HostIdentity::current();
+        let note: MarkerNote = Box::new(move || lease_note(&host.lease_for_self(unix_now())));
+        let mut sink = MultipartSink::create_noted(&self.client, &key, Some(&marker), Some(note))?;
         let copied = super::copy_with_progress(body, &mut sink, size, control)?;
         control.check()?;
         sink.finish()?;
         Ok(copied)
+    }
+
+    fn reap_interrupted_uploads(&self, host: &HostIdentity, now: i64) -> Result<usize> {
+        let prefix = self.key(keys::UPLOAD_MARKERS);
+        let incoming = format!("{}/", self.key(keys::INCOMING));
+        let mut reaped = 0;
+        for (marker, _) in self.client.list(&prefix)? {
+            let name = marker.strip_prefix(&prefix).and_then(|n| n.strip_prefix('/'));
+            if !name.is_some_and(keys::is_upload_marker) {
+                continue;
+            }
+            let recorded = match read_marker(&self.client, &marker)? {
+                None => continue,
+                Some(Ok(recorded)) => recorded,
+                Some(Err(())) => {
+                    self.client.delete(&marker)?;
+                    continue;
+                }
+            };
+            let Some(lease) = parse_lease_note(&recorded.note) else {
+                self.client.delete(&marker)?;
+                continue;
+            };
+            if host.why_stale(&lease, now).is_none() {
+                continue;
+            }
+            // Only ever an upload into this library's incoming area: a marker naming any
+            // other key is not acted upon.
+            if recorded.key.starts_with(&incoming) {
+                abort_upload(&self.client, &marker, &recorded)?;
+                reaped += 1;
+            } else {
+                self.client.delete(&marker)?;
+            }
+        }
+        Ok(reaped)
     }
 
     fn open_upload(&self, account: &str, name: &str) -> Result<Box<dyn StoredUpload>> {
@@ -104,6 +151,8 @@ impl Objects for S3Objects {
                 client: self.client.clone(),
                 key,
                 name: name.to_string(),
+                identity: object.identity(),
+                etag: object.etag().map(str::to_string),
                 object: Some(object),
             })),
             None => Err(Error::invalid_argument(format!(
@@ -149,11 +198,19 @@ impl Objects for S3Objects {
     }
 }
 
-/// An upload object.
+/// A fresh name for an upload's marker: `up-` and ten random letters and digits.
+fn upload_token() -> Result<String> {
+    let random = || id::new_image_id().map(|id| id.trim_start_matches("img-").to_string());
+    Ok(format!("up-{}{}", random()?, random()?))
+}
+
+/// An upload object, as the HEAD that opened it found it.
 struct S3Upload {
     client: S3Client,
     key: String,
     name: String,
+    identity: String,
+    etag: Option<String>,
     object: Option<S3ReadAt>,
 }
 
@@ -173,19 +230,32 @@ impl StoredUpload for S3Upload {
                 }
             }
         }
-        let reader = ObjectReader::open(&self.client, &self.key)?.ok_or_else(|| {
-            Error::invalid_argument(format!(
-                "{:?} was removed from your incoming directory",
-                self.name
-            ))
-        })?;
+        // Only the version opened: its identity is what the catalog records.
+        let reader =
+            ObjectReader::open_version(&self.client, &self.key, self.etag.as_deref())?.ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "{:?} was removed from your incoming directory",
+                    self.name
+                ))
+            })?;
         Ok(UploadBody::Input(Input::reader(reader, self.name.clone())))
     }
 
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
     fn remove(&self) -> io::Result<()> {
-        // S3 has no conditional delete: an upload stored again under the same name while this
-        // one was registered goes too (the local backend can tell them apart).
-        self.client.delete(&self.key).map_err(io::Error::from)
+        super::local::hold_before_removing_upload();
+        // S3 has no conditional delete: an upload stored again under the same name is left
+        // alone when the HEAD already sees it, but one stored between the HEAD and the
+        // DELETE goes too (the local backend can tell them apart exactly).
+        let current = self.client.head_meta(&self.key).map_err(io::Error::from)?;
+        match current {
+            Some(meta) if meta.e_tag.is_some() && meta.e_tag != self.etag => Ok(()),
+            Some(_) => self.client.delete(&self.key).map_err(io::Error::from),
+            None => Ok(()),
+        }
     }
 }
 

@@ -40,7 +40,7 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Config};
 
-use super::record::{ImageRecord, Status};
+use super::record::{catalog_error, ImageRecord, Status};
 use super::store::{CatalogStore, Changes, Lease};
 use crate::error::{Error, Result};
 
@@ -147,6 +147,30 @@ impl CatalogStore for PostgresStore {
                 Err(super::store::upload_busy(&record.source))
             }
             Err(e) => Err(self.failed("cannot add the image", e)),
+        }
+    }
+
+    fn claim_upload(&mut self, id: &str, identity: &str) -> Result<Option<String>> {
+        let result = self.live_client()?.execute(
+            "UPDATE images SET upload_identity = $2 WHERE id = $1 AND status = 'creating'",
+            &[&id, &identity],
+        );
+        match result {
+            Ok(1) => Ok(None),
+            Ok(_) => Err(catalog_error(format!(
+                "{id}: the catalog no longer expects this registration"
+            ))),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                let row = self.read("cannot find the image of the upload", |client| {
+                    client.query_one(
+                        "SELECT id FROM images WHERE upload_identity = $2 AND status <> 'failed' \
+                         AND owner = (SELECT owner FROM images WHERE id = $1)",
+                        &[&id, &identity],
+                    )
+                })?;
+                Ok(Some(row.try_get(0).map_err(column_error)?))
+            }
+            Err(e) => Err(self.failed("cannot record the upload of the image", e)),
         }
     }
 
