@@ -41,6 +41,8 @@ pub const MIGRATIONS: &[&str] = &[
     super::super::store::ONE_REGISTRATION_PER_UPLOAD,
     // 3: the image digest and the upload's SHA-256 (archive format version 2).
     "ALTER TABLE images ADD COLUMN digest TEXT, ADD COLUMN source_sha256 TEXT;",
+    // 4: deduplicated chunks and the images that reference them.
+    super::super::chunks::catalog::POSTGRES_MIGRATION,
 ];
 
 /// The advisory lock key held while migrating ("imgpack" in ASCII).
