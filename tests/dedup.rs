@@ -222,3 +222,32 @@ every_backend!(
     a_snapshot_stores_only_the_chunks_written_since,
     gc_removes_exactly_the_chunks_no_image_references,
 );
+
+/// Frames are reused within an account only: another account registering the same content
+/// stores it all again, so neither the counts nor the time tell it what others hold.
+fn accounts_never_reuse_each_others_chunks(dir: &TestLibrary) {
+    let library = open(dir);
+    let content = disk_bytes(3, 5);
+    upload(&library, "mine.raw", &content);
+    register(&library, "mine.raw");
+    let other = "acc-yyyyy";
+    let path = library.incoming_dir(other).unwrap().join("same.raw");
+    fs::write(&path, &content).unwrap();
+    let image = library
+        .register(
+            other,
+            &RegisterRequest::new(NewImage::new("same", Arch::X86_64), "same.raw"),
+            &mut |_| {},
+        )
+        .unwrap();
+    let stats = library.last_dedup().unwrap();
+    assert_eq!((stats.new_chunks, stats.reused_chunks), (3, 0), "{stats:?}");
+    assert_eq!(chunk_objects(dir.path()).0, 6);
+    let built = dir.path().join("other.raw");
+    library
+        .build(other, &image.id, &built, 24 * MIB, &Control::default())
+        .unwrap();
+    assert!(fs::read(&built).unwrap() == content);
+}
+
+every_backend!(accounts_never_reuse_each_others_chunks);

@@ -93,7 +93,7 @@ impl Library {
 
         let limit = max_compressed_size.unwrap_or(self.settings.max_compressed_size);
         let outcome =
-            prepared.and_then(|spill_dir| self.produce(&id, source.body, spill_dir, limit, control));
+            prepared.and_then(|spill_dir| self.produce(&id, caller, source.body, spill_dir, limit, control));
         let failure = match outcome {
             Ok(report) => {
                 let changes = Changes {
@@ -144,6 +144,7 @@ impl Library {
     fn produce(
         &self,
         id: &str,
+        owner: &str,
         body: UploadBody,
         spill_dir: Option<PathBuf>,
         limit: u64,
@@ -190,6 +191,7 @@ impl Library {
             let session = self.dedup.then(|| {
                 Arc::new(DedupSession::new(
                     id,
+                    owner,
                     Arc::clone(&self.store),
                     Arc::clone(&self.objects),
                 ))

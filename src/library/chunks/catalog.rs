@@ -2,11 +2,13 @@
 //!
 //! | table          | columns                                                                  |
 //! |----------------|--------------------------------------------------------------------------|
-//! | `chunks`       | `sha`, `gen`, `frame_len`, `crc`, `state` (`pending` or `stored`); key `(sha, gen)` |
+//! | `chunks`       | `sha`, `gen`, `owner`, `frame_len`, `crc`, `state` (`pending` or `stored`); key `(sha, gen)` |
 //! | `image_chunks` | `image_id`, `sha`, `gen`; key `(image_id, sha, gen)`; `(sha, gen)` references `chunks` |
 //!
 //! A frame's references are the rows naming it, so there is no count to drift; the foreign key
 //! makes the database itself refuse to delete a frame that a registration has just pinned.
+//! Frames are reused within the account that uploaded them only (`owner`), so no account can
+//! learn from reuse counts or timing what another account's images hold.
 
 use crate::error::Result;
 
@@ -25,13 +27,13 @@ pub struct ChunkRow {
 
 /// The chunk tables of a catalog.
 pub trait ChunkCatalog {
-    /// Pins a `stored` frame of content `sha` for `image` (adds the reference in the same
-    /// transaction that finds it), or `None` if there is none.
-    fn reuse_chunk(&mut self, image: &str, sha: &str) -> Result<Option<ChunkRow>>;
+    /// Pins a `stored` frame of content `sha` that account `owner` uploaded for `image` (adds
+    /// the reference in the same transaction that finds it), or `None` if there is none.
+    fn reuse_chunk(&mut self, image: &str, owner: &str, sha: &str) -> Result<Option<ChunkRow>>;
 
-    /// Records a new frame as `pending` and `image`'s reference to it, in one transaction,
-    /// before the frame is uploaded.
-    fn add_pending_chunk(&mut self, image: &str, row: &ChunkRow) -> Result<()>;
+    /// Records a new frame of account `owner` as `pending` and `image`'s reference to it, in
+    /// one transaction, before the frame is uploaded.
+    fn add_pending_chunk(&mut self, image: &str, owner: &str, row: &ChunkRow) -> Result<()>;
 
     /// Marks the frames `image` references `stored` (its uploads are complete).
     fn mark_chunks_stored(&mut self, image: &str) -> Result<u64>;
@@ -64,6 +66,7 @@ pub(crate) fn gen_from_sql(value: i64) -> u64 {
 pub const SQLITE_MIGRATION: &str = "CREATE TABLE chunks (
         sha TEXT NOT NULL,
         gen INTEGER NOT NULL,
+        owner TEXT NOT NULL,
         frame_len INTEGER NOT NULL,
         crc INTEGER NOT NULL,
         state TEXT NOT NULL CHECK (state IN ('pending', 'stored')),
@@ -82,6 +85,7 @@ pub const SQLITE_MIGRATION: &str = "CREATE TABLE chunks (
 pub const POSTGRES_MIGRATION: &str = "CREATE TABLE chunks (
         sha TEXT NOT NULL,
         gen BIGINT NOT NULL,
+        owner TEXT NOT NULL,
         frame_len BIGINT NOT NULL,
         crc BIGINT NOT NULL,
         state TEXT NOT NULL CHECK (state IN ('pending', 'stored')),

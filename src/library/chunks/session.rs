@@ -46,16 +46,19 @@ struct Progress {
 /// Deduplicates one registration (image `image`) against the library.
 pub struct DedupSession {
     image: String,
+    /// The account registering: frames are reused within it only.
+    owner: String,
     store: SharedStore,
     objects: Arc<dyn Objects>,
     progress: Mutex<Progress>,
 }
 
 impl DedupSession {
-    /// A session for image `image`, whose record exists (`creating`).
-    pub(crate) fn new(image: &str, store: SharedStore, objects: Arc<dyn Objects>) -> Self {
+    /// A session for image `image` of account `owner`, whose record exists (`creating`).
+    pub(crate) fn new(image: &str, owner: &str, store: SharedStore, objects: Arc<dyn Objects>) -> Self {
         DedupSession {
             image: image.to_string(),
+            owner: owner.to_string(),
             store,
             objects,
             progress: Mutex::new(Progress::default()),
@@ -83,7 +86,7 @@ impl DedupSession {
 
 impl ChunkLookup for DedupSession {
     fn find(&self, sha256: &Sha256Hash, payload_len: u64) -> Result<Option<StoredFrame>> {
-        let row = crate::library::lock(&self.store)?.reuse_chunk(&self.image, &hex(sha256))?;
+        let row = crate::library::lock(&self.store)?.reuse_chunk(&self.image, &self.owner, &hex(sha256))?;
         let _ = payload_len; // the SHA-256 names the content; its length adds nothing
         Ok(row.map(|row| StoredFrame {
             len: row.frame_len,
@@ -112,7 +115,7 @@ impl FrameStore for DedupSession {
                 };
                 // The row (and this image's reference) first: an object without a row is
                 // garbage to the collector, so the row must exist before the object does.
-                crate::library::lock(&self.store)?.add_pending_chunk(&self.image, &row)?;
+                crate::library::lock(&self.store)?.add_pending_chunk(&self.image, &self.owner, &row)?;
                 self.objects
                     .put_object(&chunk_key(&row.sha, row.gen), &chunk.frame)?;
                 let mut progress = self.progress()?;

@@ -21,13 +21,13 @@ fn row_of(row: &postgres::Row) -> Result<ChunkRow> {
 }
 
 impl ChunkCatalog for PostgresStore {
-    fn reuse_chunk(&mut self, image: &str, sha: &str) -> Result<Option<ChunkRow>> {
+    fn reuse_chunk(&mut self, image: &str, owner: &str, sha: &str) -> Result<Option<ChunkRow>> {
         let found = self.write("cannot look a chunk up", |client| {
             let mut tx = client.transaction()?;
             let row = tx.query_opt(
-                "SELECT sha, gen, frame_len, crc FROM chunks WHERE sha = $1 AND state = 'stored' \
-                 LIMIT 1 FOR KEY SHARE",
-                &[&sha],
+                "SELECT sha, gen, frame_len, crc FROM chunks \
+                 WHERE sha = $1 AND owner = $2 AND state = 'stored' LIMIT 1 FOR KEY SHARE",
+                &[&sha, &owner],
             )?;
             if let Some(row) = &row {
                 let gen: i64 = row.try_get(1)?;
@@ -47,14 +47,15 @@ impl ChunkCatalog for PostgresStore {
         }
     }
 
-    fn add_pending_chunk(&mut self, image: &str, row: &ChunkRow) -> Result<()> {
+    fn add_pending_chunk(&mut self, image: &str, owner: &str, row: &ChunkRow) -> Result<()> {
         let gen = gen_to_sql(row.gen);
         let (frame_len, crc) = (i64::from(row.frame_len), i64::from(row.crc));
         self.write("cannot record a new chunk", |client| {
             let mut tx = client.transaction()?;
             tx.execute(
-                "INSERT INTO chunks (sha, gen, frame_len, crc, state) VALUES ($1, $2, $3, $4, 'pending')",
-                &[&row.sha, &gen, &frame_len, &crc],
+                "INSERT INTO chunks (sha, gen, owner, frame_len, crc, state) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending')",
+                &[&row.sha, &gen, &owner, &frame_len, &crc],
             )?;
             tx.execute(
                 "INSERT INTO image_chunks (image_id, sha, gen) VALUES ($1, $2, $3)",

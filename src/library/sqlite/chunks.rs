@@ -36,7 +36,7 @@ fn row_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
 }
 
 impl ChunkCatalog for SqliteStore {
-    fn reuse_chunk(&mut self, image: &str, sha: &str) -> Result<Option<ChunkRow>> {
+    fn reuse_chunk(&mut self, image: &str, owner: &str, sha: &str) -> Result<Option<ChunkRow>> {
         self.unsynced(|store| {
             let tx = store
                 .conn
@@ -44,8 +44,9 @@ impl ChunkCatalog for SqliteStore {
                 .map_err(|e| db_error("cannot start a transaction", e))?;
             let found = tx
                 .query_row(
-                    "SELECT sha, gen, frame_len, crc FROM chunks WHERE sha = ?1 AND state = 'stored' LIMIT 1",
-                    [sha],
+                    "SELECT sha, gen, frame_len, crc FROM chunks \
+                     WHERE sha = ?1 AND owner = ?2 AND state = 'stored' LIMIT 1",
+                    [sha, owner],
                     row_of,
                 )
                 .optional()
@@ -62,15 +63,16 @@ impl ChunkCatalog for SqliteStore {
         })
     }
 
-    fn add_pending_chunk(&mut self, image: &str, row: &ChunkRow) -> Result<()> {
+    fn add_pending_chunk(&mut self, image: &str, owner: &str, row: &ChunkRow) -> Result<()> {
         self.unsynced(|store| {
             let tx = store
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| db_error("cannot start a transaction", e))?;
             tx.execute(
-                "INSERT INTO chunks (sha, gen, frame_len, crc, state) VALUES (?1, ?2, ?3, ?4, 'pending')",
-                params![row.sha, gen_to_sql(row.gen), row.frame_len, row.crc],
+                "INSERT INTO chunks (sha, gen, owner, frame_len, crc, state) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+                params![row.sha, gen_to_sql(row.gen), owner, row.frame_len, row.crc],
             )
             .map_err(|e| db_error("cannot record a new chunk", e))?;
             tx.execute(
