@@ -5,7 +5,9 @@
 
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use serde::Serialize;
 
@@ -36,6 +38,10 @@ pub struct DedupStats {
     pub new_stored_bytes: u64,
 }
 
+/// Frame uploads in flight at most: an object store answers each PUT after a round trip, so a
+/// few at once keep the writer thread from waiting on every one.
+const UPLOADS_IN_FLIGHT: usize = 4;
+
 /// The frames and generations of one registration, in record order.
 #[derive(Default)]
 struct Progress {
@@ -51,6 +57,65 @@ pub struct DedupSession {
     store: SharedStore,
     objects: Arc<dyn Objects>,
     progress: Mutex<Progress>,
+    uploads: Mutex<Uploads>,
+}
+
+/// A few threads putting frame objects; the first failure is kept and stops the registration.
+struct Uploads {
+    queue: Option<SyncSender<(String, Vec<u8>)>>,
+    threads: Vec<JoinHandle<()>>,
+    failure: Arc<Mutex<Option<Error>>>,
+}
+
+impl Uploads {
+    fn start(objects: &Arc<dyn Objects>) -> Uploads {
+        let (queue, jobs) = sync_channel::<(String, Vec<u8>)>(UPLOADS_IN_FLIGHT);
+        let jobs = Arc::new(Mutex::new(jobs));
+        let failure = Arc::new(Mutex::new(None));
+        let threads = (0..UPLOADS_IN_FLIGHT)
+            .map(|_| {
+                let (jobs, objects, failure) = (Arc::clone(&jobs), Arc::clone(objects), Arc::clone(&failure));
+                std::thread::spawn(move || loop {
+                    let job = jobs.lock().ok().and_then(|jobs| jobs.recv().ok());
+                    let Some((key, frame)) = job else { return };
+                    if let Err(e) = objects.put_object(&key, &frame) {
+                        if let Ok(mut first) = failure.lock() {
+                            first.get_or_insert(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Uploads {
+            queue: Some(queue),
+            threads,
+            failure,
+        }
+    }
+
+    /// The first upload failure so far, if any.
+    fn failed(&self) -> Option<Error> {
+        let failure = self.failure.lock().ok()?;
+        failure.as_ref().map(|e| Error::new(e.kind(), e.to_string()))
+    }
+
+    /// Waits for every upload; the first failure, if any.
+    fn wait(&mut self) -> Result<()> {
+        self.queue = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        match self.failed() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Uploads {
+    fn drop(&mut self) {
+        let _ = self.wait();
+    }
 }
 
 impl DedupSession {
@@ -60,9 +125,16 @@ impl DedupSession {
             image: image.to_string(),
             owner: owner.to_string(),
             store,
+            uploads: Mutex::new(Uploads::start(&objects)),
             objects,
             progress: Mutex::new(Progress::default()),
         }
+    }
+
+    fn uploads(&self) -> Result<std::sync::MutexGuard<'_, Uploads>> {
+        self.uploads
+            .lock()
+            .map_err(|_| catalog_error("a deduplication session was poisoned by a panic"))
     }
 
     fn progress(&self) -> Result<std::sync::MutexGuard<'_, Progress>> {
@@ -74,6 +146,7 @@ impl DedupSession {
     /// After the pipeline: stores the index object made from `archive` (the archive without
     /// frames) and marks this image's new frames `stored`. Returns the counts.
     pub fn finish(&self, archive: &[u8]) -> Result<DedupStats> {
+        self.uploads()?.wait()?;
         let progress = self.progress()?;
         let object = ImageIndex::encode(archive, &progress.gens)?;
         let key = index_key(&self.image)?;
