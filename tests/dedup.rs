@@ -251,3 +251,58 @@ fn accounts_never_reuse_each_others_chunks(dir: &TestLibrary) {
 }
 
 every_backend!(accounts_never_reuse_each_others_chunks);
+
+/// A damaged store is refused with the object named: a missing frame, a frame of the wrong
+/// length, a frame whose bytes changed, and an index that does not parse.
+fn damaged_chunk_objects_and_indexes_are_refused(dir: &TestLibrary) {
+    let library = open(dir);
+    let content = disk_bytes(3, 6);
+    upload(&library, "disk.raw", &content);
+    let (image, _) = register(&library, "disk.raw");
+    let build = |library: &Library| {
+        let disk = dir.path().join("damaged-build.raw");
+        let result = library.build(OWNER, &image.id, &disk, 24 * MIB, &Control::default());
+        let _ = fs::remove_file(&disk);
+        // The whole cause chain, as the command line prints it.
+        let error = result.map(|_| ()).unwrap_err();
+        let mut text = error.to_string();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        text
+    };
+    let mut objects: Vec<PathBuf> = fs::read_dir(dir.path().join("chunks"))
+        .unwrap()
+        .flat_map(|fan| fs::read_dir(fan.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    objects.sort();
+    let frame = fs::read(&objects[0]).unwrap();
+    let name = objects[0].file_name().unwrap().to_string_lossy().to_string();
+
+    fs::remove_file(&objects[0]).unwrap();
+    let error = build(&library);
+    assert!(error.contains(&name) && error.contains("missing"), "{error}");
+
+    fs::write(&objects[0], &frame[..frame.len() - 1]).unwrap();
+    let error = build(&library);
+    assert!(error.contains(&name) && error.contains("bytes"), "{error}");
+
+    let mut changed = frame.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0xff;
+    fs::write(&objects[0], &changed).unwrap();
+    build(&library); // refused by the frame's checks (zstd, crc or SHA-256), whichever trips
+
+    fs::write(&objects[0], &frame).unwrap();
+    let index = dir.path().join(format!("images/{}.index", image.id));
+    let mut bytes = fs::read(&index).unwrap();
+    bytes[40] ^= 1;
+    fs::write(&index, &bytes).unwrap();
+    let error = build(&library);
+    assert!(error.contains(".index") && error.contains("SHA-256"), "{error}");
+}
+
+every_backend!(damaged_chunk_objects_and_indexes_are_refused);

@@ -47,12 +47,17 @@ impl Library {
         if !policy::usable_status(record.status) {
             return Err(catalog_error(format!("{id} is {}; {rule}", record.status)));
         }
-        let archive_name = match self.objects.local_root() {
+        let mut archive_name = match self.objects.local_root() {
             Some(_) => self.archive_path(id),
             None => PathBuf::from(format!("{}/images/{id}.imgpack", self.objects.location())),
         };
         let opened = self.open_image_source(id).and_then(|source| match source {
-            Some(source) => ArchiveReader::open(source).map_err(|e| e.in_file(&archive_name)),
+            Some(source) => {
+                if let ArchiveSource::Dedup(archive) = &source {
+                    archive_name = PathBuf::from(archive.name());
+                }
+                ArchiveReader::open(source).map_err(|e| e.in_file(&archive_name))
+            }
             None => Err(Error::new(ErrorKind::Io, "the archive is missing").in_file(&archive_name)),
         });
         let archive = match opened {

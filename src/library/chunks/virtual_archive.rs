@@ -44,6 +44,11 @@ impl VirtualArchive {
         }
     }
 
+    /// The index object's name (`LIBRARY/images/<id>.index`), as errors give it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The parsed index.
     pub fn index(&self) -> &ImageIndex {
         &self.index
