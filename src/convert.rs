@@ -49,6 +49,10 @@ pub struct ConvertOptions {
     pub temp_dir: Option<PathBuf>,
     /// Cancellation and progress.
     pub control: Control,
+    /// The deduplication hook of an image library (see [`pipeline::hook`]): chunks it already
+    /// stores are not compressed, frames go to it and the sink receives only the header, index
+    /// and footer. Default `None`: a self-contained archive.
+    pub dedup: Option<pipeline::DedupHooks>,
 }
 
 impl Default for ConvertOptions {
@@ -62,6 +66,7 @@ impl Default for ConvertOptions {
             read_mode: ReadMode::Auto,
             temp_dir: None,
             control: Control::default(),
+            dedup: None,
         }
     }
 }
@@ -175,11 +180,12 @@ pub fn encode<W: Write + Send>(
         max_compressed_size: options.max_compressed_size,
         max_virtual_size: options.limits.max_virtual_size,
     };
-    pipeline::encode(
+    pipeline::encode_hooked(
         opened.body,
         out,
         EncodeSettings::new(geometry, options.level),
         limits,
         &options.control,
+        options.dedup.as_ref(),
     )
 }

@@ -111,5 +111,6 @@ pub use export::{export, ExportOptions, ExportReport};
 pub use extract::{extract, ExtractOptions, ExtractReport};
 pub use info::{info, ImageInfo, InfoOptions};
 pub use input::{Input, InputLimits, ReadMode};
+pub use pipeline::hook::{ChunkLookup, DedupHooks, FrameStore};
 pub use sink::{ArchiveSink, FileSink, WriterSink};
 pub use verify::{verify, VerifyOptions, VerifyReport};

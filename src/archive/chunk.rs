@@ -28,6 +28,20 @@ pub struct EncodedChunk {
     pub frame: Vec<u8>,
     /// Uncompressed payload length: the chunk's contribution to `disk_size`.
     pub payload_len: u64,
+    /// Set when the frame was not compressed here because a store already holds it (see
+    /// [`ChunkEncoder::encode_with`]); `frame` is then empty.
+    pub reused: Option<StoredFrame>,
+}
+
+/// A frame some store already holds for a chunk's content: what its index record needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredFrame {
+    /// Length of the stored zstd frame.
+    pub len: u32,
+    /// crc32 of its payload.
+    pub crc: u32,
+    /// The store's own tag for the copy (a deduplicated library's generation).
+    pub tag: u64,
 }
 
 /// Compresses chunks; reuse one per worker thread.
@@ -68,7 +82,21 @@ impl ChunkEncoder {
         geometry: Geometry,
         chunk: u64,
         data: &[u8],
+        frame: Vec<u8>,
+    ) -> Result<Option<EncodedChunk>> {
+        self.encode_with(geometry, chunk, data, frame, &|_, _| Ok(None))
+    }
+
+    /// [`ChunkEncoder::encode_into`], but first asks `stored` (with the chunk's SHA-256 and
+    /// payload length) whether a store already holds a frame of this content: if so, nothing
+    /// is compressed and the chunk comes back with `reused` set and an empty frame.
+    pub fn encode_with(
+        &mut self,
+        geometry: Geometry,
+        chunk: u64,
+        data: &[u8],
         mut frame: Vec<u8>,
+        stored: &dyn Fn(&Sha256Hash, u64) -> Result<Option<StoredFrame>>,
     ) -> Result<Option<EncodedChunk>> {
         debug_assert!(data.len() as u64 <= geometry.chunk_size());
         let mut zero_blocks = vec![0u8; geometry.bitmap_len()];
@@ -106,6 +134,27 @@ impl ChunkEncoder {
         } else {
             content_sha256(&zero_blocks, payload, data.len())
         };
+        if let Some(found) = stored(&sha256, payload.len() as u64)? {
+            if found.crc != payload_crc {
+                return Err(Error::new(
+                    ErrorKind::Checksum,
+                    format!(
+                        "chunk {chunk}: the stored frame of the same SHA-256 has crc {:08x}, not {payload_crc:08x}",
+                        found.crc
+                    ),
+                ));
+            }
+            frame.clear();
+            return Ok(Some(EncodedChunk {
+                chunk,
+                payload_crc,
+                sha256,
+                zero_blocks,
+                frame,
+                payload_len: payload.len() as u64,
+                reused: Some(found),
+            }));
+        }
         frame.clear();
         frame.reserve(zstd::zstd_safe::compress_bound(payload.len()));
         self.compressor
@@ -131,6 +180,7 @@ impl ChunkEncoder {
             zero_blocks,
             frame,
             payload_len: payload.len() as u64,
+            reused: None,
         }))
     }
 }

@@ -41,6 +41,8 @@ pub struct ArchiveWriter<W: Write> {
     index: Vec<u8>,
     chunks: u64,
     next_chunk: u64,
+    /// Frames go to a store of the caller's, not into `out` (see [`ArchiveWriter::frames_elsewhere`]).
+    frames_elsewhere: bool,
 }
 
 impl<W: Write> ArchiveWriter<W> {
@@ -73,7 +75,18 @@ impl<W: Write> ArchiveWriter<W> {
             index: Vec::new(),
             chunks: 0,
             next_chunk: 0,
+            frames_elsewhere: false,
         })
+    }
+
+    /// Writes no frame into `out`: the caller stores each chunk's frame itself (a
+    /// deduplicating library keeps each frame as an object of its own). `out` then receives
+    /// the header, the index and the footer, exactly the bytes the self-contained archive
+    /// would hold around its frames, and positions are counted as if the frames were there.
+    /// Only then may chunks carry a frame stored elsewhere ([`EncodedChunk::reused`]).
+    pub fn frames_elsewhere(mut self) -> Self {
+        self.frames_elsewhere = true;
+        self
     }
 
     /// Bytes written so far.
@@ -101,8 +114,20 @@ impl<W: Write> ArchiveWriter<W> {
                 format!("chunk {} added out of order", chunk.chunk),
             ));
         }
-        let frame_len = u32::try_from(chunk.frame.len())
-            .map_err(|_| Error::new(ErrorKind::InvalidArgument, "compressed chunk over 4 GiB"))?;
+        let frame_len = match chunk.reused {
+            Some(stored) if self.frames_elsewhere => stored.len,
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "chunk {} has no frame to write into a self-contained archive",
+                        chunk.chunk
+                    ),
+                ))
+            }
+            None => u32::try_from(chunk.frame.len())
+                .map_err(|_| Error::new(ErrorKind::InvalidArgument, "compressed chunk over 4 GiB"))?,
+        };
         let would_be = self.final_size_with(frame_len.into(), 1);
         if would_be > self.max_compressed_size {
             return Err(limit_error(
@@ -111,9 +136,11 @@ impl<W: Write> ArchiveWriter<W> {
                 would_be,
             ));
         }
-        self.out
-            .write_all(&chunk.frame)
-            .map_err(|e| Error::io("writing the archive", e).at(self.position))?;
+        if !self.frames_elsewhere {
+            self.out
+                .write_all(&chunk.frame)
+                .map_err(|e| Error::io("writing the archive", e).at(self.position))?;
+        }
         ChunkRecord {
             chunk: chunk.chunk,
             stored_offset: self.position,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use imgpack::library::chunks::DedupStats;
 use imgpack::library::{
     Arch, ImageRecord, ImageUpdate, Library, LibraryOptions, Mode, NewImage, RegisterRequest, SnapshotRequest,
 };
@@ -70,6 +71,8 @@ enum ImagesCommand {
     Settings(SettingsArgs),
     /// Store a file in your incoming/ area (atomically: an interrupted upload leaves nothing).
     Upload(UploadArgs),
+    /// Remove deduplicated chunks no image references, and what dead images left (operator only).
+    Gc,
 }
 
 #[derive(Debug, Args)]
@@ -255,7 +258,21 @@ pub fn library_options(catalog: Option<String>) -> Result<LibraryOptions> {
             .or_else(|| std::env::var("IMGPACK_CATALOG").ok().filter(|s| !s.is_empty()))
             .map(|text| text.parse())
             .transpose()?,
+        dedup: dedup_from_env()?,
     })
+}
+
+/// `IMGPACK_DEDUP`: `on` deduplicates new registrations and snapshots, `off` (the default)
+/// stores self-contained archives.
+fn dedup_from_env() -> Result<Option<bool>> {
+    match std::env::var("IMGPACK_DEDUP").ok().as_deref() {
+        None | Some("") => Ok(None),
+        Some("on" | "1" | "true") => Ok(Some(true)),
+        Some("off" | "0" | "false") => Ok(Some(false)),
+        Some(other) => Err(Error::invalid_argument(format!(
+            "IMGPACK_DEDUP={other:?}: give on or off"
+        ))),
+    }
 }
 
 pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
@@ -287,16 +304,22 @@ pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
                 max_compressed_size: a.metadata.max_compressed_size,
                 control: Control::default(),
             };
-            create(json, &common, cancel, |control, on_created| {
-                library.register(
-                    &account,
-                    &RegisterRequest {
-                        control,
-                        ..request.clone()
-                    },
-                    on_created,
-                )
-            })
+            create(
+                json,
+                &common,
+                cancel,
+                |control, on_created| {
+                    library.register(
+                        &account,
+                        &RegisterRequest {
+                            control,
+                            ..request.clone()
+                        },
+                        on_created,
+                    )
+                },
+                || library.last_dedup(),
+            )
         }
         ImagesCommand::Snapshot(a) => {
             let request = SnapshotRequest {
@@ -305,16 +328,22 @@ pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
                 max_compressed_size: a.metadata.max_compressed_size,
                 control: Control::default(),
             };
-            create(json, &common, cancel, |control, on_created| {
-                library.snapshot(
-                    &account,
-                    &SnapshotRequest {
-                        control,
-                        ..request.clone()
-                    },
-                    on_created,
-                )
-            })
+            create(
+                json,
+                &common,
+                cancel,
+                |control, on_created| {
+                    library.snapshot(
+                        &account,
+                        &SnapshotRequest {
+                            control,
+                            ..request.clone()
+                        },
+                        on_created,
+                    )
+                },
+                || library.last_dedup(),
+            )
         }
         ImagesCommand::List(a) => {
             let images = library.list(&account, a.show_all)?;
@@ -380,6 +409,21 @@ pub fn run(args: ImagesArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
             Ok(0)
         }
         ImagesCommand::Upload(a) => upload(&library, &account, a, &common, cancel),
+        ImagesCommand::Gc => {
+            let report = library.gc(&account)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "removed {} chunks ({}), kept {}; removed {} index objects or archives of deleted images",
+                    report.removed_chunks,
+                    format_size(report.removed_bytes),
+                    report.kept_chunks,
+                    report.removed_images
+                );
+            }
+            Ok(0)
+        }
         ImagesCommand::Download(a) => {
             let bar = ProgressReport::new(&common);
             let options = a.format.options(None, bar.control(cancel));
@@ -463,6 +507,7 @@ fn create(
     common: &Common,
     cancel: Arc<AtomicBool>,
     call: impl FnOnce(Control, &mut dyn FnMut(&ImageRecord)) -> Result<ImageRecord>,
+    dedup: impl FnOnce() -> Option<DedupStats>,
 ) -> Result<u8> {
     let hold = std::env::var(HOLD_CREATING_ENV)
         .ok()
@@ -481,7 +526,31 @@ fn create(
     if !json {
         println!();
     }
-    print_records(json, &image)
+    match dedup() {
+        // A deduplicated registration also says what it stored and what it reused.
+        Some(stats) if json => {
+            let mut value = serde_json::to_value(&image).map_err(json_error)?;
+            let counts = serde_json::to_value(stats).map_err(json_error)?;
+            if let (Some(fields), Some(counts)) = (value.as_object_mut(), counts.as_object()) {
+                fields.extend(counts.clone());
+            }
+            print_json(&value)?;
+            Ok(0)
+        }
+        Some(stats) => {
+            print_records(json, &image)?;
+            println!(
+                "deduplicated: {} new chunks ({}, {} stored), {} reused ({})",
+                stats.new_chunks,
+                format_size(stats.new_bytes),
+                format_size(stats.new_stored_bytes),
+                stats.reused_chunks,
+                format_size(stats.reused_bytes)
+            );
+            Ok(0)
+        }
+        None => print_records(json, &image),
+    }
 }
 
 fn print_records(json: bool, record: &ImageRecord) -> Result<u8> {

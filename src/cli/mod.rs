@@ -122,6 +122,7 @@ impl EncodeArgs {
             read_mode: self.read_mode,
             temp_dir: self.temp_dir.clone(),
             control,
+            dedup: None,
         }
     }
 }

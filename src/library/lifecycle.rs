@@ -84,7 +84,11 @@ impl Library {
         {
             return Err(catalog_error(format!("{id} was changed or destroyed meanwhile")));
         }
+        // Its frames' references go first, then its index: a kill in between leaves what
+        // `images gc` removes (it releases the references of every deleted image too).
+        self.store()?.release_dead_images()?;
         self.objects.delete_archive(id)?;
+        self.objects.delete_object(&super::chunks::index_key(id)?)?;
         self.store()?.get(id)?.ok_or_else(|| not_found(id))
     }
 }

@@ -30,6 +30,7 @@
 
 mod build;
 pub mod catalog;
+pub mod chunks;
 mod download;
 pub mod id;
 pub mod lease;
@@ -52,6 +53,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use chunks::DedupStats;
 
 use crate::convert::DEFAULT_MAX_COMPRESSED_SIZE;
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -82,10 +85,14 @@ type SharedStore = Arc<Mutex<Box<dyn CatalogStore>>>;
 /// An open image library.
 pub struct Library {
     root: PathBuf,
-    objects: Box<dyn Objects>,
+    objects: Arc<dyn Objects>,
     store: SharedStore,
     host: HostIdentity,
     settings: LibrarySettings,
+    /// Whether new registrations and snapshots are deduplicated ([`chunks`]).
+    dedup: bool,
+    /// What the last deduplicated registration through this handle stored and reused.
+    last_dedup: Mutex<Option<DedupStats>>,
 }
 
 impl std::fmt::Debug for Library {
@@ -135,13 +142,15 @@ impl Library {
         let objects = objects::open(root)?;
         let mut library = Library {
             root: root.to_path_buf(),
-            objects,
+            objects: Arc::from(objects),
             store: Arc::new(Mutex::new(store)),
             host: HostIdentity::current(),
             settings: LibrarySettings {
                 operator: DEFAULT_OPERATOR.to_string(),
                 max_compressed_size: DEFAULT_MAX_COMPRESSED_SIZE,
             },
+            dedup: options.dedup.unwrap_or(false),
+            last_dedup: Mutex::new(None),
         };
         library.settings = library.read_settings(options)?;
         library.recover()?;
@@ -188,6 +197,12 @@ impl Library {
     /// The settings in force.
     pub fn settings(&self) -> &LibrarySettings {
         &self.settings
+    }
+
+    /// What the last deduplicated registration or snapshot made through this handle stored
+    /// and reused (`None` if there was none, or it was not deduplicated).
+    pub fn last_dedup(&self) -> Option<DedupStats> {
+        self.last_dedup.lock().ok().and_then(|stats| *stats)
     }
 
     /// Changes library settings (operator only); `None` leaves one as it is.

@@ -31,6 +31,10 @@ impl Library {
             }
         }
         self.objects.reap_interrupted_uploads(&self.host, now)?;
+        if !recovered.is_empty() {
+            // Their pinned frames go back to the collector (`images gc` would also do it).
+            self.store()?.release_dead_images()?;
+        }
         self.sweep()?;
         Ok(recovered)
     }
@@ -61,5 +65,8 @@ impl Library {
     pub(super) fn remove_outputs(&self, id: &str) {
         let _ = self.objects.discard_scratch(id);
         let _ = self.objects.delete_archive(id);
+        if let Ok(key) = super::chunks::index_key(id) {
+            let _ = self.objects.delete_object(&key);
+        }
     }
 }

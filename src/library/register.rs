@@ -6,16 +6,18 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::objects::UploadBody;
+use super::chunks::{self, DedupSession, IndexSink};
+use super::objects::{ArchiveOut, UploadBody};
 use super::record::{catalog_error, timestamp_now, unix_now};
 use super::source::{check_text, check_username, SourceInput};
 use super::{id, lease, lock, not_found, Changes, ImageRecord, Library, NewImage, Status};
 use crate::control::{Control, Progress};
 use crate::convert::{convert_to, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
+use crate::pipeline::hook::{ChunkLookup, DedupHooks, FrameStore};
 
 /// How often a registration writes its progress (`disk_size`) to the catalog.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -84,12 +86,15 @@ impl Library {
         }
         let id = record.id.clone();
         self.claim_upload(&record, source.identity.as_deref())?;
+        if let Ok(mut last) = self.last_dedup.lock() {
+            *last = None;
+        }
         let prepared = self.objects.prepare(&id);
         on_created(&record);
 
         let limit = max_compressed_size.unwrap_or(self.settings.max_compressed_size);
         let outcome =
-            prepared.and_then(|spill_dir| self.produce(&id, source.body, spill_dir, limit, control));
+            prepared.and_then(|spill_dir| self.produce(&id, caller, source.body, spill_dir, limit, control));
         let failure = match outcome {
             Ok(report) => {
                 let changes = Changes {
@@ -130,6 +135,8 @@ impl Library {
         };
         self.store()?
             .compare_and_set(&id, &[Status::Creating], Some(Status::Failed), &changes)?;
+        // Its pinned frames go back to the collector (`images gc` would also do it).
+        let _ = self.store()?.release_dead_images();
         Err(Error::new(failure.kind(), format!("{id} failed: {reason}")))
     }
 
@@ -138,6 +145,7 @@ impl Library {
     fn produce(
         &self,
         id: &str,
+        owner: &str,
         body: UploadBody,
         spill_dir: Option<PathBuf>,
         limit: u64,
@@ -180,13 +188,53 @@ impl Library {
                     }
                 }
             });
-            let report = self.objects.create_archive(id).and_then(|sink| match body {
+            let mut options = options;
+            let session = self.dedup.then(|| {
+                Arc::new(DedupSession::new(
+                    id,
+                    owner,
+                    Arc::clone(&self.store),
+                    Arc::clone(&self.objects),
+                ))
+            });
+            let without_frames = Arc::new(Mutex::new(Vec::new()));
+            let sink = match &session {
+                Some(session) => {
+                    options.dedup = Some(DedupHooks {
+                        lookup: Arc::clone(session) as Arc<dyn ChunkLookup>,
+                        frames: Arc::clone(session) as Arc<dyn FrameStore>,
+                    });
+                    let name = format!("{}/{}", self.objects.location(), chunks::index_key(id)?);
+                    Ok(ArchiveOut::Index(IndexSink::new(
+                        name,
+                        None,
+                        Arc::clone(&without_frames),
+                    )))
+                }
+                None => self.objects.create_archive(id),
+            };
+            let report = sink.and_then(|sink| match body {
                 UploadBody::Input(input) => convert_to(input, sink, &options),
                 #[cfg(feature = "s3")]
                 UploadBody::Ranged(object, format, name) => {
                     super::objects::s3::convert_in_place(object, format, &name, sink, &options)
                 }
             });
+            // The index is stored (and the new frames marked stored) while the lease is
+            // still being renewed.
+            let report = match (report, &session) {
+                (Ok(report), Some(session)) => {
+                    let archive = without_frames
+                        .lock()
+                        .map_err(|_| catalog_error("the index buffer was poisoned"))?;
+                    let stats = session.finish(&archive)?;
+                    if let Ok(mut last) = self.last_dedup.lock() {
+                        *last = Some(stats);
+                    }
+                    Ok(report)
+                }
+                (report, _) => report,
+            };
             drop(stop);
             report
         })?;

@@ -17,6 +17,10 @@ pub struct LibraryOptions {
     /// The catalog (`--catalog`, `IMGPACK_CATALOG`). Default: `catalog.db` in the library's
     /// directory.
     pub catalog: Option<super::CatalogLocation>,
+    /// Whether new registrations and snapshots are deduplicated (chunk objects and an index
+    /// per image; see [`super::chunks`]). Default: not (self-contained archives). Existing
+    /// images of either kind are read whatever this says.
+    pub dedup: Option<bool>,
 }
 
 /// The library settings in force.

@@ -9,6 +9,9 @@
 //! |------------|---------------------------------------------------------------------------|
 //! | `images`   | the [`ImageRecord`] fields, plus `lease_pid`, `lease_host`, `lease_boot_id`, `lease_start_time`, `lease_expires` while `creating` |
 //! | `settings` | `key`, `value` (library settings: `operator`, `max_compressed_size`)     |
+//! | `chunks`, `image_chunks` | deduplicated frames and their references (see [`crate::library::chunks::catalog`]) |
+
+mod chunks;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -61,6 +64,8 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE images ADD COLUMN digest TEXT; ALTER TABLE images ADD COLUMN source_sha256 TEXT;",
     // 4: one image per upload, whatever the timing of the registrations.
     super::store::ONE_IMAGE_PER_UPLOAD,
+    // 5: deduplicated chunks and the images that reference them.
+    super::chunks::catalog::SQLITE_MIGRATION,
 ];
 
 const COLUMNS: &str = "id, owner, source_type, created_on, status, name, description, arch, \

@@ -103,7 +103,7 @@ impl Changes {
 }
 
 /// Storage of image records and library settings.
-pub trait CatalogStore: Send {
+pub trait CatalogStore: super::chunks::ChunkCatalog + Send {
     /// Adds a new record (its status is `creating`) with its lease. `Ok(false)` if the id is
     /// taken: the caller draws another. An error ([`upload_busy`]) if the same upload of the
     /// same account is already `creating`.

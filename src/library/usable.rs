@@ -6,10 +6,11 @@
 //! archive swapped or damaged in the store is refused before a byte of it is used.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::objects::ArchiveSource;
 use super::record::{catalog_error, ImageRecord};
-use super::{policy, Library};
+use super::{chunks, policy, Library};
 use crate::archive::reader::ArchiveReader;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -24,6 +25,21 @@ pub struct UsableImage {
 }
 
 impl Library {
+    /// Image `id`'s archive: its index over the chunk store when it is deduplicated, else its
+    /// self-contained archive; `None` if neither exists.
+    pub(super) fn open_image_source(&self, id: &str) -> Result<Option<ArchiveSource>> {
+        let key = chunks::index_key(id)?;
+        match self.objects.get_object(&key, chunks::index::MAX_INDEX_OBJECT)? {
+            Some(bytes) => {
+                let name = format!("{}/{key}", self.objects.location());
+                let index = chunks::ImageIndex::parse(&bytes, &name)?;
+                let archive = chunks::VirtualArchive::new(index, Arc::clone(&self.objects), name);
+                Ok(Some(ArchiveSource::Dedup(Box::new(archive))))
+            }
+            None => self.objects.open_archive(id),
+        }
+    }
+
     /// Opens image `id` for `caller` to use; `rule` ends the refusal of an unusable status
     /// ("{id} is failed; {rule}").
     pub fn open_usable(&self, caller: &str, id: &str, rule: &str) -> Result<UsableImage> {
@@ -31,12 +47,17 @@ impl Library {
         if !policy::usable_status(record.status) {
             return Err(catalog_error(format!("{id} is {}; {rule}", record.status)));
         }
-        let archive_name = match self.objects.local_root() {
+        let mut archive_name = match self.objects.local_root() {
             Some(_) => self.archive_path(id),
             None => PathBuf::from(format!("{}/images/{id}.imgpack", self.objects.location())),
         };
-        let opened = self.objects.open_archive(id).and_then(|source| match source {
-            Some(source) => ArchiveReader::open(source).map_err(|e| e.in_file(&archive_name)),
+        let opened = self.open_image_source(id).and_then(|source| match source {
+            Some(source) => {
+                if let ArchiveSource::Dedup(archive) = &source {
+                    archive_name = PathBuf::from(archive.name());
+                }
+                ArchiveReader::open(source).map_err(|e| e.in_file(&archive_name))
+            }
             None => Err(Error::new(ErrorKind::Io, "the archive is missing").in_file(&archive_name)),
         });
         let archive = match opened {

@@ -22,10 +22,12 @@
 //! the shared one); every parallel operation (convert, extract, verify) goes through it.
 
 pub mod digest;
+pub mod hook;
 mod source;
 mod span;
 mod stream;
 
+pub use hook::{ChunkLookup, DedupHooks, FrameStore};
 pub use source::{encode_source, DataChunks};
 pub use stream::encode_stream;
 
@@ -91,19 +93,43 @@ pub fn encode<W: Write + Send>(
     limits: EncodeLimits,
     control: &Control,
 ) -> Result<(W, ArchiveSummary)> {
+    encode_hooked(body, out, settings, limits, control, None)
+}
+
+/// [`encode`] with the deduplication hook: with `hooks`, chunks the lookup finds are not
+/// compressed, every frame goes to `hooks.frames` and `out` receives only the header, the
+/// index and the footer (see [`hook`]).
+pub fn encode_hooked<W: Write + Send>(
+    body: Body,
+    out: W,
+    settings: EncodeSettings,
+    limits: EncodeLimits,
+    control: &Control,
+    hooks: Option<&DedupHooks>,
+) -> Result<(W, ArchiveSummary)> {
     let geometry = settings.geometry;
+    let prepare = |writer: ArchiveWriter<W>| match hooks {
+        Some(_) => writer.frames_elsewhere(),
+        None => writer,
+    };
     match body {
         Body::Source(source) => {
             let virtual_size = source.virtual_size();
             check_virtual_size(virtual_size, limits.max_virtual_size)?;
             let writer = ArchiveWriter::new(out, geometry, Some(virtual_size), limits.max_compressed_size)?;
-            let (writer, tree) = encode_source(source.as_ref(), writer, settings, control)?;
+            let (writer, tree) = encode_source(source.as_ref(), prepare(writer), settings, control, hooks)?;
             writer.finish(virtual_size, tree.finish(virtual_size)?)
         }
         Body::Stream(reader) => {
             let writer = ArchiveWriter::new(out, geometry, None, limits.max_compressed_size)?;
-            let (writer, tree, virtual_size) =
-                encode_stream(reader, writer, settings, control, limits.max_virtual_size)?;
+            let (writer, tree, virtual_size) = encode_stream(
+                reader,
+                prepare(writer),
+                settings,
+                control,
+                limits.max_virtual_size,
+                hooks,
+            )?;
             writer.finish(virtual_size, tree.finish(virtual_size)?)
         }
     }
@@ -132,6 +158,9 @@ pub(crate) struct FramePool {
     free: Mutex<Vec<Vec<u8>>>,
     /// Buffers kept at most: what two windows in flight need.
     limit: usize,
+    /// The deduplication hook's frame store, which takes each chunk before its buffer
+    /// comes back (see [`hook`]).
+    store: Option<std::sync::Arc<dyn FrameStore>>,
 }
 
 impl FramePool {
@@ -139,7 +168,14 @@ impl FramePool {
         FramePool {
             free: Mutex::new(Vec::new()),
             limit: settings.window * 2,
+            store: None,
         }
+    }
+
+    /// The pool, handing each written chunk to `hooks`' frame store first.
+    pub(crate) fn with_hooks(mut self, hooks: Option<&DedupHooks>) -> Self {
+        self.store = hooks.map(|h| std::sync::Arc::clone(&h.frames));
+        self
     }
 
     /// A buffer to compress into (empty if none is free).
@@ -282,6 +318,9 @@ fn write_in_order<W: Write>(
             let last_chunk = span.chunks.last().map(|c| c.chunk);
             for chunk in span.chunks {
                 writer.add(&chunk)?;
+                if let Some(store) = &frames.store {
+                    store.store(&chunk)?;
+                }
                 frames.give_back(chunk.frame);
             }
             if let Some(last_chunk) = last_chunk {

@@ -3,26 +3,28 @@
 
 use std::io::Write;
 
-use super::{encode_span, run, span_size, with_worker, EncodeSettings, EncodedSpan, FramePool};
+use super::{encode_span, run, span_size, with_worker, DedupHooks, EncodeSettings, EncodedSpan, FramePool};
 use crate::archive::digest::TreeHasher;
 use crate::archive::writer::ArchiveWriter;
 use crate::control::Control;
 use crate::error::Result;
 use crate::input::DiskSource;
 
-/// Encodes every chunk of `source` that may hold data into `writer`; returns it with the image
-/// digest's leaves.
+/// Encodes every chunk of `source` that may hold data into `writer`, through the
+/// deduplication hook if given (see [`super::hook`]); returns it with the image digest's leaves.
 pub fn encode_source<W: Write + Send>(
     source: &dyn DiskSource,
     writer: ArchiveWriter<W>,
     settings: EncodeSettings,
     control: &Control,
+    hooks: Option<&DedupHooks>,
 ) -> Result<(ArchiveWriter<W>, TreeHasher)> {
+    let lookup = hooks.map(|h| h.lookup.as_ref());
     let virtual_size = source.virtual_size();
     let geometry = settings.geometry;
     let span = span_size(geometry);
     let mut windows = DataChunks::new(source, span);
-    let frames = FramePool::new(&settings);
+    let frames = FramePool::new(&settings).with_hooks(hooks);
     let produce = || -> Result<Option<Vec<u64>>> {
         control.check()?;
         windows.next_window(settings.window)
@@ -34,7 +36,7 @@ pub fn encode_source<W: Write + Send>(
             let offset = index * span;
             let len = (virtual_size - offset).min(span) as usize;
             let data = source.read(offset, len, scratch)?;
-            let encoded = encode_span(encoder, geometry, offset, data, frames)?;
+            let encoded = encode_span(encoder, geometry, offset, data, frames, lookup)?;
             source.confirm_read(offset, len)?;
             Ok(encoded)
         })

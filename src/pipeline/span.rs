@@ -8,7 +8,7 @@ use crate::archive::format::Geometry;
 use crate::error::{Error, Result};
 use crate::zero::is_zero;
 
-use super::FramePool;
+use super::{ChunkLookup, FramePool};
 
 /// A span's chunks, ready to be written, and the hashes of its leaves that hold data.
 #[derive(Debug, Default)]
@@ -26,21 +26,28 @@ pub(crate) fn span_size(geometry: Geometry) -> u64 {
 }
 
 /// Encodes the chunks of `data`, the span of the disk starting at `start` (span-aligned; the
-/// last span may be short), and hashes its leaves.
+/// last span may be short), and hashes its leaves. With `lookup`, a chunk it finds stored is
+/// not compressed (see [`super::hook`]).
 pub(crate) fn encode_span(
     encoder: &mut ChunkEncoder,
     geometry: Geometry,
     start: u64,
     data: &[u8],
     frames: &FramePool,
+    lookup: Option<&dyn ChunkLookup>,
 ) -> Result<EncodedSpan> {
     let chunk_size = geometry.chunk_size();
     let first_chunk = start / chunk_size;
     let mut span = EncodedSpan::default();
     for (i, bytes) in data.chunks(chunk_size as usize).enumerate() {
         let chunk = first_chunk + i as u64;
-        span.chunks
-            .extend(encoder.encode_into(geometry, chunk, bytes, frames.take())?);
+        let encoded = match lookup {
+            None => encoder.encode_into(geometry, chunk, bytes, frames.take())?,
+            Some(lookup) => encoder.encode_with(geometry, chunk, bytes, frames.take(), &|sha256, len| {
+                lookup.find(sha256, len)
+            })?,
+        };
+        span.chunks.extend(encoded);
     }
     if chunk_size == LEAF_SIZE {
         // A chunk is a leaf: its SHA-256 is the leaf hash, no second pass.
@@ -107,7 +114,7 @@ mod tests {
             let mut leaves = Vec::new();
             let mut chunks = Vec::new();
             for (i, bytes) in d.chunks(span).enumerate() {
-                let s = encode_span(&mut encoder, geometry, (i * span) as u64, bytes, &frames).unwrap();
+                let s = encode_span(&mut encoder, geometry, (i * span) as u64, bytes, &frames, None).unwrap();
                 leaves.extend(s.leaves);
                 chunks.extend(s.chunks.into_iter().map(|c| (c.chunk, c.sha256)));
             }

@@ -4,7 +4,7 @@
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use super::{encode_span, run, span_size, with_worker, EncodeSettings, EncodedSpan, FramePool};
+use super::{encode_span, run, span_size, with_worker, DedupHooks, EncodeSettings, EncodedSpan, FramePool};
 use crate::archive::digest::TreeHasher;
 use crate::archive::writer::ArchiveWriter;
 use crate::control::Control;
@@ -15,21 +15,24 @@ use crate::units::format_size;
 /// A span number and the span's bytes, cut from a stream.
 type StreamChunk = (u64, Vec<u8>);
 
-/// Encodes a byte stream into `writer`, refusing it once it exceeds `max_virtual_size`.
-/// Returns the writer, the image digest's leaves and the stream's length (the virtual size).
+/// Encodes a byte stream into `writer` (through the deduplication hook if given, see
+/// [`super::hook`]), refusing it once it exceeds `max_virtual_size`. Returns the writer, the
+/// image digest's leaves and the stream's length (the virtual size).
 pub fn encode_stream<W: Write + Send, R: Read + Send>(
     reader: R,
     writer: ArchiveWriter<W>,
     settings: EncodeSettings,
     control: &Control,
     max_virtual_size: u64,
+    hooks: Option<&DedupHooks>,
 ) -> Result<(ArchiveWriter<W>, TreeHasher, u64)> {
+    let lookup = hooks.map(|h| h.lookup.as_ref());
     let geometry = settings.geometry;
     let span = span_size(geometry);
     let buffers = settings.window * 2;
     let (full_tx, full_rx) = sync_channel::<Result<StreamChunk>>(buffers);
     let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(buffers + settings.window);
-    let frames = FramePool::new(&settings);
+    let frames = FramePool::new(&settings).with_hooks(hooks);
     std::thread::scope(|scope| {
         let reader_thread = scope.spawn(move || {
             read_chunks(
@@ -66,7 +69,7 @@ pub fn encode_stream<W: Write + Send, R: Read + Send>(
         let encode = |(index, buffer): (u64, Vec<u8>)| -> Result<EncodedSpan> {
             control.check()?;
             let encoded = with_worker(settings.level, |encoder, _| {
-                encode_span(encoder, geometry, index * span, &buffer, frames)
+                encode_span(encoder, geometry, index * span, &buffer, frames, lookup)
             });
             let _ = empty_tx.send(buffer);
             encoded

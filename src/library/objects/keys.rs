@@ -71,6 +71,26 @@ pub fn marker(image: &str) -> Result<String> {
     Ok(format!("{SCRATCH}/{image}{MARKER_SUFFIX}"))
 }
 
+/// Checks a library-relative object key made by the library itself (chunk and index keys):
+/// `/`-separated segments of ASCII letters, digits, `.`, `-` and `_`, none empty or `.`/`..`.
+pub fn check_object_key(key: &str) -> Result<()> {
+    let fine = !key.is_empty()
+        && key.len() <= 1024
+        && key.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        });
+    if fine {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(format!("{key:?} is not an object key")))
+    }
+}
+
 /// The image id in a stored name (`img-xxxxx.imgpack` with `suffix`), if it is one.
 pub fn image_of<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
     name.strip_suffix(suffix).filter(|id| id::is_image_id(id))

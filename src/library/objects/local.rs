@@ -151,6 +151,79 @@ impl Objects for LocalObjects {
         let _ = std::fs::remove_dir_all(self.scratch_dir(id));
         Ok(())
     }
+
+    fn put_object(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        keys::check_object_key(key)?;
+        let target = self.root.join(key);
+        let dir = crate::output::parent_dir(&target);
+        std::fs::create_dir_all(&dir).context("creating an object directory", &dir)?;
+        let out = AtomicFile::create(&target)?;
+        out.file()
+            .write_all(bytes)
+            .context("writing an object", &target)?;
+        out.commit()
+    }
+
+    fn get_object(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        keys::check_object_key(key)?;
+        let path = self.root.join(key);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("opening an object", e).in_file(&path)),
+        };
+        let mut bytes = Vec::new();
+        // One byte past the limit tells a file that is too long from one that fits.
+        file.take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .context("reading an object", &path)?;
+        if bytes.len() as u64 > limit {
+            return Err(Error::new(
+                crate::error::ErrorKind::Corrupt,
+                format!("the object is larger than the {limit} bytes expected"),
+            )
+            .in_file(&path));
+        }
+        Ok(Some(bytes))
+    }
+
+    fn delete_object(&self, key: &str) -> Result<()> {
+        keys::check_object_key(key)?;
+        let path = self.root.join(key);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing an object", e).in_file(&path)),
+        }
+    }
+
+    fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        keys::check_object_key(prefix)?;
+        let mut found = Vec::new();
+        let mut pending = vec![prefix.to_string()];
+        while let Some(dir) = pending.pop() {
+            let path = self.root.join(&dir);
+            let entries = match std::fs::read_dir(&path) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("listing objects", e).in_file(&path)),
+            };
+            for entry in entries.filter_map(|e| e.ok()) {
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                let key = format!("{dir}/{name}");
+                match entry.file_type() {
+                    Ok(kind) if kind.is_dir() => pending.push(key),
+                    Ok(kind) if kind.is_file() => {
+                        found.push((key, entry.metadata().map(|m| m.len()).unwrap_or(0)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(found)
+    }
 }
 
 impl StoredUpload for Upload {

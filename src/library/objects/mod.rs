@@ -81,6 +81,20 @@ pub trait Objects: Send + Sync {
     /// Removes registration `id`'s scratch state: its scratch directory, or aborts its
     /// multipart upload. Never touches a completed archive.
     fn discard_scratch(&self, id: &str) -> Result<()>;
+
+    /// Stores a small object (a chunk's frame, an image index) at `key`, relative to the
+    /// library and checked by [`keys::check_object_key`], atomically and durably.
+    fn put_object(&self, key: &str, bytes: &[u8]) -> Result<()>;
+
+    /// The small object at `key`, at most `limit` bytes (a larger one is an error); `None` if
+    /// there is none.
+    fn get_object(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>>;
+
+    /// Deletes the object at `key`; a missing one is not an error.
+    fn delete_object(&self, key: &str) -> Result<()>;
+
+    /// The objects under the directory-like `prefix`, as library-relative keys with lengths.
+    fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
 }
 
 /// An upload opened for registration.
@@ -115,6 +129,8 @@ pub enum UploadBody {
 pub enum ArchiveOut {
     /// A file in the library directory.
     Local(local::LocalArchive),
+    /// The archive without its frames, kept in memory for a deduplicated image's index.
+    Index(super::chunks::IndexSink),
     /// A multipart upload into the bucket.
     #[cfg(feature = "s3")]
     S3(crate::remote::MultipartSink),
@@ -124,6 +140,7 @@ impl Write for ArchiveOut {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             ArchiveOut::Local(sink) => sink.write(buf),
+            ArchiveOut::Index(sink) => sink.write(buf),
             #[cfg(feature = "s3")]
             ArchiveOut::S3(sink) => sink.write(buf),
         }
@@ -132,6 +149,7 @@ impl Write for ArchiveOut {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             ArchiveOut::Local(sink) => sink.flush(),
+            ArchiveOut::Index(sink) => sink.flush(),
             #[cfg(feature = "s3")]
             ArchiveOut::S3(sink) => sink.flush(),
         }
@@ -142,6 +160,7 @@ impl ArchiveSink for ArchiveOut {
     fn name(&self) -> String {
         match self {
             ArchiveOut::Local(sink) => sink.name(),
+            ArchiveOut::Index(sink) => sink.name(),
             #[cfg(feature = "s3")]
             ArchiveOut::S3(sink) => sink.name(),
         }
@@ -150,6 +169,7 @@ impl ArchiveSink for ArchiveOut {
     fn spill_dir(&self) -> Option<PathBuf> {
         match self {
             ArchiveOut::Local(sink) => sink.spill_dir(),
+            ArchiveOut::Index(sink) => sink.spill_dir(),
             #[cfg(feature = "s3")]
             ArchiveOut::S3(sink) => sink.spill_dir(),
         }
@@ -158,6 +178,7 @@ impl ArchiveSink for ArchiveOut {
     fn finish(self) -> Result<()> {
         match self {
             ArchiveOut::Local(sink) => sink.finish(),
+            ArchiveOut::Index(sink) => sink.finish(),
             #[cfg(feature = "s3")]
             ArchiveOut::S3(sink) => sink.finish(),
         }
@@ -168,6 +189,8 @@ impl ArchiveSink for ArchiveOut {
 pub enum ArchiveSource {
     /// A file.
     File(FileAt),
+    /// A deduplicated image: its index and the chunk store.
+    Dedup(Box<super::chunks::VirtualArchive>),
     /// An object read by ranged GETs.
     #[cfg(feature = "s3")]
     S3(crate::remote::S3ReadAt),
@@ -192,6 +215,7 @@ impl ReadAt for ArchiveSource {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         match self {
             ArchiveSource::File(file) => file.read_exact_at(buf, offset),
+            ArchiveSource::Dedup(archive) => archive.read_exact_at(buf, offset),
             #[cfg(feature = "s3")]
             ArchiveSource::S3(object) => object.read_exact_at(buf, offset),
         }
@@ -200,6 +224,7 @@ impl ReadAt for ArchiveSource {
     fn read_at_most(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         match self {
             ArchiveSource::File(file) => file.read_at_most(buf, offset),
+            ArchiveSource::Dedup(archive) => archive.read_at_most(buf, offset),
             #[cfg(feature = "s3")]
             ArchiveSource::S3(object) => object.read_at_most(buf, offset),
         }
@@ -208,6 +233,7 @@ impl ReadAt for ArchiveSource {
     fn size(&self) -> u64 {
         match self {
             ArchiveSource::File(file) => file.size(),
+            ArchiveSource::Dedup(archive) => archive.size(),
             #[cfg(feature = "s3")]
             ArchiveSource::S3(object) => object.size(),
         }

@@ -196,6 +196,32 @@ impl Objects for S3Objects {
         let archive = self.key(&keys::archive(id)?);
         abort_recorded(&self.client, &self.key(&keys::marker(id)?), &archive).map(|_| ())
     }
+
+    fn put_object(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        keys::check_object_key(key)?;
+        self.client.put_small(&self.key(key), bytes.to_vec())
+    }
+
+    fn get_object(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        keys::check_object_key(key)?;
+        self.client.get_small(&self.key(key), limit)
+    }
+
+    fn delete_object(&self, key: &str) -> Result<()> {
+        keys::check_object_key(key)?;
+        self.client.delete(&self.key(key))
+    }
+
+    fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        keys::check_object_key(prefix)?;
+        let base = self.key("");
+        Ok(self
+            .client
+            .list(&self.key(prefix))?
+            .into_iter()
+            .filter_map(|(key, size)| Some((key.strip_prefix(&base)?.to_string(), size)))
+            .collect())
+    }
 }
 
 /// A fresh name for an upload's marker: `up-` and ten random letters and digits.

@@ -29,6 +29,7 @@
 //! | `schema.rs`     | [`MIGRATIONS`] and the locked migration                           |
 //! | `rows.rs`       | rows to records, and the assignments of a compare-and-swap        |
 
+mod chunks;
 mod connection;
 mod rows;
 mod schema;

@@ -43,6 +43,8 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE images ADD COLUMN digest TEXT, ADD COLUMN source_sha256 TEXT;",
     // 4: one image per upload, whatever the timing of the registrations.
     super::super::store::ONE_IMAGE_PER_UPLOAD,
+    // 5: deduplicated chunks and the images that reference them.
+    super::super::chunks::catalog::POSTGRES_MIGRATION,
 ];
 
 /// The advisory lock key held while migrating ("imgpack" in ASCII).

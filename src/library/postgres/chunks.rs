@@ -1,0 +1,141 @@
+//! The chunk tables on PostgreSQL ([`ChunkCatalog`]), with the SQLite store's semantics.
+//! Pinning takes `FOR KEY SHARE` on the frame's row, so a concurrent garbage collector's delete
+//! waits for the pin and then fails on the foreign key (and is skipped) instead of removing a
+//! frame an image has just chosen; a delete that wins first leaves the pin nothing to find.
+
+use postgres::error::SqlState;
+
+use super::rows::column_error;
+use super::PostgresStore;
+use crate::error::Result;
+use crate::library::chunks::catalog::{gen_from_sql, gen_to_sql, ChunkCatalog, ChunkRow};
+
+fn row_of(row: &postgres::Row) -> Result<ChunkRow> {
+    let number = |index: usize| -> Result<i64> { row.try_get(index).map_err(column_error) };
+    Ok(ChunkRow {
+        sha: row.try_get(0).map_err(column_error)?,
+        gen: gen_from_sql(number(1)?),
+        frame_len: u32::try_from(number(2)?).unwrap_or(u32::MAX),
+        crc: u32::try_from(number(3)?).unwrap_or(0),
+    })
+}
+
+impl ChunkCatalog for PostgresStore {
+    fn reuse_chunk(&mut self, image: &str, owner: &str, sha: &str) -> Result<Option<ChunkRow>> {
+        let found = self.write("cannot look a chunk up", |client| {
+            let mut tx = client.transaction()?;
+            let row = tx.query_opt(
+                "SELECT sha, gen, frame_len, crc FROM chunks \
+                 WHERE sha = $1 AND owner = $2 AND state = 'stored' LIMIT 1 FOR KEY SHARE",
+                &[&sha, &owner],
+            )?;
+            if let Some(row) = &row {
+                let gen: i64 = row.try_get(1)?;
+                tx.execute(
+                    "INSERT INTO image_chunks (image_id, sha, gen) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&image, &sha, &gen],
+                )?;
+            }
+            tx.commit()?;
+            Ok(row)
+        });
+        match found {
+            Ok(row) => row.as_ref().map(row_of).transpose(),
+            // The frame was deleted between the look-up and the pin: as if never found.
+            Err(e) if is_foreign_key_violation(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn add_pending_chunk(&mut self, image: &str, owner: &str, row: &ChunkRow) -> Result<()> {
+        let gen = gen_to_sql(row.gen);
+        let (frame_len, crc) = (i64::from(row.frame_len), i64::from(row.crc));
+        self.write("cannot record a new chunk", |client| {
+            let mut tx = client.transaction()?;
+            tx.execute(
+                "INSERT INTO chunks (sha, gen, owner, frame_len, crc, state) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending')",
+                &[&row.sha, &gen, &owner, &frame_len, &crc],
+            )?;
+            tx.execute(
+                "INSERT INTO image_chunks (image_id, sha, gen) VALUES ($1, $2, $3)",
+                &[&image, &row.sha, &gen],
+            )?;
+            tx.commit()
+        })
+    }
+
+    fn mark_chunks_stored(&mut self, image: &str) -> Result<u64> {
+        self.write("cannot mark chunks stored", |client| {
+            client.execute(
+                "UPDATE chunks SET state = 'stored' WHERE state = 'pending' AND (sha, gen) IN \
+                 (SELECT sha, gen FROM image_chunks WHERE image_id = $1)",
+                &[&image],
+            )
+        })
+    }
+
+    fn release_dead_images(&mut self) -> Result<u64> {
+        self.write("cannot release references", |client| {
+            client.execute(
+                "DELETE FROM image_chunks WHERE image_id IN \
+                 (SELECT id FROM images WHERE status IN ('deleted', 'failed'))",
+                &[],
+            )
+        })
+    }
+
+    fn unreferenced_chunks(&mut self, limit: u32) -> Result<Vec<ChunkRow>> {
+        let limit = i64::from(limit);
+        let rows = self.read("cannot list unreferenced chunks", |client| {
+            client.query(
+                "SELECT sha, gen, frame_len, crc FROM chunks c WHERE NOT EXISTS \
+                 (SELECT 1 FROM image_chunks r WHERE r.sha = c.sha AND r.gen = c.gen) LIMIT $1",
+                &[&limit],
+            )
+        })?;
+        rows.iter().map(row_of).collect()
+    }
+
+    fn delete_chunk(&mut self, sha: &str, gen: u64) -> Result<bool> {
+        let gen = gen_to_sql(gen);
+        let deleted = self.write("cannot delete a chunk", |client| {
+            client.execute(
+                "DELETE FROM chunks c WHERE sha = $1 AND gen = $2 AND NOT EXISTS \
+                 (SELECT 1 FROM image_chunks r WHERE r.sha = c.sha AND r.gen = c.gen)",
+                &[&sha, &gen],
+            )
+        });
+        match deleted {
+            Ok(changed) => Ok(changed == 1),
+            // A registration pinned it meanwhile: the foreign key refused the delete.
+            Err(e) if is_foreign_key_violation(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn chunk_keys(&mut self) -> Result<Vec<(String, u64)>> {
+        let rows = self.read("cannot list chunks", |client| {
+            client.query("SELECT sha, gen FROM chunks", &[])
+        })?;
+        rows.iter()
+            .map(|row| {
+                let sha: String = row.try_get(0).map_err(column_error)?;
+                let gen: i64 = row.try_get(1).map_err(column_error)?;
+                Ok((sha, gen_from_sql(gen)))
+            })
+            .collect()
+    }
+}
+
+/// Whether an error from a statement is PostgreSQL's foreign-key violation.
+fn is_foreign_key_violation(e: &crate::error::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(pg) = c.downcast_ref::<postgres::Error>() {
+            return pg.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION);
+        }
+        cause = c.source();
+    }
+    false
+}
