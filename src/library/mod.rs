@@ -46,6 +46,7 @@ mod serve_source;
 mod source;
 pub mod sqlite;
 pub mod store;
+mod upload_sha256;
 mod usable;
 
 use std::fs::File;
