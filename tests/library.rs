@@ -940,6 +940,66 @@ fn digests_are_recorded_and_checked_on_download(dir: &TestLibrary) {
     );
 }
 
+/// `sha256sum` of `path`, the oracle for `source_sha256`.
+fn sha256sum(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// Registration records `source_sha256`, what `sha256sum` prints of the upload as received:
+/// for a sparse raw upload (its holes hashed as zeros), an odd-sized one and a gzip one; and
+/// keeps it in the catalog, where `show` finds it. A failed registration and a snapshot of a
+/// server disk (not an upload) record none.
+fn source_sha256_is_the_uploads_sha256sum(dir: &TestLibrary) {
+    if !common::oracle::have("sha256sum") {
+        return;
+    }
+    let library = dir.open();
+    let incoming = library.incoming_dir(OWNER).unwrap();
+    let sparse = upload(&library, OWNER, "sparse.img", 9 << 20);
+    let odd = incoming.join("odd.img");
+    write_disk(&odd, (3 << 20) + 777, 100_000, 3);
+    let gzipped = incoming.join("disk.img.gz");
+    {
+        let mut encoder = flate2::write::GzEncoder::new(
+            fs::File::create(&gzipped).unwrap(),
+            flate2::Compression::fast(),
+        );
+        std::io::Write::write_all(&mut encoder, &fs::read(&odd).unwrap()).unwrap();
+        encoder.finish().unwrap();
+    }
+    for (path, name) in [(&sparse, "sparse.img"), (&odd, "odd.img"), (&gzipped, "disk.img.gz")] {
+        let expected = sha256sum(path);
+        let image = register(&library, OWNER, name, name).unwrap();
+        assert_eq!(image.source_sha256.as_deref(), Some(expected.as_str()), "{name}");
+        let shown = dir.open().show(OWNER, &image.id).unwrap();
+        assert_eq!(shown.source_sha256.as_deref(), Some(expected.as_str()), "{name}");
+    }
+
+    fs::write(incoming.join("junk.img"), b"QFI\xfbnot really a qcow2").unwrap();
+    assert!(register(&library, OWNER, "Junk", "junk.img").is_err());
+    let failed = library
+        .list(OWNER, true)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.source == "junk.img")
+        .unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.source_sha256, None);
+
+    let disk = dir.path().join("server.raw");
+    write_disk(&disk, 4 << 20, 4096, 5);
+    let request = imgpack::library::SnapshotRequest {
+        image: NewImage::new("Snap", Arch::X86_64),
+        disk,
+        max_compressed_size: None,
+        control: Control::default(),
+    };
+    let snapshot = library.snapshot(OWNER, &request, &mut |_| {}).unwrap();
+    assert_eq!(snapshot.source_sha256, None);
+}
+
 crate::every_backend!(
     seeds_walkthrough,
     visibility_matrix,
@@ -955,4 +1015,5 @@ crate::every_backend!(
     snapshots_record_a_server_disk_and_leave_it_alone,
     one_upload_is_registered_by_one_request_at_a_time,
     digests_are_recorded_and_checked_on_download,
+    source_sha256_is_the_uploads_sha256sum,
 );

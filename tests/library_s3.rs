@@ -155,9 +155,16 @@ fn write_disk(path: &Path, size: u64, random_len: usize, seed: u64) {
     std::os::unix::fs::FileExt::write_all_at(&file, b"the end", size - 4096).unwrap();
 }
 
+/// `sha256sum` of `path` (coreutils, an oracle for `source_sha256`).
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
 #[test]
 fn every_library_command_works_on_s3_byte_exact() {
-    if !common::have_all(&["qemu-img", "gzip"]) {
+    if !common::have_all(&["qemu-img", "gzip", "sha256sum"]) {
         return;
     }
     if let Some(lib) = Lib::start() {
@@ -169,7 +176,7 @@ fn every_library_command_works_on_s3_byte_exact() {
 /// registrar and builder hosts sharing one bucket and one catalog.
 #[test]
 fn every_library_command_works_on_s3_with_postgres() {
-    if !common::have_all(&["qemu-img", "gzip"]) {
+    if !common::have_all(&["qemu-img", "gzip", "sha256sum"]) {
         return;
     }
     if let Some(lib) = Lib::start_on_postgres() {
@@ -216,6 +223,9 @@ fn every_library_command(lib: Lib) {
         assert!(lib.has_key(&archive_key(&id)));
         assert!(!lib.has_key(&upload_key(OWNER, name)));
         assert!(!lib.has_key(&marker_key(&id)));
+        // source_sha256: what sha256sum prints of the upload, hashed off the streaming GET.
+        let shown = lib.json(OWNER, &["images", "show", &id]);
+        assert_eq!(shown["source_sha256"].as_str(), Some(sha256sum(file).as_str()), "{name}");
         ids.push(id);
     }
     assert!(lib.server.multipart_uploads().is_empty());
@@ -242,6 +252,7 @@ fn every_library_command(lib: Lib) {
     let spilled: Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(spilled["format"], "qcow2");
+    assert_eq!(spilled["source_sha256"].as_str(), Some(sha256sum(&qcow2).as_str()));
     assert_eq!(
         spilled["disk_size"],
         lib.json(OWNER, &["images", "show", &ids[1]])["disk_size"]

@@ -17,6 +17,7 @@
 //! # Ok::<(), imgpack::Error>(())
 //! ```
 
+mod file;
 mod reader;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use crate::input::{self, Body, InputLimits, OpenOptions, ReadMode};
 use crate::pipeline::digest::{digest_source, digest_stream, ArchiveDisk, DiskDigest};
 use crate::pipeline::with_pool;
 use crate::read_at::FileAt;
+pub use file::sha256_of_file;
 pub use reader::{hash_while_reading, HashingReader, Sha256Handle, StreamSha256};
 
 /// Options for [`digest`].

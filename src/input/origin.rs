@@ -53,6 +53,30 @@ impl Input {
         &self.name
     }
 
+    /// The file of an input made with [`Input::file`], so a second reader can go over the
+    /// same bytes (an upload's SHA-256 beside the conversion); `None` for the others.
+    pub fn opened_file(&self) -> Option<&File> {
+        match &self.origin {
+            Origin::File(file) => Some(file),
+            _ => None,
+        }
+    }
+
+    /// For an input made with [`Input::reader`], the same input with its stream passed through
+    /// `wrap` first (to hash the bytes as they arrive, say); other inputs are returned as they are.
+    pub fn wrap_reader(self, wrap: impl FnOnce(Box<dyn Read + Send>) -> Box<dyn Read + Send>) -> Self {
+        match self.origin {
+            Origin::Reader(reader) => Input {
+                origin: Origin::Reader(wrap(reader)),
+                name: self.name,
+            },
+            origin => Input {
+                origin,
+                name: self.name,
+            },
+        }
+    }
+
     /// Detects the format and opens the image for reading.
     pub(crate) fn open(self, options: &OpenOptions) -> Result<Opened> {
         match self.origin {

@@ -47,6 +47,7 @@ mod serve_source;
 mod source;
 pub mod sqlite;
 pub mod store;
+mod upload_sha256;
 mod usable;
 
 use std::fs::File;

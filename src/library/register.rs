@@ -13,6 +13,7 @@ use super::chunks::{self, DedupSession, IndexSink};
 use super::objects::{ArchiveOut, UploadBody};
 use super::record::{catalog_error, timestamp_now, unix_now};
 use super::source::{check_text, check_username, SourceInput};
+use super::upload_sha256::UploadSha256;
 use super::{id, lease, lock, not_found, Changes, ImageRecord, Library, NewImage, Status};
 use crate::control::{Control, Progress};
 use crate::convert::{convert_to, ConvertOptions, ConvertReport};
@@ -93,8 +94,9 @@ impl Library {
         on_created(&record);
 
         let limit = max_compressed_size.unwrap_or(self.settings.max_compressed_size);
+        let (body, upload_sha256) = UploadSha256::start(source.body, source.source_type);
         let outcome =
-            prepared.and_then(|spill_dir| self.produce(&id, caller, source.body, spill_dir, limit, control));
+            prepared.and_then(|spill_dir| self.produce(&id, caller, body, spill_dir, limit, control));
         let failure = match outcome {
             Ok(report) => {
                 let changes = Changes {
@@ -104,6 +106,7 @@ impl Library {
                     format: Some(report.format.clone()),
                     chunks: Some(report.chunks),
                     digest: Some(report.digest.clone()),
+                    source_sha256: upload_sha256.finish(),
                     ..Changes::default()
                 };
                 if self.store()?.compare_and_set(
