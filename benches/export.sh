@@ -4,7 +4,11 @@
 # against a dense 64 MiB disk). Runs are interleaved (ours, theirs, ours, ...) and medians
 # reported, with output sizes; every output is removed (and `sync` run) before the next run.
 #
-#   IMGPACK_CORPUS=/work/bench-corpus bash benches/export.sh [--reps N] [--only NAME...]
+#   IMGPACK_CORPUS=/work/bench-corpus bash benches/export.sh [--reps N] [--only NAME...] [--check]
+#
+# --check: after the first run of each imgpack export of the Debian disk, `qemu-img compare`
+# the output with debian.raw and `qemu-img check` it (where qemu can check the format); any
+# difference or error stops the script. Costs a full read of each output, not timed.
 #
 # Wall time is what the targets are about; CPU time (user + sys, from /usr/bin/time) is
 # printed too, because on a shared machine it moves much less than wall time.
@@ -17,14 +21,16 @@ source "$(dirname "$0")/common.sh"
 
 reps=3
 only=()
+check=false
 while (($#)); do
   case $1 in
+    --check) check=true; shift ;;
     --reps) reps=$2; shift 2 ;;
     --only) shift; while (($#)) && [[ $1 != --* ]]; do only+=("$1"); shift; done ;;
     *) die "unknown argument $1" ;;
   esac
 done
-SCRATCH=${SCRATCH:-$CORPUS_ROOT/scratch-export}
+SCRATCH=${SCRATCH:-/tmp/imgpack-bench-export}
 mkdir -p "$SCRATCH"
 BIN=$REPO_DIR/target/release/imgpack
 [[ -x $BIN ]] || (cd "$REPO_DIR" && cargo build --release --quiet)
@@ -67,6 +73,20 @@ selected() {
   return 1
 }
 
+# NAME OUT: qemu-img finds OUT identical to debian.raw and (but VHD, which it cannot check)
+# free of errors and leaks.
+check_output() {
+  local format
+  format=$(qemu-img info --output=json "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["format"])')
+  qemu-img compare -q -f "$format" -F raw "$2" "$raw" || die "$1: qemu-img compare finds a difference"
+  if [[ $format == vpc ]]; then
+    log "checked $1 ($format): identical to debian.raw (qemu-img cannot check VHD)"
+    return
+  fi
+  qemu-img check -q "$2" || die "$1: qemu-img check finds errors"
+  log "checked $1 ($format): identical to debian.raw, qemu-img check clean"
+}
+
 declare -A times cpus sizes
 for ((rep = 1; rep <= reps; rep++)); do
   for entry in "${benchmarks[@]}"; do
@@ -81,6 +101,9 @@ for ((rep = 1; rep <= reps; rep++)); do
     cpus[$name]+="$cpu "
     sizes[$name]=$(stat -c %s "$out")
     log "rep $rep $name: $t s wall, $cpu s CPU, ${sizes[$name]} bytes"
+    if $check && ((rep == 1)) && [[ $name == *-imgpack ]]; then
+      check_output "$name" "$out"
+    fi
   done
 done
 rm -f "$out"

@@ -942,7 +942,10 @@ fn digests_are_recorded_and_checked_on_download(dir: &TestLibrary) {
 
 /// `sha256sum` of `path`, the oracle for `source_sha256`.
 fn sha256sum(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
@@ -962,14 +965,16 @@ fn source_sha256_is_the_uploads_sha256sum(dir: &TestLibrary) {
     write_disk(&odd, (3 << 20) + 777, 100_000, 3);
     let gzipped = incoming.join("disk.img.gz");
     {
-        let mut encoder = flate2::write::GzEncoder::new(
-            fs::File::create(&gzipped).unwrap(),
-            flate2::Compression::fast(),
-        );
+        let mut encoder =
+            flate2::write::GzEncoder::new(fs::File::create(&gzipped).unwrap(), flate2::Compression::fast());
         std::io::Write::write_all(&mut encoder, &fs::read(&odd).unwrap()).unwrap();
         encoder.finish().unwrap();
     }
-    for (path, name) in [(&sparse, "sparse.img"), (&odd, "odd.img"), (&gzipped, "disk.img.gz")] {
+    for (path, name) in [
+        (&sparse, "sparse.img"),
+        (&odd, "odd.img"),
+        (&gzipped, "disk.img.gz"),
+    ] {
         let expected = sha256sum(path);
         let image = register(&library, OWNER, name, name).unwrap();
         assert_eq!(image.source_sha256.as_deref(), Some(expected.as_str()), "{name}");

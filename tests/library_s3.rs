@@ -225,7 +225,11 @@ fn every_library_command(lib: Lib) {
         assert!(!lib.has_key(&marker_key(&id)));
         // source_sha256: what sha256sum prints of the upload, hashed off the streaming GET.
         let shown = lib.json(OWNER, &["images", "show", &id]);
-        assert_eq!(shown["source_sha256"].as_str(), Some(sha256sum(file).as_str()), "{name}");
+        assert_eq!(
+            shown["source_sha256"].as_str(),
+            Some(sha256sum(file).as_str()),
+            "{name}"
+        );
         ids.push(id);
     }
     assert!(lib.server.multipart_uploads().is_empty());
@@ -252,7 +256,10 @@ fn every_library_command(lib: Lib) {
     let spilled: Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(spilled["format"], "qcow2");
-    assert_eq!(spilled["source_sha256"].as_str(), Some(sha256sum(&qcow2).as_str()));
+    assert_eq!(
+        spilled["source_sha256"].as_str(),
+        Some(sha256sum(&qcow2).as_str())
+    );
     assert_eq!(
         spilled["disk_size"],
         lib.json(OWNER, &["images", "show", &ids[1]])["disk_size"]

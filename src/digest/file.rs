@@ -78,7 +78,9 @@ fn next_data(file: &File, from: u64) -> io::Result<Option<u64>> {
 fn next_hole(file: &File, from: u64) -> io::Result<u64> {
     match rustix::fs::seek(file.as_fd(), SeekFrom::Hole(from)) {
         Ok(offset) => Ok(offset.max(from.saturating_add(1))),
-        Err(rustix::io::Errno::NXIO | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => Ok(u64::MAX),
+        Err(rustix::io::Errno::NXIO | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+            Ok(u64::MAX)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -116,7 +118,10 @@ mod tests {
         let empty = sha256_of_file(&file, 0, &AtomicBool::new(false)).unwrap();
         assert_eq!(empty.as_deref(), Some(sha256(b"").as_str()));
         file.set_len(4 << 20).unwrap();
-        assert_eq!(sha256_of_file(&file, 4 << 20, &AtomicBool::new(true)).unwrap(), None);
+        assert_eq!(
+            sha256_of_file(&file, 4 << 20, &AtomicBool::new(true)).unwrap(),
+            None
+        );
         // A file shorter than the length asked for (truncated meanwhile) is an error.
         let mut short = tempfile::tempfile().unwrap();
         short.write_all(&[1u8; 1000]).unwrap();

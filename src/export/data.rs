@@ -8,9 +8,10 @@
 //! - [`walk_clusters`]: the output is written in disk order with pieces whose size is known
 //!   only once made (compressed qcow2 clusters, streamOptimized grains). Windows of about
 //!   32 MiB of the disk are decoded in parallel, every non-zero cluster of the window is handed
-//!   to `work` in parallel (compression), and the results are emitted in order. Memory is one
-//!   window plus its results, whatever the disk's size; windows with no stored chunk are
-//!   never visited, so a sparse disk costs what its data costs.
+//!   to `work` in parallel (compression), and the results are emitted in order, on one thread
+//!   while the other workers decode and compress the next window. Memory is one window plus
+//!   the results of two, whatever the disk's size; windows with no stored chunk are never
+//!   visited, so a sparse disk costs what its data costs.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -138,7 +139,7 @@ where
     R: ReadAt,
     T: Send,
     W: Fn(u64, &[u8]) -> Result<Option<T>> + Sync,
-    E: FnMut(u64, T) -> Result<()>,
+    E: FnMut(u64, T) -> Result<()> + Send,
 {
     let reader = disk.reader;
     let chunk_size = reader.geometry().chunk_size();
@@ -148,46 +149,82 @@ where
     let records = reader.records();
     let mut buffer = Vec::new();
     let mut next = 0usize;
+    // The previous window's results, emitted (serially, in order) while this window is decoded
+    // and compressed on the other workers, so that writing never leaves a core idle.
+    let mut ready: Vec<(u64, T)> = Vec::new();
+    let mut ready_end = 0u64;
     while next < records.len() {
         control.check()?;
         let start = records[next].chunk * chunk_size / unit * unit;
         let end = (start + window_len).min(total);
-        let len = (end - start) as usize;
-        buffer.resize(len, 0);
-        let first_chunk = start / chunk_size;
-        buffer[..len]
-            .par_chunks_mut(chunk_size as usize)
-            .enumerate()
-            .try_for_each(|(k, bytes)| match reader.record_of(first_chunk + k as u64) {
-                Some(record) => reader.with_payload(record, |payload| {
-                    expand_payload(record, payload, bytes);
-                    Ok(())
-                }),
-                None => {
-                    bytes.fill(0);
-                    Ok(())
+        let (emitted, results) = rayon::join(
+            || -> Result<()> {
+                for (cluster, result) in ready.drain(..) {
+                    emit(cluster, result)?;
                 }
-            })
-            .map_err(|e| e.in_file(disk.path))?;
-        let first_cluster = start / cluster_size;
-        let results: Vec<(u64, T)> = buffer[..len]
-            .par_chunks(cluster_size as usize)
-            .enumerate()
-            .filter(|(_, bytes)| !is_zero(bytes))
-            .map(|(k, bytes)| {
-                let cluster = first_cluster + k as u64;
-                Ok(work(cluster, bytes)?.map(|t| (cluster, t)))
-            })
-            .filter_map(Result::transpose)
-            .collect::<Result<_>>()?;
-        for (cluster, result) in results {
-            emit(cluster, result)?;
+                Ok(())
+            },
+            || window_results(disk, &mut buffer, start..end, cluster_size, &work),
+        );
+        emitted?;
+        if ready_end > 0 {
+            control.report(ready_end, Some(total), reader.disk_size());
         }
+        ready = results?;
+        ready_end = end;
         while next < records.len() && records[next].chunk * chunk_size < end {
             next += 1;
         }
-        control.report(end, Some(total), reader.disk_size());
+    }
+    for (cluster, result) in ready {
+        emit(cluster, result)?;
     }
     control.report(total, Some(total), reader.disk_size());
     Ok(())
+}
+
+/// Decodes the disk's bytes `range` (whole chunks) into `buffer` in parallel and hands every
+/// non-zero cluster of it to `work` in parallel; returns the `Some` results in disk order.
+fn window_results<R, T, W>(
+    disk: &Disk<R>,
+    buffer: &mut Vec<u8>,
+    range: std::ops::Range<u64>,
+    cluster_size: u64,
+    work: &W,
+) -> Result<Vec<(u64, T)>>
+where
+    R: ReadAt,
+    T: Send,
+    W: Fn(u64, &[u8]) -> Result<Option<T>> + Sync,
+{
+    let reader = disk.reader;
+    let chunk_size = reader.geometry().chunk_size();
+    let len = (range.end - range.start) as usize;
+    buffer.resize(len, 0);
+    let first_chunk = range.start / chunk_size;
+    buffer[..len]
+        .par_chunks_mut(chunk_size as usize)
+        .enumerate()
+        .try_for_each(|(k, bytes)| match reader.record_of(first_chunk + k as u64) {
+            Some(record) => reader.with_payload(record, |payload| {
+                expand_payload(record, payload, bytes);
+                Ok(())
+            }),
+            None => {
+                bytes.fill(0);
+                Ok(())
+            }
+        })
+        .map_err(|e| e.in_file(disk.path))?;
+    let first_cluster = range.start / cluster_size;
+    buffer[..len]
+        .par_chunks(cluster_size as usize)
+        .enumerate()
+        .filter(|(_, bytes)| !is_zero(bytes))
+        .map(|(k, bytes)| {
+            let cluster = first_cluster + k as u64;
+            Ok(work(cluster, bytes)?.map(|t| (cluster, t)))
+        })
+        .filter_map(Result::transpose)
+        .collect()
 }

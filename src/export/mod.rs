@@ -117,7 +117,7 @@ pub fn export_reader<R: ReadAt>(
                 plan.describe()
             )));
         }
-        let stdout = std::io::stdout().lock();
+        let stdout = std::io::stdout();
         let mut out = sha256::Hashing::new(stdout, options.sha256);
         let written = write_stream(&disk, &plan, &mut out, control).map_err(|e| e.in_file(output))?;
         out.flush()
@@ -314,7 +314,12 @@ fn write_file<R: ReadAt>(disk: &Disk<R>, plan: &Plan, file: &File, control: &Con
 }
 
 /// Writes the planned format (one that streams) to `out`; returns the bytes written.
-fn write_stream<R: ReadAt, W: Write>(disk: &Disk<R>, plan: &Plan, out: W, control: &Control) -> Result<u64> {
+fn write_stream<R: ReadAt, W: Write + Send>(
+    disk: &Disk<R>,
+    plan: &Plan,
+    out: W,
+    control: &Control,
+) -> Result<u64> {
     match plan.format {
         ExportFormat::Raw => raw::stream(disk, out, control),
         _ => vmdk::write_stream(disk, out, plan.virtual_size, control),

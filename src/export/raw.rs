@@ -19,7 +19,7 @@ pub fn write_file<R: ReadAt>(disk: &Disk<R>, file: &File, control: &Control) -> 
 }
 
 /// Sends the whole disk to `out` in order; returns the bytes sent.
-pub fn stream<R: ReadAt, W: Write>(disk: &Disk<R>, out: W, control: &Control) -> Result<u64> {
+pub fn stream<R: ReadAt, W: Write + Send>(disk: &Disk<R>, out: W, control: &Control) -> Result<u64> {
     let total = disk.reader.virtual_size();
     let piece = disk.reader.geometry().chunk_size();
     let mut out = Appender::new(out, 0);

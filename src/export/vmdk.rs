@@ -117,7 +117,7 @@ fn table_bytes(entries: &[u32]) -> Vec<u8> {
 
 /// Writes the disk as a streamOptimized VMDK of `size` bytes to `out`, in one pass; returns
 /// the bytes written.
-pub fn write_stream<R: ReadAt, W: Write>(
+pub fn write_stream<R: ReadAt, W: Write + Send>(
     disk: &Disk<R>,
     out: W,
     size: u64,

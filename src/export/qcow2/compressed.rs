@@ -4,8 +4,8 @@
 //! stored whole or a table takes the next free cluster without breaking the packing. Each L2
 //! table follows the data it maps; the L1 table and the refcounts, known only then, go at the
 //! end, the header last at offset 0. Memory: a window, one L2 table, the L1 table and a 16-bit
-//! refcount per cluster of the file. Writeback to disk starts every 8 MiB, so the fsync before
-//! the output appears has little left to flush.
+//! refcount per cluster of the file. Writes are gathered and made 8 MiB at a time, each batch's
+//! writeback started at once, so the fsync before the output appears has little left to flush.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -21,8 +21,8 @@ use crate::export::options::CompressionType;
 use crate::read_at::ReadAt;
 use crate::sys;
 
-/// Bytes written between two starts of writeback.
-const WRITEBACK_EVERY: u64 = 8 << 20;
+/// Bytes gathered before they are written in one call (and their writeback started).
+const WRITE_BATCH: usize = 8 << 20;
 
 /// A cluster as it will be stored.
 enum Stored {
@@ -32,6 +32,10 @@ enum Stored {
 }
 
 /// The file being filled, cluster by cluster, with the refcount of each cluster.
+///
+/// Writes go forward but for the rest of a partly used cluster, filled after a table or a
+/// whole cluster took the next free one, so they are gathered in one batch (gaps as zeros) and
+/// written 8 MiB at a time rather than in one call per cluster.
 struct Output<'a> {
     file: &'a File,
     cluster_size: u64,
@@ -39,8 +43,9 @@ struct Output<'a> {
     refcounts: Vec<u16>,
     /// Where the next compressed cluster would continue (0: start a fresh cluster).
     cursor: u64,
-    /// The end of the range whose writeback has been started.
-    written_back: u64,
+    /// Bytes not yet written, from `batch_at`.
+    batch: Vec<u8>,
+    batch_at: u64,
 }
 
 impl Output<'_> {
@@ -48,10 +53,53 @@ impl Output<'_> {
         self.refcounts.len() as u64 * self.cluster_size
     }
 
-    fn write_at(&self, bytes: &[u8], at: u64) -> Result<()> {
+    /// Writes `bytes` at `at`: into the batch when they fall in it or just after it, else
+    /// straight to the file (the rest of a partly used cluster filled after a table or a
+    /// whole cluster took the next free one) or in a new batch.
+    fn write_at(&mut self, bytes: &[u8], at: u64) -> Result<()> {
+        let batch_end = self.batch_at + self.batch.len() as u64;
+        if self.batch.is_empty() || at > batch_end + self.cluster_size {
+            self.flush()?;
+            self.batch_at = at;
+        } else if at < self.batch_at {
+            // Before the batch (already written): write that part directly.
+            let before = ((self.batch_at - at) as usize).min(bytes.len());
+            self.write_direct(&bytes[..before], at)?;
+            if before == bytes.len() {
+                return Ok(());
+            }
+            return self.write_at(&bytes[before..], self.batch_at);
+        }
+        let offset = (at - self.batch_at) as usize;
+        let end = offset + bytes.len();
+        if end > self.batch.len() {
+            self.batch.resize(end, 0);
+        }
+        self.batch[offset..end].copy_from_slice(bytes);
+        if self.batch.len() >= WRITE_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn write_direct(&self, bytes: &[u8], at: u64) -> Result<()> {
         self.file
             .write_all_at(bytes, at)
             .map_err(|e| Error::io("writing the output", e).at(at))
+    }
+
+    /// Writes the batch and starts its writeback, so the fsync before the output appears
+    /// finds little left to flush.
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let at = self.batch_at;
+        self.write_direct(&self.batch, at)?;
+        sys::start_writeback(self.file, at, self.batch.len() as u64);
+        self.batch_at += self.batch.len() as u64;
+        self.batch.clear();
+        Ok(())
     }
 
     /// Stores `bytes` in fresh whole clusters; returns their offset.
@@ -93,15 +141,6 @@ impl Output<'_> {
         self.cursor = at + len;
         Ok(at)
     }
-
-    /// Starts writeback of what was written since the last time, every few MiB.
-    fn write_back(&mut self) {
-        let end = self.next_free().saturating_sub(self.cluster_size);
-        if end >= self.written_back + WRITEBACK_EVERY {
-            sys::start_writeback(self.file, self.written_back, end - self.written_back);
-            self.written_back = end;
-        }
-    }
 }
 
 /// Writes the compressed qcow2 into `file`.
@@ -122,7 +161,8 @@ pub fn write<R: ReadAt>(
         cluster_size: cs,
         refcounts: vec![1], // the header
         cursor: 0,
-        written_back: 0,
+        batch: Vec::with_capacity(WRITE_BATCH + (cs as usize) * 2),
+        batch_at: 0,
     };
     let l2_entries = settings.l2_entries();
     let mut l1 = vec![0u64; settings.l1_entries() as usize];
@@ -162,7 +202,6 @@ pub fn write<R: ReadAt>(
                     COMPRESSED | (sectors << sector_bits) | at
                 }
             };
-            output.write_back();
             Ok(())
         },
     )?;
@@ -183,13 +222,15 @@ pub fn write<R: ReadAt>(
         table_at,
     )?;
     let mut block = vec![0u8; cs as usize];
-    for (b, counts) in output.refcounts.chunks((cs / 2) as usize).enumerate() {
+    let refcounts = std::mem::take(&mut output.refcounts);
+    for (b, counts) in refcounts.chunks((cs / 2) as usize).enumerate() {
         block.fill(0);
         for (slot, count) in block.chunks_exact_mut(2).zip(counts) {
             slot.copy_from_slice(&count.to_be_bytes());
         }
         output.write_at(&block, blocks_at + b as u64 * cs)?;
     }
+    output.flush()?;
     file.set_len(total * cs)
         .map_err(|e| Error::io("sizing the output", e))?;
     let header = header::encode(
