@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -150,6 +150,8 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
 #[derive(Clone)]
 pub struct S3Client {
     store: Arc<AmazonS3>,
+    /// The same store with [`COMPLETE_TIMEOUT`]: for CompleteMultipartUpload only.
+    completing: Arc<AmazonS3>,
     bucket: String,
     runtime: &'static tokio::runtime::Runtime,
 }
@@ -164,6 +166,9 @@ impl std::fmt::Debug for S3Client {
 const MAX_RETRIES: usize = 3;
 const RETRY_TIMEOUT: Duration = Duration::from_secs(20);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// CompleteMultipartUpload of a large object may take minutes (AWS says so; moto needs more
+/// than 2 minutes for 4 GiB in 512 parts), so it alone gets this much longer.
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(900);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl S3Client {
@@ -196,17 +201,23 @@ impl S3Client {
                 }
             }
         }
-        let store = builder
-            .with_bucket_name(bucket)
-            .with_retry(retry)
-            .build()
-            .map_err(|e| {
+        let builder = builder.with_bucket_name(bucket).with_retry(retry);
+        let build = |builder: AmazonS3Builder| {
+            builder.build().map_err(|e| {
                 Error::invalid_argument(redact(&format!(
                     "configuring the S3 client from the AWS_* variables: {e}"
                 )))
-            })?;
+            })
+        };
+        // Only the timeout differs: every other option (AWS_ALLOW_HTTP, ...) stays as set.
+        let completing = build(builder.clone().with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            format!("{}s", COMPLETE_TIMEOUT.as_secs()),
+        ))?;
+        let store = build(builder)?;
         Ok(S3Client {
             store: Arc::new(store),
+            completing: Arc::new(completing),
             bucket: bucket.to_string(),
             runtime: runtime()?,
         })
@@ -220,6 +231,11 @@ impl S3Client {
     /// The `object_store` client.
     pub fn store(&self) -> &Arc<AmazonS3> {
         &self.store
+    }
+
+    /// The `object_store` client with the long timeout for completing multipart uploads.
+    pub fn completing_store(&self) -> &Arc<AmazonS3> {
+        &self.completing
     }
 
     /// `s3://BUCKET/KEY` of a key.

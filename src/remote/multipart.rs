@@ -212,7 +212,7 @@ impl ArchiveSink for MultipartSink {
         self.client
             .block_on(
                 self.client
-                    .store()
+                    .completing_store()
                     .complete_multipart(&self.path, &self.id, parts),
             )
             .map_err(|e| store_error("completing the multipart upload of", &self.url, e))?;
