@@ -8,7 +8,7 @@
 # (benches/floor.rs), interleaved. Prints one line per run (tool, level, wall,
 # user, sys, peak RSS KiB, archive bytes or zstd CPU seconds, load average),
 # then the medians per tool and level with wall / floor (floor = zstd CPU /
-# cores) and wall / parallel floor (the wall time of zstd on as many threads
+# cores), wall / (floor + SHA-256) (the chunk SHA-256 an archive records) and wall / parallel floor (the wall time of zstd on as many threads
 # as cores at once, benches/floor.rs). For CPU-time decisions on a shared machine, read the user+sys
 # columns; wall is only meaningful when the load average is near 0.
 set -euo pipefail
@@ -59,8 +59,9 @@ for ((rep = 1; rep <= REPS; rep++)); do
     done
     line=$("$FLOOR" debian.raw --level "$level")
     cpu=$(sed -E 's/.*zstd_cpu_s=([0-9.]+).*/\1/' <<<"$line")
+    sha=$(sed -E 's/.*sha256_cpu_s=([0-9.]+).*/\1/' <<<"$line")
     pwall=$(sed -E 's/.*parallel_wall_s=([0-9.]+).*/\1/' <<<"$line")
-    echo "floor $level - - - - $cpu $(cut -d' ' -f1 /proc/loadavg) $pwall"
+    echo "floor $level - - - - $cpu $(cut -d' ' -f1 /proc/loadavg) $pwall $sha"
   done | tee -a "$RUNS"
   sync
 done
@@ -70,13 +71,14 @@ rows = [line.split() for line in open(sys.argv[1])]
 cores = int(sys.argv[2])
 def med(tool, level, col):
     return statistics.median(float(r[col]) for r in rows if r[0] == tool and r[1] == level)
-print("\n| level | floor s | parallel floor s | old wall | new wall | new / floor | new / parallel floor | old CPU | new CPU | old bytes | new bytes |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("\n| level | floor s | floor + SHA-256 s | parallel floor s | old wall | new wall | new / floor | new / (floor + SHA-256) | new / parallel floor | old CPU | new CPU | old bytes | new bytes |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for level in ("1", "2", "3"):
     floor = med("floor", level, 6) / cores
+    floor2 = floor + med("floor", level, 9) / cores
     pfloor = med("floor", level, 8)
     old, new = med("old", level, 2), med("new", level, 2)
     cpu = {s: med(s, level, 3) + med(s, level, 4) for s in ("old", "new")}
-    print(f"| {level} | {floor:.2f} | {pfloor:.2f} | {old:.2f} | {new:.2f} | {new / floor:.2f}x | {new / pfloor:.2f}x | {cpu['old']:.2f} | "
+    print(f"| {level} | {floor:.2f} | {floor2:.2f} | {pfloor:.2f} | {old:.2f} | {new:.2f} | {new / floor:.2f}x | {new / floor2:.2f}x | {new / pfloor:.2f}x | {cpu['old']:.2f} | "
           f"{cpu['new']:.2f} | {int(med('old', level, 6)):,} | {int(med('new', level, 6)):,} |")
 PY

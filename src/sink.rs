@@ -47,6 +47,9 @@ pub trait ArchiveSink: Write + Send {
 /// [`WRITEBACK_STEP`] bytes, so the final fsync has little left to flush.
 pub struct FileSink {
     file: AtomicFile,
+    /// Writes into `file` with O_DIRECT where the file system allows it (`sys::direct`: the
+    /// page-cache copy of a buffered write was 15% of a level-1 convert's CPU time).
+    out: sys::DirectAppender,
     position: u64,
     flushed: u64,
 }
@@ -57,8 +60,14 @@ pub const WRITEBACK_STEP: u64 = 8 << 20;
 impl FileSink {
     /// Starts an archive destined for `path`, replacing whatever is there once finished.
     pub fn create(path: &Path) -> Result<Self> {
+        let file = AtomicFile::create(path)?;
+        let descriptor = file
+            .file()
+            .try_clone()
+            .map_err(|e| Error::io("creating the output", e).in_file(path))?;
         Ok(FileSink {
-            file: AtomicFile::create(path)?,
+            out: sys::DirectAppender::new(descriptor),
+            file,
             position: 0,
             flushed: 0,
         })
@@ -67,10 +76,10 @@ impl FileSink {
 
 impl Write for FileSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut file = self.file.file();
-        let n = file.write(buf)?;
+        let n = self.out.write(buf)?;
         self.position += n as u64;
-        if self.position - self.flushed >= WRITEBACK_STEP {
+        // Direct writes leave nothing in the page cache to write back.
+        if !self.out.is_direct() && self.position - self.flushed >= WRITEBACK_STEP {
             sys::start_writeback(self.file.file(), self.flushed, self.position - self.flushed);
             self.flushed = self.position;
         }
@@ -92,6 +101,9 @@ impl ArchiveSink for FileSink {
     }
 
     fn finish(self) -> Result<()> {
+        self.out
+            .finish()
+            .map_err(|e| Error::io("writing the archive", e).in_file(self.file.target()))?;
         self.file.commit()
     }
 }
