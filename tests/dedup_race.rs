@@ -254,19 +254,21 @@ fn register_while_gc_runs(env: &Env) {
             }
             runs
         });
+        let mut failures = Vec::new();
         for pair in sources.chunks(3) {
             let children: Vec<Child> = pair.iter().map(|s| env.register(s)).collect();
             for child in children {
                 let out = child.wait_with_output().unwrap();
-                assert!(
-                    out.status.success(),
-                    "register: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                if !out.status.success() {
+                    failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
             }
         }
+        // Stop the collector before any assertion, or a failed registration would leave
+        // the scope waiting for it forever.
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(collector.join().unwrap() > 0);
+        assert!(failures.is_empty(), "register: {failures:?}");
     });
     assert_eq!(env.available().len(), sources.len());
     check_everything(env);

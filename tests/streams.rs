@@ -529,6 +529,39 @@ fn standard_input_streams_through() {
     }
 }
 
+#[test]
+fn an_archive_on_standard_output_is_the_archive_alone() {
+    // The summary once followed the archive on standard output, so `convert -o - > A` wrote
+    // an archive with a line of text after its footer.
+    let f = Fixture::new();
+    let input = f.write("disk.raw", &f.source);
+    let file = f.path("file.imgpack");
+    let status = Command::new(env!("CARGO_BIN_EXE_imgpack"))
+        .args(["convert", "-q", "-o"])
+        .arg(&file)
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for json in [false, true] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_imgpack"));
+        command.args(["convert", "-o", "-"]).arg(&input);
+        if json {
+            command.arg("--json");
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stdout == fs::read(&file).unwrap(),
+            "--json {json}: stdout is not the archive"
+        );
+        if json {
+            let report: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+            assert_eq!(report["output"], "-");
+        }
+    }
+}
+
 /// A raw disk's bytes as imgpack (and qemu-img) read them: rounded up to a 512-byte sector.
 fn sector_rounded(bytes: &[u8]) -> Vec<u8> {
     let mut disk = bytes.to_vec();

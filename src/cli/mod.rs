@@ -234,6 +234,14 @@ fn convert(args: ConvertArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
     let report = imgpack::convert(&args.input, &args.output, &options);
     bar.finish();
     let report = report?;
+    if args.output.as_os_str() == "-" {
+        // Standard output holds the archive: a summary there would corrupt it. As `extract`
+        // does, only `--json` reports, on standard error.
+        if args.common.json {
+            eprintln!("{}", serde_json::to_string(&report).map_err(json_error)?);
+        }
+        return Ok(0);
+    }
     print(args.common.json, &report, || {
         format!(
             "{} ({}) -> {}: virtual {}, data {}, archive {} ({:.1}% of data), {} chunks, {:.2} s, {:.0} MB/s",
