@@ -49,7 +49,7 @@ pub struct ConvertOptions {
     pub temp_dir: Option<PathBuf>,
     /// Cancellation and progress.
     pub control: Control,
-    /// The deduplication hook of an image library (see [`pipeline::hook`]): chunks it already
+    /// The deduplication hook of an image library (see [`DedupHooks`](crate::DedupHooks)): chunks it already
     /// stores are not compressed, frames go to it and the sink receives only the header, index
     /// and footer. Default `None`: a self-contained archive.
     pub dedup: Option<pipeline::DedupHooks>,
