@@ -9,7 +9,8 @@
 # initramfs (package linux-image-amd64) with root=/dev/vda1 on the NBD export; the guest's
 # init is a shell that prints /etc/os-release and a marker, then powers off. qemu keeps the
 # guest's writes in a temporary file (snapshot=on), so the export stays read-only.
-# Needs qemu-system-x86 and linux-image-amd64 (installed here when missing). TCG is the
+# Needs qemu-system-x86 (from the suite of the installed qemu-utils: see below) and
+# linux-image-amd64 (installed here when missing). TCG is the
 # default because nested KVM on the project's machines fails (`failed to set MSR`).
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/common.sh
@@ -26,11 +27,19 @@ while (($#)); do
 done
 [[ -x $IMGPACK ]] || (cd "$REPO_DIR" && cargo build --release)
 KERNEL=$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)
-if ! command -v qemu-system-x86_64 >/dev/null || [[ -z $KERNEL ]]; then
-  log "installing qemu-system-x86 and linux-image-amd64"
+if ! command -v qemu-system-x86_64 >/dev/null; then
+  # Not installed here on purpose: qemu-system-x86 must come from the same suite as the
+  # machine's qemu-utils. On these machines qemu-utils is bookworm-backports' 10.0.2, and
+  # installing qemu-system-x86 from bookworm replaces it with 7.2 (it happened once).
+  die "qemu-system-x86_64 missing: install qemu-system-x86 from the suite of your qemu-utils \
+($(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null)), e.g. with bookworm-backports in the \
+apt sources: apt-get install -t bookworm-backports qemu-system-x86"
+fi
+if [[ -z $KERNEL ]]; then
+  log "installing linux-image-amd64 (a kernel and initramfs for the guest)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    qemu-system-x86 linux-image-amd64 initramfs-tools >/dev/null
+    linux-image-amd64 initramfs-tools >/dev/null
   KERNEL=$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)
 fi
 INITRD=/boot/initrd.img-${KERNEL#/boot/vmlinuz-}
