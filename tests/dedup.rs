@@ -217,7 +217,7 @@ fn gc_removes_exactly_the_chunks_no_image_references(dir: &TestLibrary) {
     assert_eq!((report.removed_chunks, report.kept_chunks), (0, 7), "{report:?}");
 }
 
-every_backend!(
+every_catalog!(
     registering_the_same_upload_again_reuses_every_chunk,
     a_snapshot_stores_only_the_chunks_written_since,
     gc_removes_exactly_the_chunks_no_image_references,
@@ -250,7 +250,7 @@ fn accounts_never_reuse_each_others_chunks(dir: &TestLibrary) {
     assert!(fs::read(&built).unwrap() == content);
 }
 
-every_backend!(accounts_never_reuse_each_others_chunks);
+every_catalog!(accounts_never_reuse_each_others_chunks);
 
 /// A damaged store is refused with the object named: a missing frame, a frame of the wrong
 /// length, a frame whose bytes changed, and an index that does not parse.
@@ -305,4 +305,4 @@ fn damaged_chunk_objects_and_indexes_are_refused(dir: &TestLibrary) {
     assert!(error.contains(".index") && error.contains("SHA-256"), "{error}");
 }
 
-every_backend!(damaged_chunk_objects_and_indexes_are_refused);
+every_catalog!(damaged_chunk_objects_and_indexes_are_refused);

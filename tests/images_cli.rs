@@ -29,6 +29,7 @@ fn imgpack_in(root: &Path, lib: &TestLibrary, account: &str) -> Command {
     command
         .env("IMGPACK_LIBRARY", root)
         .env("IMGPACK_ACCOUNT", account)
+        .env("IMGPACK_DEDUP", lib.dedup_env())
         .env_remove("IMGPACK_OPERATOR")
         .env_remove("IMGPACK_TEST_HOLD_CREATING_MS")
         .arg("images");
@@ -101,6 +102,7 @@ fn seeds_walkthrough_through_the_cli(lib: &TestLibrary) {
         .env_remove("IMGPACK_CATALOG")
         .env_remove("IMGPACK_LIBRARY")
         .env_remove("IMGPACK_ACCOUNT")
+        .env("IMGPACK_DEDUP", lib.dedup_env())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -124,6 +126,7 @@ fn seeds_walkthrough_through_the_cli(lib: &TestLibrary) {
         .arg(lib.path())
         .args(catalog_flag(lib))
         .env_remove("IMGPACK_CATALOG")
+        .env("IMGPACK_DEDUP", lib.dedup_env())
         .args(["--account", OWNER, "list"])
         .output()
         .unwrap();
@@ -228,7 +231,7 @@ fn seeds_walkthrough_through_the_cli(lib: &TestLibrary) {
 
     assert!(!run(lib, OTHER, &["destroy", &id]).status.success());
     assert_eq!(json(lib, OWNER, &["destroy", &id])["status"], "deleted");
-    assert!(!lib.path().join("images").join(format!("{id}.imgpack")).exists());
+    assert!(!lib.stored_image(&id).exists());
     assert_eq!(ok(lib, OWNER, &["list", "--show-all"]).lines().count(), 1);
 }
 
@@ -261,7 +264,7 @@ fn limit_turns_a_registration_into_failed(lib: &TestLibrary) {
     assert_eq!(record["status"], "failed");
     assert!(record["reason"].as_str().unwrap().contains("limit"));
     assert!(source.exists());
-    assert!(!lib.path().join("images").join(format!("{id}.imgpack")).exists());
+    assert!(!lib.stored_image(id).exists());
 }
 
 fn wait_all(children: Vec<Child>) -> Vec<Output> {
@@ -432,7 +435,7 @@ fn a_registration_killed_with_sigkill_is_marked_failed_by_the_next_command(lib: 
         "{record}"
     );
     assert!(!lib.path().join("tmp").join(&id).exists());
-    assert!(!lib.path().join("images").join(format!("{id}.imgpack")).exists());
+    assert!(!lib.stored_image(&id).exists());
     assert_eq!(fs::read(&source).unwrap(), before, "the upload is kept");
     assert!(ok(lib, OWNER, &["list"]).contains(" failed "));
 

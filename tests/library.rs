@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::library_fixture::TestLibrary;
+use common::library_fixture::{Backend, TestLibrary};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -98,8 +98,8 @@ fn seeds_walkthrough(dir: &TestLibrary) {
     assert_eq!(registered.source, "slackware.img");
     assert!(registered.compressed_size > 0 && registered.compressed_size < registered.disk_size + 4096);
     assert!(!source.exists(), "the upload leaves incoming/ once registered");
-    let archive = library.archive_path(&registered.id);
-    assert!(fs::metadata(&archive).unwrap().permissions().readonly());
+    let stored = dir.stored_image(&registered.id);
+    assert!(fs::metadata(&stored).unwrap().permissions().readonly());
     assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     let id = registered.id.clone();
 
@@ -161,7 +161,7 @@ fn seeds_walkthrough(dir: &TestLibrary) {
 
     let destroyed = library.destroy(OWNER, &id).unwrap();
     assert_eq!(destroyed.status, Status::Deleted);
-    assert!(!archive.exists());
+    assert!(!stored.exists());
     assert!(library.list(OWNER, true).unwrap().is_empty());
     let gone = library.build(
         OWNER,
@@ -466,7 +466,7 @@ fn compressed_size_limit_fails_the_registration_and_keeps_the_upload(dir: &TestL
     );
     assert!(!reason.contains("/proc/self/fd"), "{reason}");
     assert_eq!(fs::read(&source).unwrap(), before, "the upload is kept");
-    assert!(!library.archive_path(&id).exists());
+    assert!(!dir.stored_image(&id).exists());
     assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     assert_eq!(library.list(OWNER, false).unwrap()[0].display_status(), "failed");
     // The library-wide setting applies too (operator only), and the same upload then registers.
@@ -1005,7 +1005,89 @@ fn source_sha256_is_the_uploads_sha256sum(dir: &TestLibrary) {
     assert_eq!(snapshot.source_sha256, None);
 }
 
+/// `images download -O imgpack`: the image's single-file archive, byte for byte the archive
+/// the same upload gives a library without deduplication (registration is deterministic, so
+/// that is also the same upload registered twice), which `verify` passes and which builds the
+/// upload; a damaged frame is refused and leaves nothing.
+fn download_as_imgpack_is_the_self_contained_archive(dir: &TestLibrary) {
+    let library = dir.open();
+    upload(&library, OWNER, "disk.img", 6 << 20);
+    let image = register(&library, OWNER, "Disk", "disk.img").unwrap();
+    let options = imgpack::export::ExportOptions {
+        format: imgpack::export::ExportFormat::Imgpack,
+        ..imgpack::export::ExportOptions::default()
+    };
+    let out = dir.path().join("download.imgpack");
+    let report = library.download(OWNER, &image.id, &out, &options).unwrap();
+    assert_eq!(report.format, "imgpack");
+    let downloaded = fs::read(&out).unwrap();
+    assert_eq!(report.bytes_written, downloaded.len() as u64);
+    assert_eq!(downloaded.len() as u64, image.compressed_size);
+
+    // The same upload, registered by a library that stores archives as they are.
+    let plain = TestLibrary::new(Backend {
+        dedup: false,
+        ..dir.backend
+    })
+    .unwrap();
+    let plain_library = plain.open();
+    upload(&plain_library, OWNER, "disk.img", 6 << 20);
+    let plain_image = register(&plain_library, OWNER, "Disk", "disk.img").unwrap();
+    let stored = fs::read(plain.stored_image(&plain_image.id)).unwrap();
+    assert!(
+        downloaded == stored,
+        "the downloaded archive is not the self-contained one"
+    );
+
+    let verified = imgpack::verify(&out, &imgpack::VerifyOptions::default()).unwrap();
+    assert!(verified.ok);
+    assert_eq!(verified.digest.as_deref(), image.digest.as_deref());
+    let extracted = dir.path().join("extracted.raw");
+    imgpack::extract(&out, &extracted, &imgpack::ExtractOptions::default()).unwrap();
+    let disk = dir.path().join("disk.raw");
+    write_disk(&disk, 6 << 20, 512 << 10, 7);
+    assert!(fs::read(&extracted).unwrap() == fs::read(&disk).unwrap());
+
+    // A frame damaged in the store: the copy is refused before anything is written.
+    let victim = if dir.backend.dedup {
+        chunk_objects(dir.path())[0].clone()
+    } else {
+        dir.stored_image(&image.id)
+    };
+    damage_middle(&victim);
+    fs::remove_file(&out).unwrap();
+    let error = library.download(OWNER, &image.id, &out, &options).unwrap_err();
+    assert!(
+        matches!(error.kind(), ErrorKind::Checksum | ErrorKind::Corrupt),
+        "{error}"
+    );
+    assert!(!out.exists());
+}
+
+/// Every chunk object of a deduplicated library, sorted.
+fn chunk_objects(root: &Path) -> Vec<PathBuf> {
+    let mut objects = Vec::new();
+    for shard in fs::read_dir(root.join("chunks")).unwrap() {
+        for object in fs::read_dir(shard.unwrap().path()).unwrap() {
+            objects.push(object.unwrap().path());
+        }
+    }
+    objects.sort();
+    objects
+}
+
+/// Flips a byte in the middle of `path` (a read-only object).
+fn damage_middle(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    fs::write(path, bytes).unwrap();
+}
+
 crate::every_backend!(
+    download_as_imgpack_is_the_self_contained_archive,
     seeds_walkthrough,
     visibility_matrix,
     transitions_outside_the_table_are_refused,

@@ -133,6 +133,11 @@ impl<R: ReadAt> ArchiveReader<R> {
         })
     }
 
+    /// The bytes the archive was opened from (for a byte-exact copy of the archive).
+    pub fn source(&self) -> &R {
+        &self.source
+    }
+
     /// The archive's format version (1 or 2).
     pub fn version(&self) -> u16 {
         self.version.number()

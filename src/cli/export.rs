@@ -30,7 +30,7 @@ pub(crate) struct ExportArgs {
 /// The output format and its options: shared by `export` and `images download`.
 #[derive(Debug, Args)]
 pub(crate) struct FormatArgs {
-    /// Output format: raw, qcow2, vmdk, vhd (or vpc), vhdx.
+    /// Output format: raw, qcow2, vmdk, vhd (or vpc), vhdx, imgpack (the archive itself, byte for byte).
     #[arg(short = 'O', long = "format", default_value = "raw")]
     format: ExportFormat,
     /// vmdk: streamOptimized (default) or monolithicSparse; vhd, vhdx: dynamic (default) or fixed.

@@ -201,7 +201,7 @@ struct BuildArgs {
 struct DownloadArgs {
     /// The image id (img-xxxxx).
     id: String,
-    /// The file to write (- writes standard output: raw and vmdk streamOptimized only).
+    /// The file to write (- writes standard output: raw, vmdk streamOptimized and imgpack only).
     #[arg(short, long)]
     output: PathBuf,
     #[command(flatten)]

@@ -18,6 +18,7 @@
 
 mod allocation;
 mod appender;
+mod archive_copy;
 mod compress;
 mod data;
 mod options;
@@ -108,6 +109,9 @@ pub fn export_reader<R: ReadAt>(
     start: Instant,
 ) -> Result<ExportReport> {
     let plan = plan(reader.virtual_size(), options).map_err(|e| e.in_file(input))?;
+    if plan.format == ExportFormat::Imgpack {
+        return archive_copy::copy_archive(reader, input, output, options, start);
+    }
     let control = &options.control;
     let disk = Disk { reader, path: input };
     let (bytes_written, sha256) = if output == Path::new("-") {
@@ -221,7 +225,7 @@ fn plan(virtual_size: u64, options: &ExportOptions) -> Result<Plan> {
         )));
     }
     let subformat = match (format, options.subformat) {
-        (ExportFormat::Raw | ExportFormat::Qcow2, None) => None,
+        (ExportFormat::Raw | ExportFormat::Qcow2 | ExportFormat::Imgpack, None) => None,
         (ExportFormat::Vmdk, None) => Some(Subformat::StreamOptimized),
         (ExportFormat::Vhd | ExportFormat::Vhdx, None) => Some(Subformat::Dynamic),
         (ExportFormat::Vmdk, Some(s @ (Subformat::StreamOptimized | Subformat::MonolithicSparse)))
@@ -238,7 +242,7 @@ fn plan(virtual_size: u64, options: &ExportOptions) -> Result<Plan> {
     };
     let mut note = None;
     let mut size = virtual_size;
-    if format != ExportFormat::Raw && !size.is_multiple_of(512) {
+    if !matches!(format, ExportFormat::Raw | ExportFormat::Imgpack) && !size.is_multiple_of(512) {
         size = size.next_multiple_of(512);
         note = Some(format!(
             "virtual size rounded up from {virtual_size} to {size} bytes: {} counts whole 512-byte sectors",
@@ -280,7 +284,7 @@ fn plan(virtual_size: u64, options: &ExportOptions) -> Result<Plan> {
             vmdk::MAX_VIRTUAL_SIZE,
             "a VMDK sparse extent (at most 2 TiB - 64 KiB: its grain offsets are 32-bit sector numbers)",
         )?,
-        ExportFormat::Raw | ExportFormat::Qcow2 => {}
+        ExportFormat::Raw | ExportFormat::Qcow2 | ExportFormat::Imgpack => {}
     }
     let qcow2 = qcow2::Settings::new(options, size)?;
     Ok(Plan {
@@ -310,6 +314,8 @@ fn write_file<R: ReadAt>(disk: &Disk<R>, plan: &Plan, file: &File, control: &Con
         .map(|_| ()),
         ExportFormat::Vhd => vhd::write(disk, file, plan.virtual_size, fixed, control),
         ExportFormat::Vhdx => vhdx::write(disk, file, plan.virtual_size, fixed, control),
+        // Copied by `archive_copy` before any plan is made; never a disk to write.
+        ExportFormat::Imgpack => Err(Error::unsupported("an imgpack archive is copied, not written")),
     }
 }
 

@@ -21,6 +21,9 @@ pub enum ExportFormat {
     Vhd,
     /// Microsoft's VHDX.
     Vhdx,
+    /// imgpack's own single-file archive, byte for byte (`-O imgpack`): what a
+    /// self-contained library image stores, or what a deduplicated one's index and chunks make.
+    Imgpack,
 }
 
 impl ExportFormat {
@@ -32,6 +35,7 @@ impl ExportFormat {
             ExportFormat::Vmdk => "vmdk",
             ExportFormat::Vhd => "vhd",
             ExportFormat::Vhdx => "vhdx",
+            ExportFormat::Imgpack => "imgpack",
         }
     }
 }
@@ -45,9 +49,10 @@ impl FromStr for ExportFormat {
             "vmdk" => ExportFormat::Vmdk,
             "vhd" | "vpc" => ExportFormat::Vhd,
             "vhdx" => ExportFormat::Vhdx,
+            "imgpack" => ExportFormat::Imgpack,
             _ => {
                 return Err(format!(
-                    "unknown format {text:?} (raw, qcow2, vmdk, vhd or vpc, vhdx)"
+                    "unknown format {text:?} (raw, qcow2, vmdk, vhd or vpc, vhdx, imgpack)"
                 ))
             }
         })

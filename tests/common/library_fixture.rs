@@ -1,7 +1,9 @@
 //! One library test, every backend: [`Backend`] names a store and a catalog, [`TestLibrary`]
 //! is a fresh library on one of them, and [`every_backend!`](crate::every_backend) turns each
 //! listed test function `fn NAME(dir: &TestLibrary)` into one `#[test]` per backend
-//! (`NAME::sqlite`, `NAME::postgres`).
+//! (`NAME::sqlite`, `NAME::postgres`, and the same on the deduplicated store:
+//! `NAME::sqlite_dedup`, `NAME::postgres_dedup`); [`every_catalog!`](crate::every_catalog) is
+//! the same without the deduplicated variants, for tests that choose deduplication themselves.
 //!
 //! The axes are separate so a store backend (an S3 library) adds a [`Store`] variant and a
 //! line per test in the macro, and the catalogs come along unchanged.
@@ -32,17 +34,27 @@ pub enum Catalog {
 pub struct Backend {
     pub store: Store,
     pub catalog: Catalog,
+    /// Whether the library deduplicates new images (`LibraryOptions::dedup`,
+    /// `IMGPACK_DEDUP=on`): the same test body then runs on the chunk store.
+    pub dedup: bool,
 }
 
 impl Backend {
     pub const LOCAL_SQLITE: Backend = Backend {
         store: Store::Local,
         catalog: Catalog::Sqlite,
+        dedup: false,
     };
     pub const LOCAL_POSTGRES: Backend = Backend {
         store: Store::Local,
         catalog: Catalog::Postgres,
+        dedup: false,
     };
+
+    /// The same backend with deduplication on.
+    pub const fn deduplicated(self) -> Backend {
+        Backend { dedup: true, ..self }
+    }
 }
 
 /// A fresh, empty library on one backend. Named like the temporary directory the tests used
@@ -94,10 +106,33 @@ impl TestLibrary {
         }
     }
 
+    /// What a process of this library gets as `IMGPACK_DEDUP`.
+    pub fn dedup_env(&self) -> &'static str {
+        if self.backend.dedup {
+            "on"
+        } else {
+            "off"
+        }
+    }
+
+    /// Where image `id`'s content lives, whichever layout it was registered in: its
+    /// self-contained archive `images/<id>.imgpack`, or its index `images/<id>.index` on the
+    /// deduplicated store (whose chunks are under `chunks/`). Tests that inspect an image's
+    /// stored form go through this, so one body runs on both layouts.
+    pub fn stored_image(&self, id: &str) -> PathBuf {
+        let images = self.path().join("images");
+        if self.backend.dedup {
+            images.join(format!("{id}.index"))
+        } else {
+            images.join(format!("{id}.imgpack"))
+        }
+    }
+
     /// Options that open this library's catalog.
     pub fn options(&self) -> LibraryOptions {
         LibraryOptions {
             catalog: Some(self.catalog.clone()),
+            dedup: Some(self.backend.dedup),
             ..LibraryOptions::default()
         }
     }
@@ -129,6 +164,40 @@ pub fn run_on(backend: Backend, test: fn(&TestLibrary)) {
 /// as `#[test]`s `a::sqlite`, `a::postgres`, ...
 #[macro_export]
 macro_rules! every_backend {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::common::library_fixture::{run_on, Backend};
+
+                #[test]
+                fn sqlite() {
+                    run_on(Backend::LOCAL_SQLITE, super::$name);
+                }
+
+                #[test]
+                fn postgres() {
+                    run_on(Backend::LOCAL_POSTGRES, super::$name);
+                }
+
+                #[test]
+                fn sqlite_dedup() {
+                    run_on(Backend::LOCAL_SQLITE.deduplicated(), super::$name);
+                }
+
+                #[test]
+                fn postgres_dedup() {
+                    run_on(Backend::LOCAL_POSTGRES.deduplicated(), super::$name);
+                }
+            }
+        )*
+    };
+}
+
+/// `every_catalog!(a, b)`: like [`every_backend!`](crate::every_backend) without the
+/// deduplicated variants (`a::sqlite`, `a::postgres`), for tests that set deduplication
+/// themselves.
+#[macro_export]
+macro_rules! every_catalog {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {

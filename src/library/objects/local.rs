@@ -161,6 +161,11 @@ impl Objects for LocalObjects {
         out.file()
             .write_all(bytes)
             .context("writing an object", &target)?;
+        // Objects are written once and never changed (frames are named by their content and
+        // a generation, indexes by their image), read-only like an image's archive.
+        out.file()
+            .set_permissions(Permissions::from_mode(0o444))
+            .context("making an object read-only", &target)?;
         out.commit()
     }
 
