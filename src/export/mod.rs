@@ -89,11 +89,18 @@ pub struct ExportReport {
     pub note: Option<String>,
 }
 
-/// Writes the disk in `archive` to `output` (a path, or `-` for standard output where the
-/// format can stream) in `options.format`.
+/// Writes the disk in `archive` (with feature `s3`, also an object, `s3://BUCKET/KEY`) to
+/// `output` (a path, or `-` for standard output where the format can stream) in
+/// `options.format`.
 pub fn export(archive: &Path, output: &Path, options: &ExportOptions) -> Result<ExportReport> {
     with_pool(options.threads, || {
         let start = Instant::now();
+        // An `s3://BUCKET/KEY` archive is read in place by ranged GETs, as `verify` does.
+        #[cfg(feature = "s3")]
+        if let Some(object) = crate::remote::open_url(archive)? {
+            let reader = ArchiveReader::open(object).map_err(|e| e.in_file(archive))?;
+            return export_reader(&reader, archive, output, options, start);
+        }
         let reader = ArchiveReader::open_path(archive)?;
         export_reader(&reader, archive, output, options, start)
     })
