@@ -33,6 +33,7 @@ pub mod catalog;
 pub mod chunks;
 mod download;
 pub mod id;
+mod import;
 pub mod lease;
 mod lifecycle;
 pub mod objects;

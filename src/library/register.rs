@@ -10,15 +10,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::chunks::{self, DedupSession, IndexSink};
+use super::import::{import_archive, ImportTarget};
 use super::objects::{ArchiveOut, UploadBody};
 use super::record::{catalog_error, timestamp_now, unix_now};
 use super::source::{check_text, check_username, SourceInput};
 use super::upload_sha256::UploadSha256;
 use super::{id, lease, lock, not_found, Changes, ImageRecord, Library, NewImage, Status};
+use crate::archive::reader::ArchiveReader;
 use crate::control::{Control, Progress};
 use crate::convert::{convert_to, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
+use crate::input::detect::Format;
+use crate::input::{detect_file, Input};
 use crate::pipeline::hook::{ChunkLookup, DedupHooks, FrameStore};
+use crate::read_at::FileAt;
 
 /// How often a registration writes its progress (`disk_size`) to the catalog.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -217,7 +222,21 @@ impl Library {
                 None => self.objects.create_archive(id),
             };
             let report = sink.and_then(|sink| match body {
-                UploadBody::Input(input) => convert_to(input, sink, &options),
+                UploadBody::Input(input) => match archive_upload(&input)? {
+                    Some(archive) => {
+                        let name = input.name().display().to_string();
+                        let target = match &session {
+                            Some(session) => ImportTarget::Chunks {
+                                lookup: session.as_ref(),
+                                frames: session.as_ref(),
+                                sink,
+                            },
+                            None => ImportTarget::Whole(sink),
+                        };
+                        import_archive(&archive, &name, target, limit, &options.control)
+                    }
+                    None => convert_to(input, sink, &options),
+                },
                 #[cfg(feature = "s3")]
                 UploadBody::Ranged(object, format, name) => {
                     super::objects::s3::convert_in_place(object, format, &name, sink, &options)
@@ -243,6 +262,23 @@ impl Library {
         })?;
         Ok(report)
     }
+}
+
+/// The upload opened as an imgpack archive, if it is a local file holding one (detected by
+/// content, like every input); `None` for any other upload, which is converted.
+fn archive_upload(input: &Input) -> Result<Option<ArchiveReader<FileAt>>> {
+    let Some(file) = input.opened_file() else {
+        return Ok(None);
+    };
+    let name = input.name();
+    let file = file
+        .try_clone()
+        .and_then(FileAt::new)
+        .map_err(|e| Error::io("opening the upload", e).in_file(name))?;
+    if !matches!(detect_file(&file), Ok(Format::Imgpack)) {
+        return Ok(None);
+    }
+    ArchiveReader::open(file).map(Some).map_err(|e| e.in_file(name))
 }
 
 /// Keeps the latest `disk_size` for the catalog writer thread; passes progress on.
