@@ -12,7 +12,7 @@ use common::library_fixture::TestLibrary;
 use common::oracle;
 use imgpack::library::chunks::DedupStats;
 use imgpack::library::{
-    Arch, ImageRecord, Library, LibraryOptions, NewImage, RegisterRequest, SnapshotRequest,
+    Arch, ImageRecord, ImageUpdate, Library, LibraryOptions, NewImage, RegisterRequest, SnapshotRequest,
 };
 use imgpack::Control;
 
@@ -223,8 +223,9 @@ every_catalog!(
     gc_removes_exactly_the_chunks_no_image_references,
 );
 
-/// Frames are reused within an account only: another account registering the same content
-/// stores it all again, so neither the counts nor the time tell it what others hold.
+/// Private frames are reused within their account only: another account registering the
+/// same content stores it all again, so neither the counts nor the time tell it what others
+/// hold privately.
 fn accounts_never_reuse_each_others_chunks(dir: &TestLibrary) {
     let library = open(dir);
     let content = disk_bytes(3, 5);
@@ -250,7 +251,102 @@ fn accounts_never_reuse_each_others_chunks(dir: &TestLibrary) {
     assert!(fs::read(&built).unwrap() == content);
 }
 
-every_catalog!(accounts_never_reuse_each_others_chunks);
+every_catalog!(
+    accounts_never_reuse_each_others_chunks,
+    public_images_chunks_are_reused_by_every_account_private_ones_never,
+);
+
+/// The content of one 1 MiB chunk, distinct per `seed`.
+fn chunk_content(seed: u64) -> Vec<u8> {
+    common::texty(&mut common::Rng::new(seed), MIB as usize)
+}
+
+/// A 24 MiB disk with `chunks[i]` at MiB `i + 1`.
+fn disk_of(chunks: &[&[u8]]) -> Vec<u8> {
+    let mut disk = vec![0u8; (24 * MIB) as usize];
+    for (i, chunk) in chunks.iter().enumerate() {
+        let at = (i as u64 + 1) * MIB;
+        disk[at as usize..(at + MIB) as usize].copy_from_slice(chunk);
+    }
+    disk
+}
+
+/// Another account reuses the frames of public images (available or deprecated), whose
+/// content anyone may read anyway, and never those only private images hold: its counts for
+/// a disk mixing both count exactly the public chunks. Making the image private again ends it.
+fn public_images_chunks_are_reused_by_every_account_private_ones_never(dir: &TestLibrary) {
+    let library = open(dir);
+    let private = [chunk_content(21), chunk_content(22)];
+    let public = [chunk_content(23), chunk_content(24), chunk_content(25)];
+    upload(&library, "private.raw", &disk_of(&[&private[0], &private[1]]));
+    register(&library, "private.raw");
+    upload(
+        &library,
+        "public.raw",
+        &disk_of(&[&public[0], &public[1], &public[2]]),
+    );
+    let (distribution, _) = register(&library, "public.raw");
+    let make_public = |public: bool, deprecated: bool| {
+        let update = ImageUpdate {
+            public: Some(public),
+            deprecated: Some(deprecated),
+            ..ImageUpdate::default()
+        };
+        library.update(OWNER, &distribution.id, &update).unwrap();
+    };
+    make_public(true, false);
+
+    let other = "acc-yyyyy";
+    let register_other = |name: &str, content: &[u8]| {
+        fs::write(library.incoming_dir(other).unwrap().join(name), content).unwrap();
+        let image = library
+            .register(
+                other,
+                &RegisterRequest::new(NewImage::new(name, Arch::X86_64), name),
+                &mut |_| {},
+            )
+            .unwrap();
+        let built = dir.path().join(format!("{name}.built"));
+        library
+            .build(other, &image.id, &built, 24 * MIB, &Control::default())
+            .unwrap();
+        assert!(fs::read(&built).unwrap() == content, "build of {name} differs");
+        fs::remove_file(built).unwrap();
+        let stats = library.last_dedup().unwrap();
+        (stats.new_chunks, stats.reused_chunks, stats.reused_bytes)
+    };
+    // The public distribution image again: every chunk reused.
+    let same = disk_of(&[&public[0], &public[1], &public[2]]);
+    assert_eq!(register_other("same.raw", &same), (0, 3, 3 * MIB));
+    // Two private chunks, two public ones and a new one: only the public ones are reused.
+    let mixed = disk_of(&[
+        &private[0],
+        &public[1],
+        &private[1],
+        &public[2],
+        &chunk_content(26),
+    ]);
+    assert_eq!(register_other("mixed.raw", &mixed), (3, 2, 2 * MIB));
+    // Deprecated public images are still readable by everyone, so still reused.
+    make_public(true, true);
+    let again = disk_of(&[&public[0]]);
+    assert_eq!(register_other("again.raw", &again), (0, 1, MIB));
+
+    // Private again: a third account finds nothing of it (the second account's own copies
+    // of the private chunks are private too).
+    make_public(false, false);
+    let third = "acc-zzzzz";
+    fs::write(library.incoming_dir(third).unwrap().join("late.raw"), &mixed).unwrap();
+    library
+        .register(
+            third,
+            &RegisterRequest::new(NewImage::new("late", Arch::X86_64), "late.raw"),
+            &mut |_| {},
+        )
+        .unwrap();
+    let stats = library.last_dedup().unwrap();
+    assert_eq!((stats.new_chunks, stats.reused_chunks), (5, 0), "{stats:?}");
+}
 
 /// A damaged store is refused with the object named: a missing frame, a frame of the wrong
 /// length, a frame whose bytes changed, and an index that does not parse.

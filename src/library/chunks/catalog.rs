@@ -27,8 +27,10 @@ pub struct ChunkRow {
 
 /// The chunk tables of a catalog.
 pub trait ChunkCatalog {
-    /// Pins a `stored` frame of content `sha` that account `owner` uploaded for `image` (adds
-    /// the reference in the same transaction that finds it), or `None` if there is none.
+    /// Pins a `stored` frame of content `sha` for `image` (adds the reference in the same
+    /// transaction that finds it), or `None` if there is none: a frame account `owner`
+    /// uploaded (preferred), or one an `available` or `deprecated` public image references
+    /// (its content is anyone's to read, so reusing it reveals nothing; docs/STORE.md).
     fn reuse_chunk(&mut self, image: &str, owner: &str, sha: &str) -> Result<Option<ChunkRow>>;
 
     /// Records a new frame of account `owner` as `pending` and `image`'s reference to it, in

@@ -25,8 +25,12 @@ impl ChunkCatalog for PostgresStore {
         let found = self.write("cannot look a chunk up", |client| {
             let mut tx = client.transaction()?;
             let row = tx.query_opt(
-                "SELECT sha, gen, frame_len, crc FROM chunks \
-                 WHERE sha = $1 AND owner = $2 AND state = 'stored' LIMIT 1 FOR KEY SHARE",
+                "SELECT c.sha, c.gen, c.frame_len, c.crc FROM chunks c \
+                 WHERE c.sha = $1 AND c.state = 'stored' AND (c.owner = $2 OR EXISTS ( \
+                     SELECT 1 FROM image_chunks r JOIN images i ON i.id = r.image_id \
+                     WHERE r.sha = c.sha AND r.gen = c.gen AND i.public \
+                     AND i.status IN ('available', 'deprecated'))) \
+                 ORDER BY c.owner = $2 DESC LIMIT 1 FOR KEY SHARE OF c",
                 &[&sha, &owner],
             )?;
             if let Some(row) = &row {

@@ -44,8 +44,12 @@ impl ChunkCatalog for SqliteStore {
                 .map_err(|e| db_error("cannot start a transaction", e))?;
             let found = tx
                 .query_row(
-                    "SELECT sha, gen, frame_len, crc FROM chunks \
-                     WHERE sha = ?1 AND owner = ?2 AND state = 'stored' LIMIT 1",
+                    "SELECT c.sha, c.gen, c.frame_len, c.crc FROM chunks c \
+                     WHERE c.sha = ?1 AND c.state = 'stored' AND (c.owner = ?2 OR EXISTS ( \
+                         SELECT 1 FROM image_chunks r JOIN images i ON i.id = r.image_id \
+                         WHERE r.sha = c.sha AND r.gen = c.gen AND i.public = 1 \
+                         AND i.status IN ('available', 'deprecated'))) \
+                     ORDER BY c.owner = ?2 DESC LIMIT 1",
                     [sha, owner],
                     row_of,
                 )
