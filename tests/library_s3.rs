@@ -360,6 +360,34 @@ fn every_library_command(lib: Lib) {
     );
     assert!(piped.stdout == fs::read(&downloaded).unwrap());
 
+    // That archive, uploaded and registered again: the same image (read by ranged GETs); on
+    // the deduplicated store every chunk is the library's already.
+    lib.upload(OWNER, &downloaded, "again.imgpack");
+    let again = lib.register(OWNER, "again.imgpack");
+    assert_eq!(again["status"], "available", "{again}");
+    assert_eq!(again["format"], "imgpack");
+    assert_eq!(again["digest"], shown["digest"]);
+    if lib.dedup {
+        assert_eq!(again["new_chunks"], 0, "{again}");
+        assert_eq!(again["reused_chunks"], shown["chunks"], "{again}");
+    }
+    let again_id = again["id"].as_str().unwrap();
+    let again_disk = lib.path("again.raw");
+    lib.json(
+        OWNER,
+        &[
+            "images",
+            "build",
+            again_id,
+            "--disk",
+            again_disk.to_str().unwrap(),
+            "--disk-size",
+            "24M",
+        ],
+    );
+    assert!(fs::read(&again_disk).unwrap() == expected);
+    lib.json(OWNER, &["images", "destroy", again_id]);
+
     // The engine's commands read an archive object in place; on the deduplicated store there
     // is none, and they read the downloaded archive instead.
     let object = if lib.dedup {

@@ -225,18 +225,28 @@ impl Library {
                 UploadBody::Input(input) => match archive_upload(&input)? {
                     Some(archive) => {
                         let name = input.name().display().to_string();
-                        let target = match &session {
-                            Some(session) => ImportTarget::Chunks {
-                                lookup: session.as_ref(),
-                                frames: session.as_ref(),
-                                sink,
-                            },
-                            None => ImportTarget::Whole(sink),
-                        };
-                        import_archive(&archive, &name, target, limit, &options.control)
+                        import_archive(
+                            &archive,
+                            &name,
+                            import_target(&session, sink),
+                            limit,
+                            &options.control,
+                        )
                     }
                     None => convert_to(input, sink, &options),
                 },
+                #[cfg(feature = "s3")]
+                UploadBody::Archive(object, name) => {
+                    let archive =
+                        ArchiveReader::open(object).map_err(|e| e.in_file(std::path::Path::new(&name)))?;
+                    import_archive(
+                        &archive,
+                        &name,
+                        import_target(&session, sink),
+                        limit,
+                        &options.control,
+                    )
+                }
                 #[cfg(feature = "s3")]
                 UploadBody::Ranged(object, format, name) => {
                     super::objects::s3::convert_in_place(object, format, &name, sink, &options)
@@ -261,6 +271,21 @@ impl Library {
             report
         })?;
         Ok(report)
+    }
+}
+
+/// Where an uploaded archive goes: the chunk store through `session`, or as it is.
+fn import_target<S: crate::sink::ArchiveSink>(
+    session: &Option<Arc<DedupSession>>,
+    sink: S,
+) -> ImportTarget<'_, S> {
+    match session {
+        Some(session) => ImportTarget::Chunks {
+            lookup: session.as_ref(),
+            frames: session.as_ref(),
+            sink,
+        },
+        None => ImportTarget::Whole(sink),
     }
 }
 

@@ -122,6 +122,9 @@ pub enum UploadBody {
     /// ranged GETs instead of being spilled to a temporary file first; with the upload's name.
     #[cfg(feature = "s3")]
     Ranged(crate::remote::S3ReadAt, crate::input::detect::Format, String),
+    /// An upload that is an imgpack archive, read in place by ranged GETs; with its name.
+    #[cfg(feature = "s3")]
+    Archive(crate::remote::S3ReadAt, String),
 }
 
 /// Where an archive being registered goes: a [`LocalArchive`](local::LocalArchive) file or a

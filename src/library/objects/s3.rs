@@ -264,6 +264,17 @@ impl StoredUpload for S3Upload {
                     self.name
                 ))
             })?;
+        // An imgpack archive (its magic, as detection finds it) is registered by random
+        // access (`library/import.rs`), by ranged GETs of the version opened; the first bytes
+        // are peeked off the stream, which costs no request.
+        let mut reader = reader;
+        let mut magic = [0u8; crate::archive::format::MAGIC.len()];
+        let peeked = crate::input::read_full(&mut reader, &mut magic)
+            .map_err(|e| Error::io("reading the upload", e).in_file(Path::new(&self.name)))?;
+        if magic[..peeked] == crate::archive::format::MAGIC {
+            return Ok(UploadBody::Archive(object, self.name.clone()));
+        }
+        let reader = io::Cursor::new(magic[..peeked].to_vec()).chain(reader);
         Ok(UploadBody::Input(Input::reader(reader, self.name.clone())))
     }
 
