@@ -2,7 +2,7 @@
 # Issue 16's gc target: `images gc` over a library of 20 deduplicated images "finishes in
 # seconds and removes exactly the unreferenced chunks".
 #
-#   bash benches/dedup_gc.sh [--bin PATH] [--library DIR|s3://BUCKET/PREFIX] [--size-mib N]
+#   bash benches/dedup_gc.sh [--bin PATH] [--s3 moto|s3s-fs] [--size-mib N]
 #
 # Synthetic disks (the Debian disk 20 times would take minutes here): a base disk of N MiB
 # (64 by default) of random data, then 19 variants of it, variant k with 2 MiB of its own
@@ -10,23 +10,28 @@
 # exactly 2 new ones (reusing the other N-2). Destroying the 10 odd variants leaves their 20
 # frames referenced by nothing: gc must remove exactly those 20 and keep N + 18, and every
 # surviving image must still build byte for byte. Prints gc's wall and CPU time and checks all
-# of it (exit status 1 on any difference). With `--library s3://...`, set the S3 environment
-# (benches/s3_server.sh) and IMGPACK_CATALOG as for any s3 library.
+# of it (exit status 1 on any difference). `--s3 KIND` puts the library on a loopback S3 server
+# (benches/s3_server.sh; IMGPACK_MOTO_SERVER for moto) with a SQLite catalog beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin=$PWD/target/release/imgpack size=64 library=
+bin=$PWD/target/release/imgpack size=64 s3=
 while (($#)); do
     case $1 in
         --bin) bin=$2; shift 2 ;;
-        --library) library=$2; shift 2 ;;
+        --s3) s3=$2; shift 2 ;;
         --size-mib) size=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-export IMGPACK_LIBRARY=${library:-$work/lib} IMGPACK_DEDUP=on IMGPACK_ACCOUNT=acc-bench
+trap 'kill "${S3_SERVER_PID:-0}" 2>/dev/null; rm -rf "$work"' EXIT
+export IMGPACK_LIBRARY=$work/lib IMGPACK_DEDUP=on IMGPACK_ACCOUNT=acc-bench
+if [[ -n $s3 ]]; then
+    source benches/s3_server.sh
+    start_s3_server "$s3" "$work" bench
+    export IMGPACK_LIBRARY=s3://bench/lib IMGPACK_CATALOG=sqlite:$work/catalog.db
+fi
 export -n IMGPACK_OPERATOR 2>/dev/null || true
 json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])[sys.argv[1]])" "$1"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
