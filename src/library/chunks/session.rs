@@ -42,11 +42,21 @@ pub struct DedupStats {
 /// few at once keep the writer thread from waiting on every one.
 const UPLOADS_IN_FLIGHT: usize = 4;
 
+/// New frames recorded per catalog transaction at most, and their bytes held meanwhile: one
+/// commit per batch instead of one per frame, with memory bounded whatever the chunk size.
+const BATCH_FRAMES: usize = 32;
+const BATCH_BYTES: usize = 32 << 20;
+
 /// The frames and generations of one registration, in record order.
 #[derive(Default)]
 struct Progress {
     gens: Vec<u64>,
     stats: DedupStats,
+    /// New frames not yet recorded in the catalog (nor uploaded), and their bytes.
+    batch: Vec<(ChunkRow, Vec<u8>)>,
+    batch_bytes: usize,
+    /// The keys of every frame object uploaded so far, to be made durable before the index.
+    uploaded: Vec<String>,
 }
 
 /// Deduplicates one registration (image `image`) against the library.
@@ -78,7 +88,7 @@ impl Uploads {
                 std::thread::spawn(move || loop {
                     let job = jobs.lock().ok().and_then(|jobs| jobs.recv().ok());
                     let Some((key, frame)) = job else { return };
-                    if let Err(e) = objects.put_object(&key, &frame) {
+                    if let Err(e) = objects.put_object_unsynced(&key, &frame) {
                         if let Ok(mut first) = failure.lock() {
                             first.get_or_insert(e);
                         }
@@ -97,6 +107,21 @@ impl Uploads {
     fn failed(&self) -> Option<Error> {
         let failure = self.failure.lock().ok()?;
         failure.as_ref().map(|e| Error::new(e.kind(), e.to_string()))
+    }
+
+    /// Queues one upload (waiting while `UPLOADS_IN_FLIGHT` are queued); fails once any
+    /// upload has failed.
+    fn send(&self, key: String, frame: Vec<u8>) -> Result<()> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| catalog_error("a frame was stored after the registration finished"))?;
+        queue
+            .send((key, frame))
+            .map_err(|_| catalog_error("the frame upload threads are gone"))
     }
 
     /// Waits for every upload; the first failure, if any.
@@ -143,11 +168,38 @@ impl DedupSession {
             .map_err(|_| catalog_error("a deduplication session was poisoned by a panic"))
     }
 
-    /// After the pipeline: stores the index object made from `archive` (the archive without
-    /// frames) and marks this image's new frames `stored`. Returns the counts.
+    /// Records the batched new frames (rows `pending`, with this image's references) in one
+    /// transaction, *then* queues their uploads: an object without a row is garbage to the
+    /// collector, so the row must exist before the object does.
+    fn flush(&self, progress: &mut Progress) -> Result<()> {
+        if progress.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut progress.batch);
+        progress.batch_bytes = 0;
+        let rows: Vec<ChunkRow> = batch.iter().map(|(row, _)| row.clone()).collect();
+        crate::library::lock(&self.store)?.add_pending_chunks(&self.image, &self.owner, &rows)?;
+        let uploads = self.uploads()?;
+        for (row, frame) in batch {
+            let key = chunk_key(&row.sha, row.gen);
+            progress.uploaded.push(key.clone());
+            uploads.send(key, frame)?;
+        }
+        Ok(())
+    }
+
+    /// After the pipeline: uploads the last frames, makes every frame durable, stores the
+    /// index object made from `archive` (the archive without frames) and marks this image's
+    /// new frames `stored`. Returns the counts.
+    ///
+    /// Frames are written without an fsync each and made durable here at once, before
+    /// anything can use them: they become reusable (`stored`) and the image `available` only
+    /// after this returns, so a crash before leaves only frames of a failed image.
     pub fn finish(&self, archive: &[u8]) -> Result<DedupStats> {
+        let mut progress = self.progress()?;
+        self.flush(&mut progress)?;
         self.uploads()?.wait()?;
-        let progress = self.progress()?;
+        self.objects.sync_objects(&progress.uploaded)?;
         let object = ImageIndex::encode(archive, &progress.gens)?;
         let key = index_key(&self.image)?;
         ImageIndex::parse(&object, &key)?; // what readers will check, checked before storing
@@ -171,9 +223,9 @@ impl ChunkLookup for DedupSession {
 
 impl FrameStore for DedupSession {
     fn store(&self, chunk: &EncodedChunk) -> Result<()> {
+        let mut progress = self.progress()?;
         let gen = match chunk.reused {
             Some(stored) => {
-                let mut progress = self.progress()?;
                 progress.stats.reused_chunks += 1;
                 progress.stats.reused_bytes += chunk.payload_len;
                 stored.tag
@@ -186,19 +238,19 @@ impl FrameStore for DedupSession {
                         .map_err(|_| Error::invalid_argument("compressed chunk over 4 GiB"))?,
                     crc: chunk.payload_crc,
                 };
-                // The row (and this image's reference) first: an object without a row is
-                // garbage to the collector, so the row must exist before the object does.
-                crate::library::lock(&self.store)?.add_pending_chunk(&self.image, &self.owner, &row)?;
-                self.objects
-                    .put_object(&chunk_key(&row.sha, row.gen), &chunk.frame)?;
-                let mut progress = self.progress()?;
+                let gen = row.gen;
                 progress.stats.new_chunks += 1;
                 progress.stats.new_bytes += chunk.payload_len;
                 progress.stats.new_stored_bytes += chunk.frame.len() as u64;
-                row.gen
+                progress.batch_bytes += chunk.frame.len();
+                progress.batch.push((row, chunk.frame.clone()));
+                if progress.batch.len() >= BATCH_FRAMES || progress.batch_bytes >= BATCH_BYTES {
+                    self.flush(&mut progress)?;
+                }
+                gen
             }
         };
-        self.progress()?.gens.push(gen);
+        progress.gens.push(gen);
         Ok(())
     }
 }

@@ -54,6 +54,23 @@ impl VirtualArchive {
         &self.index
     }
 
+    /// Reads frame `i`'s object, whose length must be `out`'s (the record's), into `out`.
+    fn frame_into(&self, i: usize, out: &mut [u8]) -> crate::error::Result<()> {
+        let frame: &FrameRef = &self.index.frames[i];
+        let key = chunk_key(&hex(&frame.sha256), frame.gen);
+        let found = self
+            .objects
+            .read_object_into(&key, out)
+            .map_err(|e| Error::new(e.kind(), format!("{}: {e}", self.name)))?;
+        if !found {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("{}: chunk object {key} is missing", self.name),
+            ));
+        }
+        Ok(())
+    }
+
     /// Frame `i`'s bytes, from the cache or its object (whose length must be the record's).
     fn frame(&self, i: usize) -> crate::error::Result<Arc<Vec<u8>>> {
         if let Ok(cache) = self.cache.lock() {
@@ -113,8 +130,18 @@ impl ReadAt for VirtualArchive {
                 copy_from(&self.index.tail, position - self.index.index_offset, out)
             } else {
                 let i = self.index.frames.partition_point(|f| f.offset <= position) - 1;
-                let bytes = self.frame(i).map_err(io::Error::other)?;
-                copy_from(&bytes, position - self.index.frames[i].offset, out)
+                let frame = &self.index.frames[i];
+                let frame_len = frame.len as usize;
+                if position == frame.offset && out.len() >= frame_len {
+                    // A whole frame (what ArchiveReader asks for, once per chunk): read
+                    // straight into the caller's buffer, with no cache and no copy.
+                    self.frame_into(i, &mut out[..frame_len])
+                        .map_err(io::Error::other)?;
+                    frame_len
+                } else {
+                    let bytes = self.frame(i).map_err(io::Error::other)?;
+                    copy_from(&bytes, position - frame.offset, out)
+                }
             };
             position += copied as u64;
         }

