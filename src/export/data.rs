@@ -5,6 +5,10 @@
 //!   uncompressed format: an allocated block's place in the file follows from the archive's
 //!   index), so stored chunks are decoded in one parallel loop and their non-zero runs written
 //!   straight to their places with positional writes; what is never written stays a hole.
+//!   The writes go around the page cache (O_DIRECT, [`sys::DirectWriter`]) where the file
+//!   system takes it: each decoded payload is copied into a page-aligned buffer, and a run
+//!   whose place in the file is page-aligned is handed to the device from there. A run that
+//!   is not (a sub-page tail, a VHD bitmap's neighbour) goes through the page cache.
 //! - [`walk_clusters`]: the output is written in disk order with pieces whose size is known
 //!   only once made (compressed qcow2 clusters, streamOptimized grains). Windows of about
 //!   32 MiB of the disk are decoded in parallel, every non-zero cluster of the window is handed
@@ -13,8 +17,8 @@
 //!   the results of two, whatever the disk's size; windows with no stored chunk are never
 //!   visited, so a sparse disk costs what its data costs.
 
+use std::cell::RefCell;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -26,8 +30,13 @@ use crate::archive::reader::ArchiveReader;
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, Result};
 use crate::read_at::ReadAt;
-use crate::sys;
+use crate::sys::{self, AlignedBuffer, DirectWriter};
 use crate::zero::is_zero;
+
+thread_local! {
+    /// Each worker's page-aligned copy of the payload it is writing.
+    static ALIGNED: RefCell<AlignedBuffer> = RefCell::new(AlignedBuffer::default());
+}
 
 /// The archive being exported, with its name for errors.
 pub struct Disk<'a, R: ReadAt> {
@@ -55,7 +64,13 @@ pub fn write_positional<R: ReadAt>(
     let total = reader.virtual_size();
     let records = reader.records();
     let written = AtomicUsize::new(0);
-    records.par_iter().try_for_each(|record| -> Result<()> {
+    // IMGPACK_EXPORT_BUFFERED=1 writes through the page cache, to measure what O_DIRECT saves.
+    let writer = if std::env::var_os("IMGPACK_EXPORT_BUFFERED").is_some() {
+        DirectWriter::buffered(file)
+    } else {
+        DirectWriter::new(file)
+    };
+    let write_chunk = |record: &crate::archive::format::ChunkRecord| -> Result<()> {
         control.check()?;
         let base = record.chunk * chunk_size;
         let chunk_len = reader.chunk_len(record);
@@ -64,28 +79,42 @@ pub fn write_positional<R: ReadAt>(
         let mut placed = Ok(());
         reader
             .with_payload(record, |payload| {
-                placed = place_runs(
-                    payload,
-                    payload_runs(record, chunk_len),
-                    base,
-                    block_size,
-                    place,
-                    file,
-                );
+                placed = ALIGNED.with(|cell| {
+                    let mut aligned = cell.borrow_mut();
+                    aligned.resized(payload.len()).copy_from_slice(payload);
+                    place_runs(
+                        aligned.as_slice(),
+                        payload_runs(record, chunk_len),
+                        base,
+                        block_size,
+                        place,
+                        &writer,
+                    )
+                });
                 Ok(())
             })
             .map_err(|e| e.in_file(disk.path))?;
         placed?;
         // The chunk's own place (not its block's start): with blocks larger than a chunk
-        // (VHD, VHDX) the block's start would flush the same range over and over.
-        if let Some(host) = place(base / block_size) {
+        // (VHD, VHDX) the block's start would flush the same range over and over. Direct
+        // writes are on the device already.
+        if let (false, Some(host)) = (writer.is_direct(), place(base / block_size)) {
             sys::start_writeback(file, host + base % block_size, chunk_len as u64);
         }
         let done = written.fetch_add(1, Ordering::Relaxed) + 1;
         let share = (u128::from(total) * done as u128 / records.len() as u128) as u64;
         control.report(share, Some(total), reader.disk_size());
         Ok(())
-    })?;
+    };
+    let run = || records.par_iter().try_for_each(write_chunk);
+    // A direct write blocks its worker until the device has the data; twice as many workers
+    // as cores keep the cores decoding while others wait on the device.
+    // (Measured on the Debian archive, VHDX: 4 workers on 2 cores 4.8-4.9 s, 2 workers 5.4 s.)
+    let writers = 2 * rayon::current_num_threads();
+    match rayon::ThreadPoolBuilder::new().num_threads(writers).build() {
+        Ok(pool) if writer.is_direct() => pool.install(run)?,
+        _ => run()?,
+    }
     control.report(total, Some(total), reader.disk_size());
     Ok(())
 }
@@ -98,7 +127,7 @@ fn place_runs(
     base: u64,
     block_size: u64,
     place: &(dyn Fn(u64) -> Option<u64> + Sync),
-    file: &File,
+    writer: &DirectWriter,
 ) -> Result<()> {
     let mut taken = 0usize;
     for (start, len) in runs {
@@ -109,7 +138,8 @@ fn place_runs(
             let in_block = guest % block_size;
             let piece = (end - guest).min(block_size - in_block) as usize;
             let host = place(block).ok_or_else(|| unplanned(block))? + in_block;
-            file.write_all_at(&payload[taken..taken + piece], host)
+            writer
+                .write_all_at(&payload[taken..taken + piece], host)
                 .map_err(|e| Error::io("writing the output", e).at(host))?;
             taken += piece;
             guest += piece as u64;

@@ -5,7 +5,7 @@
 //! | 0 | 512 | copy of the footer | the disk's data |
 //! | 512 | 1024 | dynamic header `cxsparse`: BAT offset, entries, block size 2 MiB | |
 //! | 1536 | 4 per block | BAT: the sector of each block's bitmap, or 0xFFFFFFFF | |
-//! | then | 512 + 2 MiB per block | allocated blocks, each a sector bitmap (all ones) and the data, in disk order | |
+//! | then | 4 KiB + 2 MiB per block | allocated blocks in disk order, each a hole of 3.5 KiB, a sector bitmap (all ones) and the data, page-aligned | |
 //! | end | 512 | footer `conectix`: sizes, CHS geometry, disk type, checksum | footer |
 //!
 //! The creator application is `qem2`, which tells qemu (and Hyper-V, which always does) to
@@ -25,6 +25,8 @@ use crate::read_at::ReadAt;
 const SECTOR: u64 = 512;
 const BLOCK_SIZE: u64 = 2 << 20;
 const BITMAP_LEN: u64 = BLOCK_SIZE / SECTOR / 8;
+/// The alignment of each block's data in the file.
+const PAGE: u64 = 4096;
 const HEADER_AT: u64 = 512;
 const BAT_AT: u64 = 1536;
 const DISK_FIXED: u32 = 2;
@@ -52,9 +54,17 @@ pub fn write<R: ReadAt>(
     }
     let allocation = Allocation::of_archive(disk.reader, BLOCK_SIZE);
     let entries = size.div_ceil(BLOCK_SIZE);
-    let data_at = (BAT_AT + entries * 4).next_multiple_of(SECTOR);
-    let stride = BITMAP_LEN + BLOCK_SIZE;
-    let end = data_at + allocation.allocated() * stride;
+    // Each block's bitmap sector is placed just before a page boundary so that its 2 MiB of
+    // data start on one: page-aligned data can be written around the page cache (O_DIRECT).
+    // The 3.5 KiB before each bitmap are never written (a hole); readers find blocks through
+    // the BAT, which may point anywhere.
+    let data_at = (BAT_AT + entries * 4 + BITMAP_LEN).next_multiple_of(PAGE) - BITMAP_LEN;
+    let stride = PAGE + BLOCK_SIZE;
+    // The footer follows the last block's data (no hole after it).
+    let end = match allocation.allocated() {
+        0 => data_at,
+        n => data_at + n * stride - (PAGE - BITMAP_LEN),
+    };
     file.set_len(end + SECTOR)
         .map_err(|e| Error::io("sizing the output", e))?;
     let footer = footer(size, DISK_DYNAMIC);

@@ -1,17 +1,20 @@
 //! The few operating-system facilities imgpack needs beyond `std`: memory maps guarded against
 //! truncation ([`Mapping`], in `mapping.rs`), sparse-file queries (SEEK_DATA), unnamed temporary
 //! files (O_TMPFILE) and linking them into place, starting writeback early
-//! (sync_file_range), and appending around the page cache ([`DirectAppender`], O_DIRECT).
+//! (sync_file_range), and appending or writing at offsets around the page cache
+//! ([`DirectAppender`], [`DirectWriter`], O_DIRECT).
 //!
 //! This is the only module allowed `unsafe` (the crate root denies it elsewhere): the memory
 //! map and its SIGBUS guard, and sync_file_range, each justified where it happens. Everything
 //! else goes through rustix's safe wrappers.
 
 mod direct;
+mod direct_at;
 mod mapping;
 mod release_batch;
 
 pub use direct::DirectAppender;
+pub use direct_at::{AlignedBuffer, DirectWriter};
 pub use mapping::Mapping;
 
 use std::fs::File;

@@ -5,7 +5,8 @@
 //! table follows the data it maps; the L1 table and the refcounts, known only then, go at the
 //! end, the header last at offset 0. Memory: a window, one L2 table, the L1 table and a 16-bit
 //! refcount per cluster of the file. Writes are gathered and made 8 MiB at a time, each batch's
-//! writeback started at once, so the fsync before the output appears has little left to flush.
+//! writeback started at once, so the fsync before the output appears has little left to flush;
+//! whole pages of a batch that were never written stay holes.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -95,7 +96,9 @@ impl Output<'_> {
             return Ok(());
         }
         let at = self.batch_at;
-        self.write_direct(&self.batch, at)?;
+        for (from, to) in written_pages(&self.batch, at) {
+            self.write_direct(&self.batch[from..to], at + from as u64)?;
+        }
         sys::start_writeback(self.file, at, self.batch.len() as u64);
         self.batch_at += self.batch.len() as u64;
         self.batch.clear();
@@ -141,6 +144,31 @@ impl Output<'_> {
         self.cursor = at + len;
         Ok(at)
     }
+}
+
+/// The file's page size for holes: a gap of whole pages left in a batch stays a hole.
+const PAGE: u64 = 4096;
+
+/// The ranges of `batch` (to be written at `at`) to write: all of it but the whole file pages
+/// that hold only zeros. Such pages are gaps never written (the rest of a partly used cluster
+/// that the next compressed cluster did not fit in), which qemu-img leaves as holes too:
+/// written as zeros, they made the output 0.27% larger on disk than qemu-img's.
+fn written_pages(batch: &[u8], at: u64) -> Vec<(usize, usize)> {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut from = 0usize;
+    while from < batch.len() {
+        let page_end = ((at + from as u64) / PAGE + 1) * PAGE;
+        let to = ((page_end - at) as usize).min(batch.len());
+        let whole_page = (at + from as u64).is_multiple_of(PAGE) && to - from == PAGE as usize;
+        if !(whole_page && crate::zero::is_zero(&batch[from..to])) {
+            match ranges.last_mut() {
+                Some((_, end)) if *end == from => *end = to,
+                _ => ranges.push((from, to)),
+            }
+        }
+        from = to;
+    }
+    ranges
 }
 
 /// Writes the compressed qcow2 into `file`.
@@ -243,4 +271,30 @@ pub fn write<R: ReadAt>(
     );
     file.write_all_at(&header, 0)
         .map_err(|e| Error::io("writing the qcow2 header", e).at(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_zero_pages_are_left_out_and_partial_ones_written() {
+        let mut batch = vec![1u8; 5 * PAGE as usize];
+        batch[PAGE as usize..3 * PAGE as usize].fill(0); // pages 1 and 2 (from `at` 0)
+        assert_eq!(
+            written_pages(&batch, 0),
+            vec![(0, PAGE as usize), (3 * PAGE as usize, 5 * PAGE as usize)]
+        );
+        // From an unaligned start, the zero run covers page 1 of the file only partly on
+        // one side: only whole file pages are left out.
+        assert_eq!(
+            written_pages(&batch, 100),
+            vec![
+                (0, 2 * PAGE as usize - 100),
+                (3 * PAGE as usize - 100, 5 * PAGE as usize)
+            ]
+        );
+        assert_eq!(written_pages(&[0u8; 10], 0), vec![(0, 10)]);
+        assert!(written_pages(&[], 0).is_empty());
+    }
 }
