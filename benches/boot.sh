@@ -3,6 +3,10 @@
 # `imgpack serve`, and reports how much of the image the boot read:
 #
 #   IMGPACK_CORPUS=/work/bench-corpus benches/boot.sh [--imgpack PATH] [--accel kvm|tcg]
+#                                                     [--archive PATH]
+#
+# --archive serves that archive of the corpus disk (e.g. the format-2 one benches/serve.sh
+# --archives DIR made) instead of $CORPUS/cache/debian.imgpack.
 #
 # The corpus disk (benches/corpus.sh) holds a debootstrapped Debian 12 root file system in
 # partition 1 but no kernel or boot loader, so qemu boots the host's Debian kernel and
@@ -16,11 +20,12 @@ set -euo pipefail
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-IMGPACK=$REPO_DIR/target/release/imgpack ACCEL=tcg
+IMGPACK=$REPO_DIR/target/release/imgpack ACCEL=tcg ARCHIVE=
 while (($#)); do
   case $1 in
     --imgpack) IMGPACK=${2:?}; shift ;;
     --accel) ACCEL=${2:?}; shift ;;
+    --archive) ARCHIVE=${2:?}; shift ;;
     *) die "unknown argument $1" ;;
   esac
   shift
@@ -46,7 +51,7 @@ INITRD=/boot/initrd.img-${KERNEL#/boot/vmlinuz-}
 [[ -f $INITRD ]] || die "no initramfs $INITRD for $KERNEL"
 C=$CORPUS_ROOT
 [[ -f $C/debian.raw ]] || die "no corpus in $C (benches/corpus.sh)"
-ARCHIVE=$C/cache/debian.imgpack
+ARCHIVE=${ARCHIVE:-$C/cache/debian.imgpack}
 [[ -f $ARCHIVE ]] || { log "converting debian.raw"; mkdir -p "$C/cache"; "$IMGPACK" convert --quiet "$C/debian.raw" -o "$ARCHIVE"; }
 
 WORK=$(mktemp -d)

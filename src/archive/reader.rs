@@ -23,6 +23,23 @@ use crate::read_at::{FileAt, ReadAt};
 /// footer claiming more is refused instead of allocating what it asks.
 pub const MAX_INDEX_LEN: u64 = 512 << 20;
 
+/// What a decode checks before handing a chunk out.
+///
+/// The crc32 of the stored payload catches damage (a flipped bit, a torn or misplaced
+/// frame); the SHA-256 in a version 2 index is the chunk's content identity (what dedup,
+/// the image digest and the library trust), and costs about as much again as the
+/// decompression. Everything that copies or vouches for content (extract, verify, build,
+/// download, conversion) checks it ([`ChunkCheck::Full`], the default); a reader that only
+/// needs damage caught before bytes go out, with the archive's identity already settled
+/// elsewhere, may ask for [`ChunkCheck::CrcOnly`] (`imgpack serve` does, see its module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkCheck {
+    /// The payload's length and crc32 only.
+    CrcOnly,
+    /// The length, the crc32 and, in version 2, the chunk's SHA-256.
+    Full,
+}
+
 /// An open, validated archive.
 pub struct ArchiveReader<R: ReadAt> {
     source: R,
@@ -205,12 +222,28 @@ impl<R: ReadAt> ArchiveReader<R> {
         frame: &mut Vec<u8>,
         payload: &mut Vec<u8>,
     ) -> Result<()> {
+        self.read_payload_checked(record, ChunkCheck::Full, decoder, frame, payload)
+    }
+
+    /// [`read_payload`](Self::read_payload) with the checks `check` asks for: the length and
+    /// crc32 always, the chunk's SHA-256 (version 2) only with [`ChunkCheck::Full`].
+    pub fn read_payload_checked(
+        &self,
+        record: &ChunkRecord,
+        check: ChunkCheck,
+        decoder: &mut ChunkDecoder,
+        frame: &mut Vec<u8>,
+        payload: &mut Vec<u8>,
+    ) -> Result<()> {
         frame.resize(record.stored_len as usize, 0);
         self.source
             .read_exact_at(frame, record.stored_offset)
             .map_err(|e| Error::io(format!("reading chunk {}", record.chunk), e).at(record.stored_offset))?;
         let chunk_len = self.chunk_len(record);
         decoder.decode_payload(record, frame, chunk_len, payload)?;
+        if check == ChunkCheck::CrcOnly {
+            return Ok(());
+        }
         if let Some(expected) = self.chunk_sha256(record) {
             let actual = content_sha256(&record.zero_blocks, payload, chunk_len);
             if &actual != expected {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use imgpack::archive::reader::ArchiveReader;
+use imgpack::archive::reader::{ArchiveReader, ChunkCheck};
 use imgpack::convert::{DEFAULT_LEVEL, DEFAULT_MAX_COMPRESSED_SIZE};
 use imgpack::library::objects::ArchiveSource;
 use imgpack::library::{id::is_image_id, Library};
@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// Decoder threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Check each chunk's SHA-256 (version 2 archives) as well as its crc before serving it:
+    /// about as much CPU again as decompressing it (`imgpack verify` checks them all).
+    #[arg(long)]
+    check_sha256: bool,
     /// SOURCE is an image id in this library [default: $IMGPACK_LIBRARY when SOURCE looks
     /// like an image id and is not a file].
     #[arg(long, value_name = "DIR")]
@@ -139,6 +143,11 @@ pub fn run_serve(args: ServeArgs, cancel: Arc<AtomicBool>) -> Result<u8> {
         export_name: args.export_name.clone(),
         cache_size: args.cache_size.0,
         threads: args.threads,
+        chunk_check: if args.check_sha256 {
+            ChunkCheck::Full
+        } else {
+            ChunkCheck::CrcOnly
+        },
         max_connections: args.max_connections,
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         handshake_timeout: Duration::from_secs(args.handshake_timeout),

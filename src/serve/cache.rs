@@ -3,7 +3,8 @@
 //!
 //! A chunk is decoded at most once at a time: a second reader of a chunk being decoded waits
 //! for it instead of decoding it again. Every decode checks the chunk's crc (the archive
-//! reader's `read_payload`) before a byte of it is handed out; a failed decode is not cached,
+//! reader's `read_payload_checked`, and the chunk's SHA-256 too with [`ChunkCheck::Full`])
+//! before a byte of it is handed out; a failed decode is not cached,
 //! so each request for a damaged chunk fails on its own and the rest keep being served.
 //!
 //! Memory: the cache holds at most `capacity` bytes of decoded chunks; at most `threads`
@@ -21,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::stats::ServeStats;
 use crate::archive::chunk::{expand_payload, ChunkDecoder};
-use crate::archive::reader::ArchiveReader;
+use crate::archive::reader::{ArchiveReader, ChunkCheck};
 use crate::error::{Error, ErrorKind, Result};
 use crate::read_at::ReadAt;
 
@@ -126,6 +127,7 @@ impl Drop for ChunkBuffer {
 pub struct ChunkCache<R: ReadAt> {
     archive: Arc<ArchiveReader<R>>,
     capacity: u64,
+    check: ChunkCheck,
     state: Mutex<CacheState>,
     decoded: Condvar,
     pool: rayon::ThreadPool,
@@ -145,11 +147,13 @@ struct CacheState {
 }
 
 impl<R: ReadAt + 'static> ChunkCache<R> {
-    /// A cache of at most `capacity` bytes over `archive`, with `threads` read-ahead decoders.
+    /// A cache of at most `capacity` bytes over `archive`, with `threads` read-ahead decoders,
+    /// checking each chunk as `check` says.
     pub fn new(
         archive: ArchiveReader<R>,
         capacity: u64,
         threads: usize,
+        check: ChunkCheck,
         stats: Arc<ServeStats>,
     ) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -160,6 +164,7 @@ impl<R: ReadAt + 'static> ChunkCache<R> {
         Ok(ChunkCache {
             archive: Arc::new(archive),
             capacity,
+            check,
             state: Mutex::new(CacheState::default()),
             decoded: Condvar::new(),
             pool,
@@ -264,7 +269,8 @@ impl<R: ReadAt + 'static> ChunkCache<R> {
                 *slot = Some((ChunkDecoder::new()?, Vec::new()));
             }
             let (decoder, frame) = slot.as_mut().expect("initialised above");
-            self.archive.read_payload(record, decoder, frame, &mut payload)
+            self.archive
+                .read_payload_checked(record, self.check, decoder, frame, &mut payload)
         });
         ServeStats::add(&self.stats.bytes_fetched, u64::from(record.stored_len));
         if let Err(e) = result {

@@ -36,7 +36,7 @@ pub use server::Server;
 pub use socket::Listen;
 pub use stats::{ServeStats, StatsSnapshot};
 
-use crate::archive::reader::ArchiveReader;
+use crate::archive::reader::{ArchiveReader, ChunkCheck};
 use crate::control::Control;
 use crate::error::Result;
 use crate::overlay::{Access, BaseIdentity, Overlay};
@@ -83,6 +83,11 @@ pub struct ServeOptions {
     pub idle_timeout: Option<Duration>,
     /// Largest read or write accepted (advertised as the maximum block size). Default 32 MiB.
     pub max_request: u32,
+    /// What each decoded chunk is checked against before a byte of it is served. Default
+    /// [`ChunkCheck::CrcOnly`]: the crc catches damage, and the SHA-256 (the chunk's
+    /// identity, checked by `verify`, builds and downloads) would double the CPU of a miss;
+    /// [`ChunkCheck::Full`] checks it too (`--check-sha256`).
+    pub chunk_check: ChunkCheck,
     /// The cancel flag stops the server cleanly.
     pub control: Control,
 }
@@ -99,6 +104,7 @@ impl Default for ServeOptions {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_request: DEFAULT_MAX_REQUEST,
+            chunk_check: ChunkCheck::CrcOnly,
             control: Control::default(),
         }
     }
@@ -128,7 +134,13 @@ pub fn serve<R: ReadAt + 'static>(
     let mut options = options;
     let chunk_size = archive.geometry().chunk_size();
     options.cache_size = options.cache_size.max(cache::MIN_CACHED_CHUNKS * chunk_size);
-    let cache = ChunkCache::new(archive, options.cache_size, threads, Arc::clone(&stats))?;
+    let cache = ChunkCache::new(
+        archive,
+        options.cache_size,
+        threads,
+        options.chunk_check,
+        Arc::clone(&stats),
+    )?;
     let export = Export::new(cache, overlay, options.cache_size, stats);
     let listener = Listener::bind(&options.listen)?;
     Server::new(listener, export, options)

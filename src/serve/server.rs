@@ -8,8 +8,8 @@
 //! `idle_timeout` is closed.
 
 use std::collections::HashMap;
+use std::io::BufReader;
 use std::io::Read;
-use std::io::{BufReader, BufWriter};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::export::Export;
 use super::nbd::handshake::{handshake, ExportInfo, Outcome};
+use super::nbd::reply_writer::ReplyWriter;
 use super::nbd::transmission::Transmission;
 use super::nbd::wire::*;
 use super::socket::{Listener, Socket};
@@ -207,7 +208,8 @@ fn serve_connection<R: ReadAt + 'static>(
         deadline: Some(Instant::now() + limits.handshake_timeout),
     };
     let mut reader = BufReader::with_capacity(64 << 10, timed);
-    let mut writer = BufWriter::with_capacity(256 << 10, socket.try_clone()?);
+    // Small replies are gathered; a read's data leaves with its header, uncopied.
+    let mut writer = ReplyWriter::with_capacity(64 << 10, socket.try_clone()?);
     let mut both = ReadWrite {
         reader: &mut reader,
         writer: &mut writer,

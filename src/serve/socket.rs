@@ -194,6 +194,15 @@ impl Write for Socket {
         }
     }
 
+    // A reply's header and data leave in one `writev` (the default would send the header
+    // alone first).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Socket::Unix(s) => s.write_vectored(bufs),
+            Socket::Tcp(s) => s.write_vectored(bufs),
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }

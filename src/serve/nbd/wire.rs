@@ -3,7 +3,7 @@
 //!
 //! Every integer on the wire is big-endian ("network byte order", section "Conventions").
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 
 // "Newstyle negotiation": the server's greeting.
 /// `NBDMAGIC`, the first 8 bytes a server sends.
@@ -252,4 +252,33 @@ pub fn structured_header(handle: u64, flags: u16, kind: u16, length: u32) -> [u8
     b[8..16].copy_from_slice(&handle.to_be_bytes());
     b[16..20].copy_from_slice(&length.to_be_bytes());
     b
+}
+
+/// The 28 bytes heading an `NBD_REPLY_TYPE_OFFSET_DATA` chunk of `data_len` bytes at
+/// `offset` ("`NBD_REPLY_TYPE_OFFSET_DATA`": the structured header, then the offset).
+pub fn data_chunk_head(handle: u64, flags: u16, offset: u64, data_len: u32) -> [u8; 28] {
+    let mut b = [0u8; 28];
+    b[..20].copy_from_slice(&structured_header(
+        handle,
+        flags,
+        NBD_REPLY_TYPE_OFFSET_DATA,
+        data_len + 8,
+    ));
+    b[20..].copy_from_slice(&offset.to_be_bytes());
+    b
+}
+
+/// Writes every byte of `bufs`, in as few `writev` calls as the writer allows (the standard
+/// library's `write_all_vectored` is not stable yet).
+pub fn write_all_vectored(out: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match out.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
