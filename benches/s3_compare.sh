@@ -3,7 +3,7 @@
 #
 #   bash benches/s3_compare.sh [--server moto|s3s-fs] [--size SIZE_MIB] [--data DATA_MIB]
 #                              [--reps N] [--qcow2 FILE] [--no-ranged] [--no-spill] [--no-build]
-#                              [--no-raw] [--no-image-builds] [IMAGE.raw]
+#                              [--no-raw|--no-qcow2] [--no-image-builds] [IMAGE.raw]
 #
 # Starts a loopback S3 server (benches/s3_server.sh: moto by default, or s3s-fs), then for a
 # raw upload and the same disk as a zstd-compressed qcow2 (made by qemu-img, or --qcow2 FILE)
@@ -15,7 +15,7 @@
 #   - a plain signed GET of the upload to /dev/null (curl), and its `images upload`,
 #   - `images build` from each library, and `qemu-img convert -O raw` of the zstd qcow2
 #     (unless --no-image-builds).
-# --no-build uses the release binary as it is (no `cargo build`); --no-raw times the qcow2 only.
+# --no-build uses the release binary as it is (no `cargo build`); --no-raw times the qcow2 only, --no-qcow2 the raw upload only.
 # Without IMAGE a synthetic disk is made: SIZE MiB (1024) with DATA MiB (256) of
 # half-compressible data. Prints the median wall time of N (3) runs of each with the median
 # CPU seconds (user+sys) of the command and of the S3 server meanwhile, the largest peak RSS
@@ -30,6 +30,7 @@ while (($#)); do
         --no-ranged) ranged=0; shift ;;
         --no-spill) spill=0; shift ;;
         --no-raw) kinds=qcow2; shift ;;
+        --no-qcow2) kinds=raw; shift ;;
         --no-image-builds) builds=0; shift ;;
         --server) server=$2; shift 2 ;;
         --size) size=$2; shift 2 ;;
