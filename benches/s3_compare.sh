@@ -2,7 +2,7 @@
 # Registration and build from an s3:// library against a local one, same run, same upload.
 #
 #   bash benches/s3_compare.sh [--server moto|s3s-fs] [--size SIZE_MIB] [--data DATA_MIB]
-#                              [--reps N] [--qcow2 FILE] [--no-ranged] [--no-spill] [--no-build]
+#                              [--reps N] [--qcow2 FILE] [--no-ranged] [--no-spill] [--no-single] [--no-build]
 #                              [--no-raw|--no-qcow2] [--no-image-builds] [IMAGE.raw]
 #
 # Starts a loopback S3 server (benches/s3_server.sh: moto by default, or s3s-fs), then for a
@@ -11,7 +11,8 @@
 #   - `images register` from a local library and from the s3:// library (the qcow2 read the
 #     default way, streamed into a temporary file read as it grows; unless --no-spill, also
 #     spilled whole first, IMGPACK_S3_IMAGE_READ=spill, as before; unless --no-ranged, read in
-#     place by ranged GETs, IMGPACK_S3_IMAGE_READ=ranged),
+#     place by ranged GETs, IMGPACK_S3_IMAGE_READ=ranged; unless --no-single, read by one
+#     streaming GET instead of parallel ranged GETs, IMGPACK_S3_STREAM_READ=single, as before),
 #   - a plain signed GET of the upload to /dev/null (curl), and its `images upload`,
 #   - `images build` from each library, and `qemu-img convert -O raw` of the zstd qcow2
 #     (unless --no-image-builds).
@@ -23,12 +24,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-size=1024 data=256 reps=3 image="" build=1 server=moto qcow2="" ranged=1 spill=1 kinds="raw qcow2" builds=1
+size=1024 data=256 reps=3 image="" build=1 server=moto qcow2="" ranged=1 spill=1 single=1 kinds="raw qcow2" builds=1
 while (($#)); do
     case $1 in
         --no-build) build=0; shift ;;
         --no-ranged) ranged=0; shift ;;
         --no-spill) spill=0; shift ;;
+        --no-single) single=0; shift ;;
         --no-raw) kinds=qcow2; shift ;;
         --no-qcow2) kinds=raw; shift ;;
         --no-image-builds) builds=0; shift ;;
@@ -100,7 +102,7 @@ report() {
 echo "server $server, $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for kind in $kinds; do
     upload=$image; [[ $kind == qcow2 ]] && upload=$qcow2
-    t_local=() t_s3=() t_spill=() t_ranged=() t_get=() t_put=() b_local=() b_s3=()
+    t_local=() t_s3=() t_single=() t_spill=() t_ranged=() t_get=() t_put=() b_local=() b_s3=()
     : >"$work/rss"
     for rep in $(seq "$reps"); do
         mkdir -p "$local_lib/incoming/acc-bench"
@@ -111,6 +113,10 @@ for kind in $kinds; do
         t_get+=("$(timed curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
             -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o /dev/null "http://127.0.0.1:$S3_PORT/bench/lib/incoming/acc-bench/u$rep")")
         t_s3+=("$(timed "${s3_cmd[@]}" register -a x86_64 -n b -s "u$rep" --json)")
+        if ((single)); then
+            "${s3_cmd[@]}" upload "$upload" --name "g$rep" --json >/dev/null
+            t_single+=("$(timed env IMGPACK_S3_STREAM_READ=single "${s3_cmd[@]}" register -a x86_64 -n b -s "g$rep" --json)")
+        fi
         if [[ $kind == qcow2 ]] && ((spill)); then
             "${s3_cmd[@]}" upload "$upload" --name "p$rep" --json >/dev/null
             t_spill+=("$(timed env IMGPACK_S3_IMAGE_READ=spill "${s3_cmd[@]}" register -a x86_64 -n b -s "p$rep" --json)")
@@ -136,6 +142,7 @@ for kind in $kinds; do
     echo "== $kind upload ($(stat -c %s "$upload") bytes), median of $reps =="
     report "register, local library" "${t_local[@]}"
     report "register, s3:// library (peak RSS ${register_rss} MiB)" "${t_s3[@]}"
+    ((${#t_single[@]})) && report "register, s3:// library, one streaming GET" "${t_single[@]}"
     ((${#t_spill[@]})) && report "register, s3:// library, spilled whole first" "${t_spill[@]}"
     ((${#t_ranged[@]})) && report "register, s3:// library, ranged" "${t_ranged[@]}"
     report "plain GET of the upload to /dev/null" "${t_get[@]}"
@@ -144,7 +151,7 @@ for kind in $kinds; do
         report "build, local library" "${b_local[@]}"
         report "build, s3:// library (peak RSS $(peak_mib) MiB)" "${b_s3[@]}"
     fi
-    echo "   wall of each run: register local $(walls "${t_local[@]}") | s3 $(walls "${t_s3[@]}") | spilled $(walls "${t_spill[@]}") | ranged $(walls "${t_ranged[@]}") | GET $(walls "${t_get[@]}") | upload $(walls "${t_put[@]}") | build local $(walls "${b_local[@]}") | s3 $(walls "${b_s3[@]}")"
+    echo "   wall of each run: register local $(walls "${t_local[@]}") | s3 $(walls "${t_s3[@]}") | single GET $(walls "${t_single[@]}") | spilled $(walls "${t_spill[@]}") | ranged $(walls "${t_ranged[@]}") | GET $(walls "${t_get[@]}") | upload $(walls "${t_put[@]}") | build local $(walls "${b_local[@]}") | s3 $(walls "${b_s3[@]}")"
     # Every image goes before the next kind: a file-backed server keeps what is stored.
     for id in $("${s3_cmd[@]}" list --json | python3 -c 'import json,sys;[print(r["id"]) for r in json.load(sys.stdin)]'); do
         "${s3_cmd[@]}" destroy "$id" --json >/dev/null

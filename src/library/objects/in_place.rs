@@ -3,13 +3,13 @@
 //!
 //! | how | what | when |
 //! |---|---|---|
-//! | streamed spill (default) | one streaming GET into an unnamed temporary file; the conversion reads the file as it grows ([`GrowingSpill`]) | one sequential transfer, overlapped with the conversion |
+//! | streamed spill (default) | the upload front to back (parallel ranged GETs, or one streaming GET) into an unnamed temporary file; the conversion reads the file as it grows ([`GrowingSpill`]) | one sequential pass, overlapped with the conversion |
 //! | ranged (`IMGPACK_S3_IMAGE_READ=ranged`) | ranged GETs through a block cache ([`S3ReadAt`]) | no temporary file, but a request per scattered read |
 //!
 //! The streamed spill reads the whole upload front to back, so it also hashes it for
 //! `source_sha256` as it passes; ranged reading does not see every byte and hashes nothing.
 
-use std::io;
+use std::io::{self, Read};
 use std::sync::Arc;
 
 use crate::digest::{hash_while_reading, Sha256Handle};
@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::input::stream::spill_limit;
 use crate::input::InputLimits;
 use crate::read_at::ReadAt;
-use crate::remote::{GrowingSpill, ObjectReader, S3Client, S3ReadAt};
+use crate::remote::{GrowingSpill, S3ReadAt};
 use crate::units::format_size;
 
 /// An upload opened for reading in place; see the module docs.
@@ -40,30 +40,15 @@ impl InPlaceUpload {
         }
     }
 
-    /// Starts the streaming GET of `key` (only of the version `etag`, if given) into a
-    /// temporary file in the system's temporary directory; `size` is the object's length as
-    /// its HEAD found it, `name` labels errors. `Ok(None)` if the object is gone.
-    pub(super) fn spilling(
-        client: &S3Client,
-        key: &str,
-        etag: Option<&str>,
-        size: u64,
-        name: &str,
-    ) -> Result<Option<InPlaceUpload>> {
-        let Some(reader) = ObjectReader::open_version(client, key, etag)? else {
-            return Ok(None);
-        };
-        if reader.len() != size {
-            return Err(Error::invalid_argument(format!(
-                "{name:?} was replaced by another upload while it was being opened"
-            )));
-        }
+    /// Starts copying `reader` (the upload front to back, `size` bytes as its HEAD found
+    /// it) into a temporary file in the system's temporary directory; `name` labels errors.
+    pub(super) fn spilling(reader: Box<dyn Read + Send>, size: u64, name: &str) -> Result<InPlaceUpload> {
         let (reader, sha256) = hash_while_reading(reader);
         let spill = GrowingSpill::start(Box::new(reader), size, &std::env::temp_dir(), name)?;
-        Ok(Some(InPlaceUpload {
+        Ok(InPlaceUpload {
             reading: Reading::Spilling(Arc::new(spill)),
             sha256: Some(sha256),
-        }))
+        })
     }
 
     /// The SHA-256 of the upload as the streamed spill reads it (taken once; `None` when read
