@@ -266,7 +266,8 @@ fn every_library_command(lib: Lib) {
     }
     assert!(lib.server.multipart_uploads().is_empty());
 
-    // The qcow2 above was read in place by ranged GETs; spilled first, it is the same image.
+    // The qcow2 above was streamed into a temporary file that the conversion read as it grew
+    // (the default); spilled whole first, as before, it is the same image.
     lib.upload(OWNER, &qcow2, "spilled.qcow2");
     let out = lib
         .imgpack(OWNER)

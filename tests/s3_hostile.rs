@@ -214,33 +214,45 @@ fn a_streaming_body_cut_short_fails_the_registration() {
         reply
     });
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_imgpack"))
-        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "AKIAHOSTILE")
-        .env("AWS_SECRET_ACCESS_KEY", "hostile-secret-never-printed")
-        .env(
-            "IMGPACK_CATALOG",
-            format!("sqlite:{}", dir.path().join("c.db").display()),
-        )
-        .args([
-            "images",
-            "--library",
-            "s3://bkt/lib",
-            "--account",
-            "acc-xxxxx",
-            "register",
-            "-a",
-            "x86_64",
-            "-n",
-            "x",
-            "-s",
-            "disk.raw",
-        ])
-        .output()
-        .unwrap();
-    refused(&out, "s3://bkt/lib/incoming/acc-xxxxx/disk.raw at byte 1000");
+    let register = |stream_read: &str| {
+        Command::new(env!("CARGO_BIN_EXE_imgpack"))
+            .env("IMGPACK_S3_STREAM_READ", stream_read)
+            .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "AKIAHOSTILE")
+            .env("AWS_SECRET_ACCESS_KEY", "hostile-secret-never-printed")
+            .env(
+                "IMGPACK_CATALOG",
+                format!("sqlite:{}", dir.path().join("c.db").display()),
+            )
+            .args([
+                "images",
+                "--library",
+                "s3://bkt/lib",
+                "--account",
+                "acc-xxxxx",
+                "register",
+                "-a",
+                "x86_64",
+                "-n",
+                "x",
+                "-s",
+                "disk.raw",
+            ])
+            .output()
+            .unwrap()
+    };
+    // One streaming GET: the body ends early.
+    refused(
+        &register("single"),
+        "s3://bkt/lib/incoming/acc-xxxxx/disk.raw at byte 1000",
+    );
+    // Parallel ranged GETs (the default): a range answered with a whole (short) body.
+    refused(
+        &register("ranged"),
+        "s3://bkt/lib/incoming/acc-xxxxx/disk.raw bytes 0-1000000",
+    );
 }
 
 /// Every request line the write-refusing store saw.

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | a stream (a streaming GET from S3) | the reading thread, as the bytes pass ([`hash_while_reading`]) |
 //! | a local file (read in parallel, at random, by the pipeline) | one sequential pass on its own thread, concurrently, holes fed as zeros ([`sha256_of_file`]) |
+//! | a random-access format streamed into a temporary file (S3's default) | the download thread, as the bytes pass |
 //! | in place by ranged GETs (`IMGPACK_S3_IMAGE_READ=ranged`) | not hashed: it would cost a second download (`None`) |
 //!
 //! Snapshots of server disks are not uploads and get no `source_sha256`.
@@ -43,7 +44,11 @@ impl UploadSha256 {
         let input = match body {
             UploadBody::Input(input) => input,
             #[cfg(feature = "s3")]
-            other => return (other, not_hashed),
+            UploadBody::Ranged(mut upload, format, name) => {
+                // The streamed spill hashes the upload as it downloads it.
+                let how = upload.take_sha256().map_or(How::NotHashed, How::Stream);
+                return (UploadBody::Ranged(upload, format, name), UploadSha256 { how });
+            }
         };
         if let Some(file) = input.opened_file() {
             let how = match FilePass::spawn(file) {

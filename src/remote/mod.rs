@@ -12,11 +12,15 @@
 //! | [`S3Client`] | one bucket's client with bounded retries and timeouts |
 //! | [`S3ReadAt`] | random access by ranged GETs: block cache, read-ahead, coalescing |
 //! | [`ObjectReader`] | a streaming GET as a [`std::io::Read`], length checked |
+//! | [`RangedStream`] | an object front to back by parallel ranged GETs, as a [`std::io::Read`] |
 //! | [`MultipartSink`] | an [`ArchiveSink`](crate::sink::ArchiveSink) that is a multipart upload |
+//! | [`GrowingSpill`] | a streaming GET into a temporary file, readable at random as it grows |
 
 mod download;
 mod multipart;
 mod range;
+mod ranged_stream;
+mod spill;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -34,6 +38,8 @@ pub use multipart::{
     MARKER_RENEW_INTERVAL, PARTS_IN_FLIGHT, PART_SIZE,
 };
 pub use range::S3ReadAt;
+pub use ranged_stream::{RangedStream, STREAM_BLOCK, STREAM_GETS};
+pub use spill::GrowingSpill;
 
 /// The URL scheme of objects and libraries in S3-compatible stores.
 pub const SCHEME: &str = "s3://";

@@ -13,6 +13,8 @@
 //! random access ([`Objects::open_archive`]), delete, list, and clean up after registrations
 //! that died ([`Objects::discard_scratch`]: scratch files, or multipart uploads).
 
+#[cfg(feature = "s3")]
+pub mod in_place;
 pub mod keys;
 pub mod local;
 #[cfg(feature = "s3")]
@@ -147,10 +149,11 @@ pub enum UploadBody {
     /// Through the engine's usual input: a local file read in place, or a stream (a
     /// streaming GET) whose layers are peeled as it arrives.
     Input(Input),
-    /// An image format that needs random access, read in place from the object store by
-    /// ranged GETs instead of being spilled to a temporary file first; with the upload's name.
+    /// An image format that needs random access, read from the object store in place (by
+    /// ranged GETs, or from a temporary file as the download fills it) instead of being
+    /// spilled whole first; with the upload's name.
     #[cfg(feature = "s3")]
-    Ranged(crate::remote::S3ReadAt, crate::input::detect::Format, String),
+    Ranged(in_place::InPlaceUpload, crate::input::detect::Format, String),
     /// An upload that is an imgpack archive, read in place by ranged GETs; with its name.
     #[cfg(feature = "s3")]
     Archive(crate::remote::S3ReadAt, String),

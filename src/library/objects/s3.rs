@@ -4,9 +4,10 @@
 //! object appears only when complete; a registration records its multipart upload's id in
 //! `tmp/<id>.multipart` first, so recovery can abort it when the registrar died. Registrations
 //! read uploads with one streaming GET ([`ObjectReader`]) through the layer-peeling pipeline
-//! (a random-access format, bare or compressed, is spilled to an unnamed temporary file
-//! within the virtual-size limit, as on standard input; `IMGPACK_S3_IMAGE_READ=ranged` reads
-//! bare ones in place by ranged GETs instead, see [`IMAGE_READ_ENV`]), and builds read
+//! (a bare random-access format is streamed into an unnamed temporary file that the
+//! conversion reads as it grows, [`InPlaceUpload`]; one inside a compression layer is spilled
+//! within the virtual-size limit, as on standard input; see [`IMAGE_READ_ENV`] for the other
+//! ways), and builds read
 //! archives by ranged GETs ([`S3ReadAt`]).
 
 use std::io::{self, Read};
@@ -17,6 +18,7 @@ use std::time::Instant;
 use super::super::id;
 use super::super::lease::{lease_note, parse_lease_note, HostIdentity};
 use super::super::record::unix_now;
+use super::in_place::InPlaceUpload;
 use super::{keys, ArchiveOut, ArchiveSource, Objects, StoredUpload, UploadBody};
 use crate::control::Control;
 use crate::convert::{encode, ConvertOptions, ConvertReport};
@@ -25,9 +27,10 @@ use crate::input::detect::Format;
 use crate::input::route::{open_image, route, Route};
 use crate::input::{detect_file, Body, Input, Opened};
 use crate::pipeline::with_pool;
+use crate::read_at::ReadAt;
 use crate::remote::{
-    abort_recorded, abort_upload, read_marker, MarkerNote, MultipartSink, ObjectReader, S3Client, S3Location,
-    S3ReadAt,
+    abort_recorded, abort_upload, read_marker, MarkerNote, MultipartSink, ObjectReader, RangedStream,
+    S3Client, S3Location, S3ReadAt,
 };
 use crate::sink::ArchiveSink;
 
@@ -240,41 +243,52 @@ struct S3Upload {
     object: Option<S3ReadAt>,
 }
 
+impl S3Upload {
+    fn removed(&self) -> Error {
+        Error::invalid_argument(format!(
+            "{:?} was removed from your incoming directory",
+            self.name
+        ))
+    }
+}
+
 impl StoredUpload for S3Upload {
-    /// One streaming GET through the layer-peeling pipeline (random-access formats spilled),
-    /// or with `IMGPACK_S3_IMAGE_READ=ranged` random-access formats in place by ranged GETs.
+    /// A random-access format (qcow2, VMDK, ...) is read in place ([`InPlaceUpload`]: by
+    /// default one streaming GET into a temporary file that the conversion reads as it grows,
+    /// or by ranged GETs); anything else (raw, gzip, xz, zstd) by one streaming GET through
+    /// the layer-peeling pipeline. `IMGPACK_S3_IMAGE_READ=spill` spills random-access formats
+    /// whole before converting them, as earlier versions did (kept for comparison).
     fn body(&mut self) -> Result<UploadBody> {
         let object = self
             .object
             .take()
             .ok_or_else(|| Error::invalid_argument("the upload was already read"))?;
-        if ranged_images() {
-            // A detection failure is left to the pipeline, which reports it as for any input.
-            if let Ok(format) = detect_file(&object) {
+        // A detection failure is left to the pipeline, which reports it as for any input.
+        let format = detect_file(&object).ok();
+        // An imgpack archive is registered by random access (`library/import.rs`), by ranged
+        // GETs of the version opened.
+        if format == Some(Format::Imgpack) {
+            return Ok(UploadBody::Archive(object, self.name.clone()));
+        }
+        let mode = image_read_mode();
+        if mode != ImageRead::Spill {
+            if let Some(format) = format {
                 if route(format) == Route::Image {
-                    return Ok(UploadBody::Ranged(object, format, self.name.clone()));
+                    let upload = match mode {
+                        ImageRead::Ranged => Some(InPlaceUpload::ranged(object)),
+                        _ => open_stream(&self.client, &self.key, self.etag.as_deref(), object.size())?
+                            .map(|reader| InPlaceUpload::spilling(reader, object.size(), &self.name))
+                            .transpose()?,
+                    };
+                    return match upload {
+                        Some(upload) => Ok(UploadBody::Ranged(upload, format, self.name.clone())),
+                        None => Err(self.removed()),
+                    };
                 }
             }
         }
-        // Only the version opened: its identity is what the catalog records.
-        let reader =
-            ObjectReader::open_version(&self.client, &self.key, self.etag.as_deref())?.ok_or_else(|| {
-                Error::invalid_argument(format!(
-                    "{:?} was removed from your incoming directory",
-                    self.name
-                ))
-            })?;
-        // An imgpack archive (its magic, as detection finds it) is registered by random
-        // access (`library/import.rs`), by ranged GETs of the version opened; the first bytes
-        // are peeked off the stream, which costs no request.
-        let mut reader = reader;
-        let mut magic = [0u8; crate::archive::format::MAGIC.len()];
-        let peeked = crate::input::read_full(&mut reader, &mut magic)
-            .map_err(|e| Error::io("reading the upload", e).in_file(Path::new(&self.name)))?;
-        if magic[..peeked] == crate::archive::format::MAGIC {
-            return Ok(UploadBody::Archive(object, self.name.clone()));
-        }
-        let reader = io::Cursor::new(magic[..peeked].to_vec()).chain(reader);
+        let reader = open_stream(&self.client, &self.key, self.etag.as_deref(), object.size())?
+            .ok_or_else(|| self.removed())?;
         Ok(UploadBody::Input(Input::reader(reader, self.name.clone())))
     }
 
@@ -296,22 +310,56 @@ impl StoredUpload for S3Upload {
     }
 }
 
-/// Environment variable choosing how random-access uploads are read: `spill` (the default:
-/// one streaming GET into an unnamed temporary file within the virtual-size limit, then read
-/// locally) or `ranged` (in place, by ranged GETs). Spilling measured faster: a 128 MiB zstd
-/// qcow2 on a loopback moto server registered in 4.65 s spilled against 17.65 s ranged
-/// (`benches/s3_compare.sh`, medians of 3), as the reader's scattered small reads cost a
-/// request each while the spill is one sequential transfer.
+/// Environment variable choosing how an upload is read front to back (a stream through the
+/// pipeline, or into the streamed spill): unset or `ranged` (the default: [`RangedStream`],
+/// parallel ranged GETs) or `single` (one streaming GET, [`ObjectReader`], as before). On
+/// s3s-fs four ranged GETs in parallel served 1 GiB in 4.8 s against 11-14 s for one GET,
+/// with half the server's CPU (docs/SCALE.md).
+pub const STREAM_READ_ENV: &str = "IMGPACK_S3_STREAM_READ";
+
+/// The upload `key` (`size` bytes, only the version `etag`) read front to back, the way
+/// [`STREAM_READ_ENV`] says; `None` if it is gone.
+fn open_stream(
+    client: &S3Client,
+    key: &str,
+    etag: Option<&str>,
+    size: u64,
+) -> Result<Option<Box<dyn Read + Send>>> {
+    if std::env::var(STREAM_READ_ENV).is_ok_and(|mode| mode == "single") {
+        return Ok(ObjectReader::open_version(client, key, etag)?
+            .map(|reader| Box::new(reader) as Box<dyn Read + Send>));
+    }
+    Ok(Some(Box::new(RangedStream::open(client, key, etag, size)?)))
+}
+
+/// Environment variable choosing how random-access uploads (qcow2, VMDK, ...) are read:
+/// unset or `streamed` (the default: one streaming GET into an unnamed temporary file, which
+/// the conversion reads as it grows, see [`InPlaceUpload`]), `spill` (the whole upload copied
+/// to the temporary file first, then converted: what earlier versions did) or `ranged` (in
+/// place, by ranged GETs). On s3s-fs the streamed spill measured fastest (docs/SCALE.md):
+/// it is one sequential transfer like the spill, but overlapped with the conversion.
 pub const IMAGE_READ_ENV: &str = "IMGPACK_S3_IMAGE_READ";
 
-fn ranged_images() -> bool {
-    std::env::var(IMAGE_READ_ENV).is_ok_and(|mode| mode == "ranged")
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ImageRead {
+    Streamed,
+    Spill,
+    Ranged,
+}
+
+fn image_read_mode() -> ImageRead {
+    match std::env::var(IMAGE_READ_ENV).as_deref() {
+        Ok("ranged") => ImageRead::Ranged,
+        Ok("spill") => ImageRead::Spill,
+        _ => ImageRead::Streamed,
+    }
 }
 
 /// Converts an image read in place from the store (`object`, of `format`) into `sink`, as
-/// `convert_to` does for a file: the sink is finished only when the archive is complete.
+/// `convert_to` does for a file: the sink is finished only when the archive is complete and
+/// (streamed spill) the whole upload has arrived, length checked.
 pub(in crate::library) fn convert_in_place(
-    object: S3ReadAt,
+    object: InPlaceUpload,
     format: Format,
     name: &str,
     sink: ArchiveOut,
@@ -320,6 +368,10 @@ pub(in crate::library) fn convert_in_place(
     with_pool(options.threads, || {
         let start = Instant::now();
         let output = sink.name();
+        object
+            .check_limits(&options.limits)
+            .map_err(|e| e.in_file(Path::new(name)))?;
+        let completion = object.completion();
         let source = open_image(format, object, Path::new(name), &options.limits)?;
         let opened = Opened {
             layers: Vec::new(),
@@ -329,6 +381,7 @@ pub(in crate::library) fn convert_in_place(
         let format_name = opened.format_name();
         let (sink, summary) = encode(opened, sink, options).map_err(|e| e.in_file(Path::new(name)))?;
         options.control.check()?;
+        completion.wait().map_err(|e| e.in_file(Path::new(name)))?;
         sink.finish()?;
         Ok(ConvertReport {
             input: name.to_string(),
