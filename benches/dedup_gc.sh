@@ -25,7 +25,7 @@ while (($#)); do
     esac
 done
 work=$(mktemp -d)
-trap 'kill "${S3_SERVER_PID:-0}" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'if [[ -n ${S3_SERVER_PID:-} ]]; then kill "$S3_SERVER_PID" 2>/dev/null; fi; rm -rf "$work"' EXIT
 export IMGPACK_LIBRARY=$work/lib IMGPACK_DEDUP=on IMGPACK_ACCOUNT=acc-bench
 if [[ -n $s3 ]]; then
     source benches/s3_server.sh

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 source benches/s3_server.sh
 kind=${1:-moto} reps=${2:-30}
 work=$(mktemp -d)
-trap 'kill "${S3_SERVER_PID:-0}" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'if [[ -n ${S3_SERVER_PID:-} ]]; then kill "$S3_SERVER_PID" 2>/dev/null; fi; rm -rf "$work"' EXIT
 start_s3_server "$kind" "$work" bench
 "${IMGPACK_PYTHON:-/root/.pyenv/versions/3.11.7/bin/python}" - "$kind" "$reps" <<'PY'
 import os, statistics, sys, time
