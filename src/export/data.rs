@@ -111,9 +111,13 @@ pub fn write_positional<R: ReadAt>(
     // as cores keep the cores decoding while others wait on the device.
     // (Measured on the Debian archive, VHDX: 4 workers on 2 cores 4.8-4.9 s, 2 workers 5.4 s.)
     let writers = 2 * rayon::current_num_threads();
-    match rayon::ThreadPoolBuilder::new().num_threads(writers).build() {
-        Ok(pool) if writer.is_direct() => pool.install(run)?,
-        _ => run()?,
+    let pool = writer
+        .is_direct()
+        .then(|| rayon::ThreadPoolBuilder::new().num_threads(writers).build().ok())
+        .flatten();
+    match pool {
+        Some(pool) => pool.install(run)?,
+        None => run()?,
     }
     control.report(total, Some(total), reader.disk_size());
     Ok(())
