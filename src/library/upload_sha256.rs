@@ -49,6 +49,9 @@ impl UploadSha256 {
                 let how = upload.take_sha256().map_or(How::NotHashed, How::Stream);
                 return (UploadBody::Ranged(upload, format, name), UploadSha256 { how });
             }
+            // An uploaded archive is read by ranged GETs, not streamed through a hash.
+            #[cfg(feature = "s3")]
+            body @ UploadBody::Archive(..) => return (body, not_hashed),
         };
         if let Some(file) = input.opened_file() {
             let how = match FilePass::spawn(file) {
