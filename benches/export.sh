@@ -57,6 +57,11 @@ benchmarks=(
   "vhdx-qemu|qemu-img convert -O vhdx $raw OUT"
   "vhd-imgpack|$BIN export $debian -o OUT -O vhd --quiet"
   "vhd-qemu|qemu-img convert -O vpc $raw OUT"
+  # qemu-img's default output cache (unsafe) never flushes; imgpack's outputs are fsynced
+  # before they appear, so -t writeback (one fdatasync at close) is the like-for-like anchor.
+  "qcow2-qemu-writeback|qemu-img convert -t writeback -O qcow2 $raw OUT"
+  "vhdx-qemu-writeback|qemu-img convert -t writeback -O vhdx $raw OUT"
+  "vhd-qemu-writeback|qemu-img convert -t writeback -O vpc $raw OUT"
   "vmdk-imgpack|$BIN export $debian -o OUT -O vmdk --quiet"
   "vmdk-qemu|qemu-img convert -O vmdk -o subformat=streamOptimized $raw OUT"
 )

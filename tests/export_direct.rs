@@ -2,7 +2,8 @@
 //! every planned format written into the target directory (on the disk, not a tmpfs /tmp) is
 //! identical to the original for `qemu-img compare`, and its data never went through the page
 //! cache (`fincore` finds only metadata pages resident); and a full file system refuses a
-//! direct export with a clear error, leaving nothing.
+//! direct export with a clear error, leaving nothing. Direct writes are opt-in
+//! (`IMGPACK_EXPORT_DIRECT=1`), so both tests switch them on first.
 
 mod common;
 
@@ -14,6 +15,11 @@ use std::process::Command;
 use common::{have_all, names_in, random, texty, Layout, Rng};
 use imgpack::export::{ExportFormat, Subformat};
 use imgpack::{convert, export, ConvertOptions, ErrorKind, ExportOptions};
+
+/// Switches export's direct writes on for this test process (both tests want them).
+fn direct_writes_on() {
+    std::env::set_var("IMGPACK_EXPORT_DIRECT", "1");
+}
 
 /// Whether files in `dir` can be opened with O_DIRECT.
 fn takes_o_direct(dir: &Path) -> bool {
@@ -54,6 +60,7 @@ fn options(format: ExportFormat, subformat: Option<Subformat>) -> ExportOptions 
 
 #[test]
 fn on_a_real_disk_the_data_bypasses_the_page_cache_and_every_planned_format_is_identical() {
+    direct_writes_on();
     if !have_all(&["qemu-img", "fincore"]) {
         return;
     }
@@ -129,6 +136,7 @@ fn on_a_real_disk_the_data_bypasses_the_page_cache_and_every_planned_format_is_i
 
 #[test]
 fn a_full_file_system_refuses_a_direct_export_cleanly_and_leaves_nothing() {
+    direct_writes_on();
     if !have_all(&["mount", "umount"]) {
         return;
     }
