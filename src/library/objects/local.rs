@@ -179,7 +179,13 @@ impl Objects for LocalObjects {
         let file_name = target.file_name().and_then(|n| n.to_str()).unwrap_or("object");
         let temp = dir.join(format!(".imgpack-tmp-{}-{file_name}", std::process::id()));
         let written = std::fs::File::create_new(&temp)
-            .and_then(|mut file| file.write_all(bytes))
+            .and_then(|mut file| {
+                file.write_all(bytes)?;
+                // Start the write-back now, so the one sync before the image goes live
+                // finds little left to flush (as the archive writer does every 8 MiB).
+                crate::sys::start_writeback(&file, 0, bytes.len() as u64);
+                Ok(())
+            })
             .and_then(|()| std::fs::rename(&temp, &target));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&temp);
