@@ -20,6 +20,7 @@
 pub mod catalog;
 pub mod gc;
 pub mod index;
+mod prefetch;
 pub mod session;
 mod virtual_archive;
 

@@ -8,6 +8,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use super::index::{FrameRef, ImageIndex};
+use super::prefetch::{FrameJob, Prefetch};
 use super::{chunk_key, hex};
 use crate::error::{Error, ErrorKind};
 use crate::library::objects::Objects;
@@ -23,6 +24,8 @@ pub struct VirtualArchive {
     objects: Arc<dyn Objects>,
     name: String,
     cache: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
+    /// Frames fetched ahead, for object stores (a local file is read when asked).
+    prefetch: Option<Prefetch>,
 }
 
 impl std::fmt::Debug for VirtualArchive {
@@ -36,11 +39,16 @@ impl std::fmt::Debug for VirtualArchive {
 impl VirtualArchive {
     /// The archive of `index` (the object `name`), reading frames from `objects`.
     pub fn new(index: ImageIndex, objects: Arc<dyn Objects>, name: String) -> Self {
+        let prefetch = match objects.local_root() {
+            Some(_) => None,
+            None => Prefetch::start(Arc::clone(&objects)),
+        };
         VirtualArchive {
             index,
             objects,
             name,
             cache: Mutex::new(VecDeque::new()),
+            prefetch,
         }
     }
 
@@ -54,8 +62,26 @@ impl VirtualArchive {
         &self.index
     }
 
+    /// Frame `i`'s bytes if the prefetcher has them (and schedules the frames after it).
+    fn prefetched(&self, i: usize) -> Option<Vec<u8>> {
+        let frames = &self.index.frames;
+        let job = |n: usize| {
+            frames.get(n).map(|frame| FrameJob {
+                index: n,
+                key: chunk_key(&hex(&frame.sha256), frame.gen),
+                len: u64::from(frame.len),
+            })
+        };
+        let bytes = self.prefetch.as_ref()?.take(i, job)?;
+        (bytes.len() as u64 == u64::from(frames[i].len)).then_some(bytes)
+    }
+
     /// Reads frame `i`'s object, whose length must be `out`'s (the record's), into `out`.
     fn frame_into(&self, i: usize, out: &mut [u8]) -> crate::error::Result<()> {
+        if let Some(bytes) = self.prefetched(i).filter(|b| b.len() == out.len()) {
+            out.copy_from_slice(&bytes);
+            return Ok(());
+        }
         let frame: &FrameRef = &self.index.frames[i];
         let key = chunk_key(&hex(&frame.sha256), frame.gen);
         let found = self
@@ -77,6 +103,9 @@ impl VirtualArchive {
             if let Some((_, bytes)) = cache.iter().find(|(n, _)| *n == i) {
                 return Ok(Arc::clone(bytes));
             }
+        }
+        if let Some(bytes) = self.prefetched(i) {
+            return Ok(self.cached(i, bytes));
         }
         let frame: &FrameRef = &self.index.frames[i];
         let key = chunk_key(&hex(&frame.sha256), frame.gen);
@@ -100,6 +129,11 @@ impl VirtualArchive {
                 ),
             ));
         }
+        Ok(self.cached(i, bytes))
+    }
+
+    /// Keeps frame `i`'s `bytes` among the last few read.
+    fn cached(&self, i: usize, bytes: Vec<u8>) -> Arc<Vec<u8>> {
         let bytes = Arc::new(bytes);
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHED_FRAMES {
@@ -107,7 +141,7 @@ impl VirtualArchive {
             }
             cache.push_back((i, Arc::clone(&bytes)));
         }
-        Ok(bytes)
+        bytes
     }
 }
 
