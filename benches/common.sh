@@ -109,6 +109,27 @@ for path in sys.argv[1:]:
 PY
 }
 
+# page_cache evict|load DIR: drops every file under DIR from the page cache (posix_fadvise
+# DONTNEED: no root needed, nothing else evicted) or reads every one into it, so that two
+# layouts of the same data (one archive, or many frame objects) are timed in the same state.
+page_cache() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+mode, root = sys.argv[1], sys.argv[2]
+for top, _, files in os.walk(root):
+    for name in files:
+        fd = os.open(os.path.join(top, name), os.O_RDONLY)
+        try:
+            if mode == "evict":
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            else:
+                while os.read(fd, 1 << 20):
+                    pass
+        finally:
+            os.close(fd)
+PY
+}
+
 # gen_text PATH BYTES SEED: deterministic, text-heavy data (prose with a
 # Zipf-distributed vocabulary, syslog-like lines, CSV rows, JSON records).
 gen_text() {

@@ -5,7 +5,11 @@
 #   again    the identical disk again into the deduplicated library (every chunk reused)
 #   snap100  a snapshot of a server built from the image after 100 MiB of new random data
 #            written at 1 GiB (dd conv=notrunc)
-#   build    `images build` of the deduplicated image and of the self-contained one
+#   build    `images build` of the deduplicated image and of the self-contained one, the
+#            library's files evicted from the page cache first (a registration leaves its
+#            frames cached but not its archive, written around the cache); build_dedup2 builds
+#            the deduplicated image again. benches/dedup_build.sh times cold and warm
+#            builds in more repetitions.
 #
 #   IMGPACK_CORPUS=/work/bench-corpus bash benches/dedup.sh [--reps N] [--no-build]
 #
@@ -14,6 +18,8 @@
 # and sys seconds (/usr/bin/time), the medians, the bytes stored by each step and the load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 reps=3 build=1
 while (($#)); do
@@ -54,8 +60,10 @@ for rep in $(seq "$reps"); do
     IMGPACK_DEDUP=on timed again "$bin" images snapshot --disk "$disk" -n again --json --quiet
     again=$(json_field id)
     echo "rep $rep again: reused_chunks $(json_field reused_chunks) new_chunks $(json_field new_chunks) chunk bytes added $(( $(chunk_bytes "$lib") - before )) index $(stat -c %s "$lib/images/$again.index")"
+    page_cache evict "$lib"
     timed build_dedup "$bin" images build "$first" --disk "$work/server.raw" --disk-size "$size" --json --quiet
     rm -f "$work/server.raw"
+    page_cache evict "$lib"
     timed build_plain "$bin" images build "$plain" --disk "$work/server.raw" --disk-size "$size" --json --quiet
     rm -f "$work/server.raw"
     timed build_dedup2 "$bin" images build "$first" --disk "$work/server.raw" --disk-size "$size" --json --quiet

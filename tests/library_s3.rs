@@ -887,3 +887,70 @@ fn credentials_never_appear_in_errors_or_json() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a catalog: give --catalog"));
 }
+
+/// Frame objects of a deduplicated image damaged on the object store, where a build fetches
+/// frames ahead of its reader (`chunks/prefetch.rs`): a missing frame and a short one are
+/// refused as a direct read refuses them, naming the object, and leave no disk behind; put
+/// back, the image builds byte-exact.
+#[test]
+fn a_missing_or_short_frame_object_on_s3_is_refused_by_name() {
+    let Some(mut lib) = Lib::start() else { return };
+    lib.dedup = true;
+    // 40 chunks of distinct noise, so that the build reads most frames from the prefetcher,
+    // and a last chunk holding a few bytes, whose frame is the smallest object.
+    let raw = lib.path("disk.raw");
+    let size = 48u64 << 20;
+    let file = fs::File::create(&raw).unwrap();
+    file.set_len(size).unwrap();
+    let mut rng = common::Rng::new(7);
+    for chunk in 0..40u64 {
+        let mut noise = vec![0u8; 4096];
+        rng.fill(&mut noise);
+        std::os::unix::fs::FileExt::write_all_at(&file, &noise, chunk << 20).unwrap();
+    }
+    std::os::unix::fs::FileExt::write_all_at(&file, b"the end", size - 4096).unwrap();
+    drop(file);
+    lib.upload(OWNER, &raw, "disk.raw");
+    let id = lib.register(OWNER, "disk.raw")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (key, frame) = lib
+        .server
+        .keys()
+        .into_iter()
+        .filter(|key| key.starts_with(&format!("{PREFIX}/chunks/")))
+        .map(|key| {
+            let bytes = lib.server.get(&key);
+            (key, bytes)
+        })
+        .min_by_key(|(_, bytes)| bytes.len())
+        .expect("no frame objects");
+    let object = key.rsplit('/').next().unwrap().to_string();
+    let disk = lib.path("built.raw");
+    let size_arg = size.to_string();
+    let build = [
+        "images",
+        "build",
+        &id,
+        "--disk",
+        disk.to_str().unwrap(),
+        "--disk-size",
+        &size_arg,
+    ];
+
+    lib.server.delete(&key);
+    let error = lib.fails(OWNER, &build);
+    assert!(error.contains(&object) && error.contains("missing"), "{error}");
+    assert!(!disk.exists(), "a failed build left its disk");
+
+    lib.server.put(&key, &frame[..frame.len() - 1]);
+    let error = lib.fails(OWNER, &build);
+    assert!(error.contains(&object) && error.contains("bytes"), "{error}");
+    assert!(!disk.exists(), "a failed build left its disk");
+
+    lib.server.put(&key, &frame);
+    lib.json(OWNER, &build);
+    assert!(fs::read(&disk).unwrap() == fs::read(&raw).unwrap());
+}

@@ -76,7 +76,7 @@ impl S3Server {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((status, _)) = try_http(port, "PUT", &format!("/{BUCKET}")) {
+            if let Ok((status, _)) = try_http(port, "PUT", &format!("/{BUCKET}"), &[]) {
                 assert_eq!(status, 200, "creating the bucket");
                 return Some(server);
             }
@@ -105,6 +105,25 @@ impl S3Server {
         let (status, body) = http(self.port, "GET", &format!("/{BUCKET}?list-type=2&max-keys=1000"));
         assert_eq!(status, 200, "{body}");
         tag_values(&body, "Key")
+    }
+
+    /// The bytes of object `key` (an unsigned GET).
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        let (status, body) = http_bytes(self.port, "GET", &format!("/{BUCKET}/{key}"), &[]);
+        assert_eq!(status, 200, "GET {key}: {}", String::from_utf8_lossy(&body));
+        body
+    }
+
+    /// Stores `bytes` as object `key` (an unsigned PUT): a test damaging the store.
+    pub fn put(&self, key: &str, bytes: &[u8]) {
+        let (status, body) = http_bytes(self.port, "PUT", &format!("/{BUCKET}/{key}"), bytes);
+        assert_eq!(status, 200, "PUT {key}: {}", String::from_utf8_lossy(&body));
+    }
+
+    /// Deletes object `key` (an unsigned DELETE).
+    pub fn delete(&self, key: &str) {
+        let (status, body) = http_bytes(self.port, "DELETE", &format!("/{BUCKET}/{key}"), &[]);
+        assert_eq!(status, 204, "DELETE {key}: {}", String::from_utf8_lossy(&body));
     }
 
     /// The keys of the multipart uploads in progress (ListMultipartUploads).
@@ -152,27 +171,48 @@ fn tag_values(xml: &str, tag: &str) -> Vec<String> {
         .collect()
 }
 
-/// One unsigned HTTP/1.1 request; (status, body).
+/// One HTTP/1.1 request, not signed; (status, body).
 pub fn http(port: u16, method: &str, target: &str) -> (u16, String) {
-    try_http(port, method, target).unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+    let (status, body) = http_bytes(port, method, target, &[]);
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn try_http(port: u16, method: &str, target: &str) -> std::io::Result<(u16, String)> {
+/// One HTTP/1.1 request sending `body`, not signed; (status, body of the reply).
+pub fn http_bytes(port: u16, method: &str, target: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    try_http(port, method, target, body).unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+}
+
+/// An `Authorization` header naming [`ACCESS_KEY`] with a signature moto does not check: it
+/// serves object reads only to a request that names a key.
+fn unchecked_authorization() -> String {
+    format!("AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
+}
+
+fn try_http(port: u16, method: &str, target: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
-        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        unchecked_authorization(),
+        body.len()
     )?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply)?;
-    let status = reply
+    stream.write_all(body)?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| {
+        std::io::Error::other(format!(
+            "not an HTTP reply: {:?}",
+            String::from_utf8_lossy(&reply)
+        ))
+    })?;
+    let head = String::from_utf8_lossy(&reply[..end]).into_owned();
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP reply: {reply:?}")))?;
-    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
-    Ok((status, body))
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP reply: {head:?}")))?;
+    Ok((status, reply[end + 4..].to_vec()))
 }
 
 /// A TCP relay in front of a server that a test can cut and mend; see the module docs.

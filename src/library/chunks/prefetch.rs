@@ -1,12 +1,15 @@
-//! [`Prefetch`]: frames of a deduplicated image fetched ahead of the reader, several at once,
-//! for object stores, where each frame is a request whose latency (tens of milliseconds on a
+//! [`Prefetch`]: frames of a deduplicated image fetched ahead of the reader, several at once.
+//! On an object store each frame is a request whose latency (tens of milliseconds on a
 //! loopback S3 server) dwarfs its transfer, and a build's few workers asking one frame each
-//! would leave the link idle.
+//! would leave the link idle. In a local directory a frame whose inode and data are not cached
+//! costs a wait for the disk at its open and at its read: the fetchers open the files ahead
+//! and hand them to the kernel's read-ahead ([`Objects::prefetch_object`]), keeping no bytes.
 //!
 //! When frame `i` is read, the frames `i + 1 ..= i + WINDOW` not read yet are queued for
-//! `THREADS` fetcher threads; a later read of one of them takes its bytes if they are there
-//! (waiting if its fetch is under way). A build's workers read from a few places at once, so
-//! nothing is dropped for being behind one reader, only for being far behind every read.
+//! `THREADS` fetcher threads (`LOCAL_THREADS` locally), `REFILL` at a time; a later read
+//! of one of them takes its bytes if they are there (waiting if its fetch is under way). A
+//! build's workers read from a few places at once, so nothing is dropped for being behind one
+//! reader, only for being far behind every read.
 //! Memory: at most `BUDGET` bytes of frames held or in flight. Anything unexpected in a
 //! prefetched frame (an error, a missing object, a wrong length) is not reported from here:
 //! the reader fetches that frame again itself, which reports it as a direct read does.
@@ -19,8 +22,13 @@ use crate::library::objects::Objects;
 
 /// Frames fetched ahead of the reader at most.
 const WINDOW: usize = 128;
+/// Frames read before the window is refilled.
+const REFILL: usize = 32;
 /// Fetches in flight at once.
 const THREADS: usize = 32;
+/// Local frames handed to the kernel's read-ahead at once (opening a file whose inode is not
+/// cached waits for the disk; its data is then read in the background).
+const LOCAL_THREADS: usize = 8;
 /// Bytes of frames queued, in flight or waiting for their reader, at most.
 const BUDGET: u64 = 64 << 20;
 
@@ -61,7 +69,10 @@ impl State {
 struct Shared {
     objects: Arc<dyn Objects>,
     state: Mutex<State>,
-    changed: Condvar,
+    /// Signalled when frames are queued (or on stop): the fetchers wait on it.
+    queued: Condvar,
+    /// Signalled when a fetch ends (or on stop): a reader waiting for its frame waits on it.
+    arrived: Condvar,
 }
 
 impl Shared {
@@ -79,12 +90,17 @@ pub(super) struct Prefetch {
 impl Prefetch {
     /// Fetchers over `objects`; `None` if no thread could be started.
     pub fn start(objects: Arc<dyn Objects>) -> Option<Prefetch> {
+        let threads = match objects.local_root() {
+            Some(_) => LOCAL_THREADS,
+            None => THREADS,
+        };
         let shared = Arc::new(Shared {
             objects,
             state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            queued: Condvar::new(),
+            arrived: Condvar::new(),
         });
-        let threads: Vec<_> = (0..THREADS)
+        let threads: Vec<_> = (0..threads)
             .filter_map(|n| {
                 let shared = Arc::clone(&shared);
                 std::thread::Builder::new()
@@ -112,7 +128,7 @@ impl Prefetch {
                     break None;
                 }
                 Some(Slot::Fetching) => {
-                    state = self.shared.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+                    state = self.shared.arrived.wait(state).unwrap_or_else(|e| e.into_inner());
                 }
                 Some(Slot::Done(_)) => match state.remove(index) {
                     Some(Slot::Done(bytes)) => break bytes,
@@ -131,7 +147,16 @@ impl Prefetch {
             state.remove(i);
         }
         state.queue.retain(|j| j.index + 4 * WINDOW >= index);
-        for next in index + 1..=index + WINDOW {
+        // The window is refilled once `REFILL` of it have been read, not after every read:
+        // each refill wakes fetchers, and waking one per read costs more system time than a
+        // read from the page cache does.
+        let ahead = state.slots.keys().filter(|&&i| i > index).count();
+        let mut added = 0;
+        for next in (ahead + REFILL <= WINDOW)
+            .then_some(index + 1..=index + WINDOW)
+            .into_iter()
+            .flatten()
+        {
             if state.slots.contains_key(&next) || state.read.contains(&next) {
                 continue;
             }
@@ -142,9 +167,13 @@ impl Prefetch {
             state.held += job.len;
             state.slots.insert(next, (Slot::Queued, job.len));
             state.queue.push_back(job);
+            added += 1;
         }
         drop(state);
-        self.shared.changed.notify_all();
+        // A wake-up per queued frame, at most one per fetcher.
+        for _ in 0..added.min(self.threads.len()) {
+            self.shared.queued.notify_one();
+        }
         taken
     }
 }
@@ -152,7 +181,8 @@ impl Prefetch {
 impl Drop for Prefetch {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
-        self.shared.changed.notify_all();
+        self.shared.queued.notify_all();
+        self.shared.arrived.notify_all();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -175,21 +205,16 @@ fn fetch_loop(shared: &Shared) {
                     }
                     continue;
                 }
-                state = shared.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+                state = shared.queued.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let bytes = shared
-            .objects
-            .get_object(&job.key, job.len)
-            .ok()
-            .flatten()
-            .filter(|bytes| bytes.len() as u64 == job.len);
+        let bytes = shared.objects.prefetch_object(&job.key, job.len);
         let mut state = shared.lock();
         // Kept only if still wanted (the reader may have passed it meanwhile).
         if let Some((slot, _)) = state.slots.get_mut(&job.index) {
             *slot = Slot::Done(bytes);
         }
         drop(state);
-        shared.changed.notify_all();
+        shared.arrived.notify_all();
     }
 }

@@ -24,7 +24,7 @@ pub struct VirtualArchive {
     objects: Arc<dyn Objects>,
     name: String,
     cache: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
-    /// Frames fetched ahead, for object stores (a local file is read when asked).
+    /// Frames fetched (object stores) or read into the page cache (local) ahead of the reader.
     prefetch: Option<Prefetch>,
 }
 
@@ -39,10 +39,7 @@ impl std::fmt::Debug for VirtualArchive {
 impl VirtualArchive {
     /// The archive of `index` (the object `name`), reading frames from `objects`.
     pub fn new(index: ImageIndex, objects: Arc<dyn Objects>, name: String) -> Self {
-        let prefetch = match objects.local_root() {
-            Some(_) => None,
-            None => Prefetch::start(Arc::clone(&objects)),
-        };
+        let prefetch = Prefetch::start(Arc::clone(&objects));
         VirtualArchive {
             index,
             objects,

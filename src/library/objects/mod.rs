@@ -113,6 +113,18 @@ pub trait Objects: Send + Sync {
         Ok(())
     }
 
+    /// Fetches the object at `key`, expected to be `len` bytes long, ahead of its read: its
+    /// bytes where they must be carried (an object store), or `None` once a local file has
+    /// been handed to the kernel's read-ahead, so that the later read finds it in the page
+    /// cache without this copy. A hint: anything unexpected gives `None`, and the read itself
+    /// reports it.
+    fn prefetch_object(&self, key: &str, len: u64) -> Option<Vec<u8>> {
+        self.get_object(key, len)
+            .ok()
+            .flatten()
+            .filter(|bytes| bytes.len() as u64 == len)
+    }
+
     /// Reads the object at `key`, which must be exactly `buf.len()` bytes long, into `buf`
     /// (one read where the backend allows: no buffer of its own, no copy); `false` if there
     /// is no such object.
