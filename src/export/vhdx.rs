@@ -21,6 +21,10 @@ use super::data::{write_positional, Disk};
 use super::unique::random_uuid;
 use crate::control::Control;
 use crate::error::{Error, Result};
+use crate::input::vhdx::guid::{
+    BAT, FILE_PARAMETERS, LOGICAL_SECTOR as LOGICAL_SECTOR_SIZE, METADATA, PAGE_83,
+    PHYSICAL_SECTOR as PHYSICAL_SECTOR_SIZE, VIRTUAL_DISK_SIZE,
+};
 use crate::read_at::ReadAt;
 
 const KIB: u64 = 1024;
@@ -35,58 +39,6 @@ const BAT_AT: u64 = 3 * MIB;
 const LOGICAL_SECTOR: u64 = 512;
 const PHYSICAL_SECTOR: u32 = 4096;
 const FULLY_PRESENT: u64 = 6;
-
-/// A GUID as stored: the first three fields little-endian, the last eight bytes as written.
-const fn guid(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
-    let (a, b, c) = (d1.to_le_bytes(), d2.to_le_bytes(), d3.to_le_bytes());
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5], d4[6],
-        d4[7],
-    ]
-}
-
-const BAT: [u8; 16] = guid(
-    0x2dc27766,
-    0xf623,
-    0x4200,
-    [0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08],
-);
-const METADATA: [u8; 16] = guid(
-    0x8b7ca206,
-    0x4790,
-    0x4b9a,
-    [0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e],
-);
-const FILE_PARAMETERS: [u8; 16] = guid(
-    0xcaa16737,
-    0xfa36,
-    0x4d43,
-    [0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b],
-);
-const VIRTUAL_DISK_SIZE: [u8; 16] = guid(
-    0x2fa54224,
-    0xcd1b,
-    0x4876,
-    [0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8],
-);
-const PAGE_83: [u8; 16] = guid(
-    0xbeca12ab,
-    0xb2e6,
-    0x4523,
-    [0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46],
-);
-const LOGICAL_SECTOR_SIZE: [u8; 16] = guid(
-    0x8141bf1d,
-    0xa96f,
-    0x4709,
-    [0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f],
-);
-const PHYSICAL_SECTOR_SIZE: [u8; 16] = guid(
-    0xcda348c7,
-    0x445d,
-    0x4471,
-    [0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56],
-);
 
 /// Metadata entry flags.
 const IS_VIRTUAL_DISK: u32 = 2;

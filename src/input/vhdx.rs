@@ -38,65 +38,72 @@ const MAX_ENTRIES: u32 = 2047;
 /// The format's largest virtual disk (64 TiB).
 const MAX_VIRTUAL_SIZE: u64 = 64 << 40;
 
-/// A GUID as stored: the first three fields little-endian, the last eight bytes as written.
-const fn guid(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
-    let a = d1.to_le_bytes();
-    let b = d2.to_le_bytes();
-    let c = d3.to_le_bytes();
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5], d4[6],
-        d4[7],
-    ]
-}
+/// The GUIDs of the VHDX specification that the reader and the writer (`export::vhdx`) use.
+pub(crate) mod guid {
+    /// A GUID as stored: the first three fields little-endian, the last eight bytes as written.
+    const fn from_fields(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
+        let a = d1.to_le_bytes();
+        let b = d2.to_le_bytes();
+        let c = d3.to_le_bytes();
+        [
+            a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5], d4[6],
+            d4[7],
+        ]
+    }
 
-const BAT: [u8; 16] = guid(
-    0x2dc27766,
-    0xf623,
-    0x4200,
-    [0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08],
-);
-const METADATA: [u8; 16] = guid(
-    0x8b7ca206,
-    0x4790,
-    0x4b9a,
-    [0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e],
-);
-const FILE_PARAMETERS: [u8; 16] = guid(
-    0xcaa16737,
-    0xfa36,
-    0x4d43,
-    [0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b],
-);
-const VIRTUAL_DISK_SIZE: [u8; 16] = guid(
-    0x2fa54224,
-    0xcd1b,
-    0x4876,
-    [0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8],
-);
-const PAGE_83: [u8; 16] = guid(
-    0xbeca12ab,
-    0xb2e6,
-    0x4523,
-    [0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46],
-);
-const LOGICAL_SECTOR: [u8; 16] = guid(
-    0x8141bf1d,
-    0xa96f,
-    0x4709,
-    [0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f],
-);
-const PHYSICAL_SECTOR: [u8; 16] = guid(
-    0xcda348c7,
-    0x445d,
-    0x4471,
-    [0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56],
-);
-const PARENT_LOCATOR: [u8; 16] = guid(
-    0xa8d35f2d,
-    0xb30b,
-    0x454d,
-    [0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c],
-);
+    pub(crate) const BAT: [u8; 16] = from_fields(
+        0x2dc27766,
+        0xf623,
+        0x4200,
+        [0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08],
+    );
+    pub(crate) const METADATA: [u8; 16] = from_fields(
+        0x8b7ca206,
+        0x4790,
+        0x4b9a,
+        [0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e],
+    );
+    pub(crate) const FILE_PARAMETERS: [u8; 16] = from_fields(
+        0xcaa16737,
+        0xfa36,
+        0x4d43,
+        [0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b],
+    );
+    pub(crate) const VIRTUAL_DISK_SIZE: [u8; 16] = from_fields(
+        0x2fa54224,
+        0xcd1b,
+        0x4876,
+        [0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8],
+    );
+    pub(crate) const PAGE_83: [u8; 16] = from_fields(
+        0xbeca12ab,
+        0xb2e6,
+        0x4523,
+        [0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46],
+    );
+    pub(crate) const LOGICAL_SECTOR: [u8; 16] = from_fields(
+        0x8141bf1d,
+        0xa96f,
+        0x4709,
+        [0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f],
+    );
+    pub(crate) const PHYSICAL_SECTOR: [u8; 16] = from_fields(
+        0xcda348c7,
+        0x445d,
+        0x4471,
+        [0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56],
+    );
+    pub(crate) const PARENT_LOCATOR: [u8; 16] = from_fields(
+        0xa8d35f2d,
+        0xb30b,
+        0x454d,
+        [0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c],
+    );
+}
+use guid::{
+    BAT, FILE_PARAMETERS, LOGICAL_SECTOR, METADATA, PAGE_83, PARENT_LOCATOR, PHYSICAL_SECTOR,
+    VIRTUAL_DISK_SIZE,
+};
 
 /// crc32c of `bytes` with the 4-byte checksum field at `field` counted as zero.
 pub fn checksum(bytes: &[u8], field: usize) -> u32 {

@@ -33,16 +33,10 @@ pub trait ChunkCatalog {
     /// (its content is anyone's to read, so reusing it reveals nothing; docs/STORE.md).
     fn reuse_chunk(&mut self, image: &str, owner: &str, sha: &str) -> Result<Option<ChunkRow>>;
 
-    /// Records a new frame of account `owner` as `pending` and `image`'s reference to it, in
-    /// one transaction, before the frame is uploaded.
-    fn add_pending_chunk(&mut self, image: &str, owner: &str, row: &ChunkRow) -> Result<()>;
-
-    /// [`add_pending_chunk`](Self::add_pending_chunk) for several frames in one transaction
-    /// (a registration records its new frames in batches: one commit per batch, not per frame).
-    fn add_pending_chunks(&mut self, image: &str, owner: &str, rows: &[ChunkRow]) -> Result<()> {
-        rows.iter()
-            .try_for_each(|row| self.add_pending_chunk(image, owner, row))
-    }
+    /// Records new frames of account `owner` as `pending`, and `image`'s references to them,
+    /// in one transaction, before the frames are uploaded (a registration records its new
+    /// frames in batches: one commit per batch, not per frame).
+    fn add_pending_chunks(&mut self, image: &str, owner: &str, rows: &[ChunkRow]) -> Result<()>;
 
     /// Marks the frames `image` references `stored` (its uploads are complete).
     fn mark_chunks_stored(&mut self, image: &str) -> Result<u64>;

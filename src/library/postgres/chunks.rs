@@ -51,24 +51,6 @@ impl ChunkCatalog for PostgresStore {
         }
     }
 
-    fn add_pending_chunk(&mut self, image: &str, owner: &str, row: &ChunkRow) -> Result<()> {
-        let gen = gen_to_sql(row.gen);
-        let (frame_len, crc) = (i64::from(row.frame_len), i64::from(row.crc));
-        self.write("cannot record a new chunk", |client| {
-            let mut tx = client.transaction()?;
-            tx.execute(
-                "INSERT INTO chunks (sha, gen, owner, frame_len, crc, state) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending')",
-                &[&row.sha, &gen, &owner, &frame_len, &crc],
-            )?;
-            tx.execute(
-                "INSERT INTO image_chunks (image_id, sha, gen) VALUES ($1, $2, $3)",
-                &[&image, &row.sha, &gen],
-            )?;
-            tx.commit()
-        })
-    }
-
     fn add_pending_chunks(&mut self, image: &str, owner: &str, rows: &[ChunkRow]) -> Result<()> {
         self.write("cannot record new chunks", |client| {
             let mut tx = client.transaction()?;

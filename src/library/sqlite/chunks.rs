@@ -12,17 +12,22 @@ use crate::library::chunks::catalog::{gen_from_sql, gen_to_sql, ChunkCatalog, Ch
 impl SqliteStore {
     /// Runs `work` with commits that do not fsync (see the module docs).
     fn unsynced<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| db_error("cannot set synchronous mode", e))?;
+        self.set_synchronous("PRAGMA synchronous = NORMAL")?;
         let result = work(self);
-        let restored = self
-            .conn
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| db_error("cannot set synchronous mode", e));
+        let restored = self.set_synchronous("PRAGMA synchronous = FULL");
         let value = result?;
         restored?;
         Ok(value)
+    }
+
+    /// Runs one of the two `synchronous` pragmas (prepared once per connection: a
+    /// registration switches for every chunk it looks up).
+    fn set_synchronous(&self, pragma: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(pragma)
+            .and_then(|mut statement| statement.execute([]))
+            .map(drop)
+            .map_err(|e| db_error("cannot set synchronous mode", e))
     }
 }
 
@@ -43,48 +48,26 @@ impl ChunkCatalog for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| db_error("cannot start a transaction", e))?;
             let found = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT c.sha, c.gen, c.frame_len, c.crc FROM chunks c \
                      WHERE c.sha = ?1 AND c.state = 'stored' AND (c.owner = ?2 OR EXISTS ( \
                          SELECT 1 FROM image_chunks r JOIN images i ON i.id = r.image_id \
                          WHERE r.sha = c.sha AND r.gen = c.gen AND i.public = 1 \
                          AND i.status IN ('available', 'deprecated'))) \
                      ORDER BY c.owner = ?2 DESC LIMIT 1",
-                    [sha, owner],
-                    row_of,
                 )
+                .and_then(|mut select| select.query_row([sha, owner], row_of))
                 .optional()
                 .map_err(|e| db_error("cannot look a chunk up", e))?;
             if let Some(row) = &found {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR IGNORE INTO image_chunks (image_id, sha, gen) VALUES (?1, ?2, ?3)",
-                    params![image, row.sha, gen_to_sql(row.gen)],
                 )
+                .and_then(|mut insert| insert.execute(params![image, row.sha, gen_to_sql(row.gen)]))
                 .map_err(|e| db_error("cannot reference a chunk", e))?;
             }
             tx.commit().map_err(|e| db_error("cannot commit", e))?;
             Ok(found)
-        })
-    }
-
-    fn add_pending_chunk(&mut self, image: &str, owner: &str, row: &ChunkRow) -> Result<()> {
-        self.unsynced(|store| {
-            let tx = store
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| db_error("cannot start a transaction", e))?;
-            tx.execute(
-                "INSERT INTO chunks (sha, gen, owner, frame_len, crc, state) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-                params![row.sha, gen_to_sql(row.gen), owner, row.frame_len, row.crc],
-            )
-            .map_err(|e| db_error("cannot record a new chunk", e))?;
-            tx.execute(
-                "INSERT INTO image_chunks (image_id, sha, gen) VALUES (?1, ?2, ?3)",
-                params![image, row.sha, gen_to_sql(row.gen)],
-            )
-            .map_err(|e| db_error("cannot reference a chunk", e))?;
-            tx.commit().map_err(|e| db_error("cannot commit", e))
         })
     }
 
@@ -94,19 +77,30 @@ impl ChunkCatalog for SqliteStore {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| db_error("cannot start a transaction", e))?;
-            for row in rows {
-                tx.execute(
+            let mut chunk = tx
+                .prepare_cached(
                     "INSERT INTO chunks (sha, gen, owner, frame_len, crc, state) \
                      VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-                    params![row.sha, gen_to_sql(row.gen), owner, row.frame_len, row.crc],
                 )
                 .map_err(|e| db_error("cannot record a new chunk", e))?;
-                tx.execute(
-                    "INSERT INTO image_chunks (image_id, sha, gen) VALUES (?1, ?2, ?3)",
-                    params![image, row.sha, gen_to_sql(row.gen)],
-                )
+            let mut reference = tx
+                .prepare_cached("INSERT INTO image_chunks (image_id, sha, gen) VALUES (?1, ?2, ?3)")
                 .map_err(|e| db_error("cannot reference a chunk", e))?;
+            for row in rows {
+                chunk
+                    .execute(params![
+                        row.sha,
+                        gen_to_sql(row.gen),
+                        owner,
+                        row.frame_len,
+                        row.crc
+                    ])
+                    .map_err(|e| db_error("cannot record a new chunk", e))?;
+                reference
+                    .execute(params![image, row.sha, gen_to_sql(row.gen)])
+                    .map_err(|e| db_error("cannot reference a chunk", e))?;
             }
+            drop((chunk, reference));
             tx.commit().map_err(|e| db_error("cannot commit", e))
         })
     }
