@@ -19,7 +19,7 @@ IMGPACK_DEDUP=off $bin images snapshot --disk $corpus/debian.raw -n plain --json
 d=$(python3 -c 'import json,sys;print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["id"])' $work/d.json)
 p=$(python3 -c 'import json,sys;print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["id"])' $work/p.json)
 echo "load $(cut -d' ' -f1-3 /proc/loadavg)"
-for rep in 1 2 3; do
+for rep in $(seq "${REPS:-3}"); do
   for kind in dedup plain; do
     id=$d; [ $kind = plain ] && id=$p
     rm -f $work/built.raw; sync

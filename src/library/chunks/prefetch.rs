@@ -6,7 +6,8 @@
 //! and hand them to the kernel's read-ahead ([`Objects::prefetch_object`]), keeping no bytes.
 //!
 //! When frame `i` is read, the frames `i + 1 ..= i + WINDOW` not read yet are queued for
-//! `THREADS` fetcher threads (`LOCAL_THREADS` locally), `REFILL` at a time; a later read
+//! `THREADS` fetcher threads after every read (locally `LOCAL_THREADS`, `LOCAL_REFILL` at a
+//! time); a later read
 //! of one of them takes its bytes if they are there (waiting if its fetch is under way). A
 //! build's workers read from a few places at once, so nothing is dropped for being behind one
 //! reader, only for being far behind every read.
@@ -22,8 +23,10 @@ use crate::library::objects::Objects;
 
 /// Frames fetched ahead of the reader at most.
 const WINDOW: usize = 128;
-/// Frames read before the window is refilled.
-const REFILL: usize = 32;
+/// Frames read before the window is refilled, locally: each refill wakes fetchers, and waking
+/// one per read costs more system time than a read from the page cache does. On an object
+/// store a frame's round trip dwarfs that, and the window is refilled after every read.
+const LOCAL_REFILL: usize = 32;
 /// Fetches in flight at once.
 const THREADS: usize = 32;
 /// Local frames handed to the kernel's read-ahead at once (opening a file whose inode is not
@@ -85,14 +88,16 @@ impl Shared {
 pub(super) struct Prefetch {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// Frames read before the window is refilled.
+    refill: usize,
 }
 
 impl Prefetch {
     /// Fetchers over `objects`; `None` if no thread could be started.
     pub fn start(objects: Arc<dyn Objects>) -> Option<Prefetch> {
-        let threads = match objects.local_root() {
-            Some(_) => LOCAL_THREADS,
-            None => THREADS,
+        let (threads, refill) = match objects.local_root() {
+            Some(_) => (LOCAL_THREADS, LOCAL_REFILL),
+            None => (THREADS, 1),
         };
         let shared = Arc::new(Shared {
             objects,
@@ -109,7 +114,11 @@ impl Prefetch {
                     .ok()
             })
             .collect();
-        (!threads.is_empty()).then_some(Prefetch { shared, threads })
+        (!threads.is_empty()).then_some(Prefetch {
+            shared,
+            threads,
+            refill,
+        })
     }
 
     /// Takes frame `index`'s prefetched bytes (waiting while it is being fetched), if it was
@@ -147,12 +156,9 @@ impl Prefetch {
             state.remove(i);
         }
         state.queue.retain(|j| j.index + 4 * WINDOW >= index);
-        // The window is refilled once `REFILL` of it have been read, not after every read:
-        // each refill wakes fetchers, and waking one per read costs more system time than a
-        // read from the page cache does.
         let ahead = state.slots.keys().filter(|&&i| i > index).count();
         let mut added = 0;
-        for next in (ahead + REFILL <= WINDOW)
+        for next in (ahead + self.refill <= WINDOW)
             .then_some(index + 1..=index + WINDOW)
             .into_iter()
             .flatten()
