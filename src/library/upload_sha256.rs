@@ -41,6 +41,8 @@ impl UploadSha256 {
         if source_type != SourceType::Upload {
             return (body, not_hashed);
         }
+        // Without the `s3` feature an upload body is only ever a local input.
+        #[cfg_attr(not(feature = "s3"), allow(clippy::infallible_destructuring_match))]
         let input = match body {
             UploadBody::Input(input) => input,
             #[cfg(feature = "s3")]

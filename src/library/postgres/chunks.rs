@@ -10,6 +10,24 @@ use super::PostgresStore;
 use crate::error::Result;
 use crate::library::chunks::catalog::{gen_from_sql, gen_to_sql, ChunkCatalog, ChunkRow};
 
+/// Finds a `stored` frame of content `$1` that account `$2` may reuse (its own first, or one
+/// a public usable image references: docs/STORE.md), locks its row and references it from
+/// image `$3`; returns the frame.
+const REUSE_CHUNK: &str = "WITH found AS ( \
+         SELECT c.sha, c.gen, c.frame_len, c.crc FROM chunks c \
+         WHERE c.sha = $1 AND c.state = 'stored' AND (c.owner = $2 OR EXISTS ( \
+             SELECT 1 FROM image_chunks r JOIN images i ON i.id = r.image_id \
+             WHERE r.sha = c.sha AND r.gen = c.gen AND i.public \
+             AND i.status IN ('available', 'deprecated'))) \
+         ORDER BY c.owner = $2 DESC LIMIT 1 FOR KEY SHARE OF c), \
+     pinned AS ( \
+         INSERT INTO image_chunks (image_id, sha, gen) SELECT $3, sha, gen FROM found \
+         ON CONFLICT DO NOTHING) \
+     SELECT sha, gen, frame_len, crc FROM found";
+const INSERT_CHUNK: &str = "INSERT INTO chunks (sha, gen, owner, frame_len, crc, state) \
+     VALUES ($1, $2, $3, $4, $5, 'pending')";
+const INSERT_REFERENCE: &str = "INSERT INTO image_chunks (image_id, sha, gen) VALUES ($1, $2, $3)";
+
 fn row_of(row: &postgres::Row) -> Result<ChunkRow> {
     let number = |index: usize| -> Result<i64> { row.try_get(index).map_err(column_error) };
     Ok(ChunkRow {
@@ -22,26 +40,12 @@ fn row_of(row: &postgres::Row) -> Result<ChunkRow> {
 
 impl ChunkCatalog for PostgresStore {
     fn reuse_chunk(&mut self, image: &str, owner: &str, sha: &str) -> Result<Option<ChunkRow>> {
-        let found = self.write("cannot look a chunk up", |client| {
-            let mut tx = client.transaction()?;
-            let row = tx.query_opt(
-                "SELECT c.sha, c.gen, c.frame_len, c.crc FROM chunks c \
-                 WHERE c.sha = $1 AND c.state = 'stored' AND (c.owner = $2 OR EXISTS ( \
-                     SELECT 1 FROM image_chunks r JOIN images i ON i.id = r.image_id \
-                     WHERE r.sha = c.sha AND r.gen = c.gen AND i.public \
-                     AND i.status IN ('available', 'deprecated'))) \
-                 ORDER BY c.owner = $2 DESC LIMIT 1 FOR KEY SHARE OF c",
-                &[&sha, &owner],
-            )?;
-            if let Some(row) = &row {
-                let gen: i64 = row.try_get(1)?;
-                tx.execute(
-                    "INSERT INTO image_chunks (image_id, sha, gen) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    &[&image, &sha, &gen],
-                )?;
-            }
-            tx.commit()?;
-            Ok(row)
+        // One statement (one round trip, atomic on its own): find the frame, lock its row
+        // against a collector's delete, and pin it for `image`. Run again after a lost
+        // connection, it pins at most one more frame of the same content, which the image's
+        // destruction releases like any other.
+        let found = self.run_repeatable("cannot look a chunk up", REUSE_CHUNK, |client, statement| {
+            client.query_opt(statement, &[&sha, &owner, &image])
         });
         match found {
             Ok(row) => row.as_ref().map(row_of).transpose(),
@@ -52,23 +56,20 @@ impl ChunkCatalog for PostgresStore {
     }
 
     fn add_pending_chunks(&mut self, image: &str, owner: &str, rows: &[ChunkRow]) -> Result<()> {
-        self.write("cannot record new chunks", |client| {
-            let mut tx = client.transaction()?;
-            for row in rows {
-                let gen = gen_to_sql(row.gen);
-                let (frame_len, crc) = (i64::from(row.frame_len), i64::from(row.crc));
-                tx.execute(
-                    "INSERT INTO chunks (sha, gen, owner, frame_len, crc, state) \
-                     VALUES ($1, $2, $3, $4, $5, 'pending')",
-                    &[&row.sha, &gen, &owner, &frame_len, &crc],
-                )?;
-                tx.execute(
-                    "INSERT INTO image_chunks (image_id, sha, gen) VALUES ($1, $2, $3)",
-                    &[&image, &row.sha, &gen],
-                )?;
-            }
-            tx.commit()
-        })
+        self.write_prepared(
+            "cannot record new chunks",
+            [INSERT_CHUNK, INSERT_REFERENCE],
+            |client, [chunk, reference]| {
+                let mut tx = client.transaction()?;
+                for row in rows {
+                    let gen = gen_to_sql(row.gen);
+                    let (frame_len, crc) = (i64::from(row.frame_len), i64::from(row.crc));
+                    tx.execute(&chunk, &[&row.sha, &gen, &owner, &frame_len, &crc])?;
+                    tx.execute(&reference, &[&image, &row.sha, &gen])?;
+                }
+                tx.commit()
+            },
+        )
     }
 
     fn mark_chunks_stored(&mut self, image: &str) -> Result<u64> {

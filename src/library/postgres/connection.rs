@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use postgres::error::SqlState;
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config, NoTls, Statement};
 
 use super::PostgresStore;
 use crate::error::{Error, ErrorKind, Result};
@@ -65,6 +65,7 @@ impl PostgresStore {
         let local_now = (before + precise_now()) / 2.0;
         // Rounded to whole seconds, as leases are kept: hosts in step measure 0.
         self.clock_offset = (server_now - local_now).round() as i64;
+        self.statements.clear();
         Ok(self.client.insert(client))
     }
 
@@ -103,6 +104,69 @@ impl PostgresStore {
     ) -> Result<T> {
         let result = work(self.live_client()?);
         result.map_err(|e| self.failed(what, e))
+    }
+
+    /// Statement `sql`, prepared on the current connection once.
+    fn prepared(&mut self, sql: &'static str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let client = self.client.as_mut().expect("called with a connection");
+        let statement = client.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Runs `work` with the statements `sql`, prepared once per connection, as
+    /// [`write`](Self::write) runs its work: once, on a connection checked first.
+    pub(super) fn write_prepared<T, const N: usize>(
+        &mut self,
+        what: &str,
+        sql: [&'static str; N],
+        work: impl FnOnce(&mut Client, [Statement; N]) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        self.live_client()?;
+        let result = sql
+            .iter()
+            .map(|sql| self.prepared(sql))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .and_then(|statements| {
+                let statements: [Statement; N] = statements.try_into().expect("one per statement");
+                work(self.client.as_mut().expect("checked above"), statements)
+            });
+        result.map_err(|e| self.failed(what, e))
+    }
+
+    /// Runs the single statement `sql`, prepared once per connection, via `work`; where the
+    /// connection is found lost, on a new connection once more. Only for a statement that
+    /// may run twice: its first run may have committed before its reply was lost.
+    pub(super) fn run_repeatable<T>(
+        &mut self,
+        what: &str,
+        sql: &'static str,
+        mut work: impl FnMut(&mut Client, &Statement) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        match self.run_prepared(sql, &mut work)? {
+            Err(e) if connection_lost(&e) => {
+                self.client = None;
+                let second = self.run_prepared(sql, &mut work)?;
+                second.map_err(|e| self.failed(what, e))
+            }
+            result => result.map_err(|e| self.failed(what, e)),
+        }
+    }
+
+    /// One run of [`run_repeatable`](Self::run_repeatable): an error connecting is final, a
+    /// statement's error is the caller's to judge.
+    fn run_prepared<T>(
+        &mut self,
+        sql: &'static str,
+        work: &mut impl FnMut(&mut Client, &Statement) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<std::result::Result<T, postgres::Error>> {
+        self.client()?;
+        Ok(self
+            .prepared(sql)
+            .and_then(|statement| work(self.client.as_mut().expect("made above"), &statement)))
     }
 
     /// The connection, checked with an empty query and made again if it is gone.

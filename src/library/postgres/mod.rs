@@ -56,6 +56,10 @@ pub struct PostgresStore {
     /// The server as shown in messages: never the password.
     shown: String,
     client: Option<Client>,
+    /// Statements prepared on `client`, by their SQL (a registration runs a few statements
+    /// once per chunk; preparing each time would double its round trips). Emptied whenever a
+    /// new connection is made.
+    statements: std::collections::HashMap<&'static str, postgres::Statement>,
     /// Server clock minus this host's clock, in seconds, measured at connection.
     clock_offset: i64,
 }
@@ -86,6 +90,7 @@ impl PostgresStore {
             config,
             shown,
             client: None,
+            statements: std::collections::HashMap::new(),
             clock_offset: 0,
         };
         store.connect()?;
