@@ -544,7 +544,7 @@ fn start_registration(lib: &Lib, source: &str) -> (Child, String) {
 
 /// Registrar A's image is `available` but A has not yet deleted the upload (held there by a
 /// test-only variable) when registrar B opens the same object and inserts its own
-/// `creating` record: the object's identity (ETag, size, last-modified) in the catalog
+/// `creating` record: the object's identity (URL, ETag, size, last-modified) in the catalog
 /// refuses B, so the upload is stored once.
 #[test]
 fn an_upload_opened_just_before_its_registration_deleted_it_is_refused() {
@@ -953,4 +953,22 @@ fn a_missing_or_short_frame_object_on_s3_is_refused_by_name() {
     lib.server.put(&key, &frame);
     lib.json(OWNER, &build);
     assert!(fs::read(&disk).unwrap() == fs::read(&raw).unwrap());
+}
+
+/// Two uploads of the same bytes under two names, stored within the same second (so with the
+/// same ETag, size and Last-Modified), are two uploads: each registers. The upload identity
+/// once left out the object's key, and the second registration was refused as "already
+/// registered" (seen as an intermittent failure of `tests/dedup_race.rs`).
+#[test]
+fn the_same_bytes_uploaded_under_two_names_register_twice() {
+    let Some(lib) = Lib::start() else { return };
+    let raw = lib.path("same.raw");
+    write_disk(&raw, 4 << 20, 4096, 11);
+    lib.upload(OWNER, &raw, "first.raw");
+    lib.upload(OWNER, &raw, "second.raw");
+    let first = lib.register(OWNER, "first.raw");
+    let second = lib.register(OWNER, "second.raw");
+    assert_eq!(first["status"], "available");
+    assert_eq!(second["status"], "available");
+    assert_ne!(first["id"], second["id"]);
 }

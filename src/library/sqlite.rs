@@ -409,14 +409,19 @@ impl CatalogStore for SqliteStore {
 
     fn renew(&mut self, id: &str, disk_size: Option<u64>, expires_at: i64) -> Result<bool> {
         let disk_size = disk_size.map(to_sql_size).transpose()?;
-        let changed = self
-            .conn
-            .execute(
-                "UPDATE images SET disk_size = COALESCE(?2, disk_size), lease_expires = ?3 \
-                 WHERE id = ?1 AND status = 'creating'",
-                params![id, disk_size, expires_at],
-            )
-            .map_err(|e| db_error("cannot record progress", e))?;
+        // Without an fsync (four times a second, under the store's lock that a deduplicated
+        // registration's look-ups wait for): a renewal lost to a crash only makes the lease
+        // of a registration that died with the host expire sooner.
+        let changed = self.unsynced(|store| {
+            store
+                .conn
+                .prepare_cached(
+                    "UPDATE images SET disk_size = COALESCE(?2, disk_size), lease_expires = ?3 \
+                     WHERE id = ?1 AND status = 'creating'",
+                )
+                .and_then(|mut update| update.execute(params![id, disk_size, expires_at]))
+                .map_err(|e| db_error("cannot record progress", e))
+        })?;
         Ok(changed == 1)
     }
 

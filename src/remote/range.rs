@@ -126,12 +126,15 @@ impl S3ReadAt {
         self.version.etag.as_deref()
     }
 
-    /// Which version of the object this is, as one line: ETag, length and last-modified
-    /// time. A store writes a new ETag or time for every PUT, so an upload stored again
-    /// under the same key gets a new identity.
+    /// Which object and which version of it this is, as one line: its URL, ETag, length and
+    /// last-modified time. A store writes a new ETag or time for every PUT, so an upload
+    /// stored again under the same key gets a new identity; the URL keeps two uploads of the
+    /// same bytes under two names apart (ETag and length alike, and last-modified times of
+    /// one second's resolution).
     pub fn identity(&self) -> String {
         format!(
-            "s3:{}:{}:{}",
+            "{}:{}:{}:{}",
+            self.version.url,
             self.version.etag.as_deref().unwrap_or("-"),
             self.size,
             self.version.last_modified_ms

@@ -10,8 +10,9 @@ use crate::error::Result;
 use crate::library::chunks::catalog::{gen_from_sql, gen_to_sql, ChunkCatalog, ChunkRow};
 
 impl SqliteStore {
-    /// Runs `work` with commits that do not fsync (see the module docs).
-    fn unsynced<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    /// Runs `work` with commits that do not fsync (see the module docs; a registration's
+    /// progress and lease renewals commit this way too).
+    pub(super) fn unsynced<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.set_synchronous("PRAGMA synchronous = NORMAL")?;
         let result = work(self);
         let restored = self.set_synchronous("PRAGMA synchronous = FULL");
